@@ -1,0 +1,1 @@
+"""The pure core: format and crypto, manifest, streaming parse, staging, load, verify. Never imports Dagster."""
