@@ -69,6 +69,10 @@ class TargetError(BackupAssetsError):
     """The target database cannot take this restore (missing table or column, taken keys, no confirmation...)."""
 
 
+class StagingMissingError(TargetError):
+    """The import's staged rows are gone (the restore finished or failed, or the server lost them): stage again."""
+
+
 class LoadError(BackupAssetsError):
     """A model's load failed; nothing of that model was written."""
 

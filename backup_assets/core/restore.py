@@ -2,53 +2,197 @@
 
     restore = Restore(dsn, manifest, import_id, settings)
     restore.stage(backup)            # parse the (decrypted) export into the staging area
-    restore.prepare()                # create schema / global replace / filters; records the import
+    restore.prepare()                # create schema / global replace / key checks; records the import
     for model in restore.plan():     # relocatable, in-scope models in dependency order
         restore.load_model(model)    # one transaction per model: rows + pk map + load record
-        restore.verify_model(model)  # counts reconcile, no dangling FK, sequence past max(id)
+        restore.verify_model(model)  # counts reconcile, no dangling FK, sequence past max(id), drops
     restore.finish()                 # drop the staging area
 
-Every method opens its own connections, so each may run in a different process or machine (a
-Dagster step each); what they share lives in the target database (schema ``backup_assets``).
+Every method opens its own connection, so each may run in a different process or machine (a Dagster
+step each); what they share lives in the target database (schema ``backup_assets``).
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from . import load as loader
+from .errors import ConfigurationError, StagingMissingError, TargetError
 from .manifest import Manifest
-from .settings import CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult
+from .parse import ProgressFn, stage_export
+from .schema import INTERNAL_SCHEMA, ensure_tables, find_table
+from .semantics import rules_for
+from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
+                       new_import_id)
+from .staging import drop_staging, ensure_state, staging_exists, staging_ident
+from .verify import verify_model
+
+IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
 
 
 class Restore:
-    def __init__(self, dsn: str, manifest: Manifest, import_id: str, settings: ImportSettings | None = None) -> None:
+    def __init__(self, dsn: str, manifest: Manifest, import_id: str, settings: ImportSettings | None = None, *,
+                 unlogged_staging: bool = True) -> None:
         self.dsn = dsn
         self.manifest = manifest
-        self.import_id = import_id
+        self.import_id = check_import_id(import_id)
         self.settings = settings or ImportSettings()
+        self.unlogged_staging = unlogged_staging
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="backup-assets")
+        except psycopg.OperationalError as e:
+            raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
+        with conn:
+            ensure_state(conn)
+            yield conn
+
+    def _import_lock(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"backup-assets:{self.import_id}",))
 
     def plan(self) -> list[str]:
-        """The models this import loads, in dependency order."""
-        raise NotImplementedError
+        """The models this import loads: relocatable, in the import's scope, in dependency order."""
+        return [m for m in self.manifest.relocatable() if self.manifest[m].in_scope(self.settings.scope)]
 
     def is_staged(self) -> bool:
-        raise NotImplementedError
+        with self.connect() as conn:
+            return staging_exists(conn, self.import_id)
 
-    def stage(self, backup, progress=None) -> StageResult:
-        """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area."""
-        raise NotImplementedError
+    # -- stages --------------------------------------------------------------------------------------
+    def stage(self, backup, progress: ProgressFn | None = None) -> StageResult:
+        """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
+        transaction: on any error nothing is staged."""
+        with self.connect() as conn, conn.transaction():
+            self._import_lock(conn)
+            with backup.open_plaintext() as stream:
+                result = stage_export(conn, self.import_id, stream, self.manifest, unlogged=self.unlogged_staging,
+                                      progress=progress)
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
+                "DO UPDATE SET stage = EXCLUDED.stage").format(IMPORT),
+                (self.import_id, Jsonb(self.settings.to_json()),
+                 Jsonb({m: self.manifest[m].table_name for m in self.plan()}), Jsonb(result.to_json())))
+            self._check_settings(conn)
+        return result
+
+    def _check_settings(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT),
+                           (self.import_id,)).fetchone()
+        if row and row[0] != json.loads(json.dumps(self.settings.to_json())):
+            raise ConfigurationError(f"import {self.import_id} was started with other settings ({row[0]}); "
+                                     "use a new import id for different settings")
+
+    def staged_result(self) -> StageResult | None:
+        with self.connect() as conn:
+            row = conn.execute(sql.SQL("SELECT stage FROM {} WHERE import_id = %s").format(IMPORT),
+                               (self.import_id,)).fetchone()
+        return StageResult(**row[0]) if row and row[0] else None
 
     def prepare(self) -> None:
-        raise NotImplementedError
+        """Before the first model loads: create missing tables (create mode) and check that kept primary
+        keys are free. Idempotent; destructive steps run once per import."""
+        with self.connect() as conn, conn.transaction():
+            self._import_lock(conn)
+            self._check_settings(conn)
+            row = conn.execute(sql.SQL("SELECT prepared_at FROM {} WHERE import_id = %s").format(IMPORT),
+                               (self.import_id,)).fetchone()
+            if row is None or not staging_exists(conn, self.import_id):
+                raise StagingMissingError(f"import {self.import_id} is not staged; stage the backup first")
+            if row[0] is not None:
+                return
+            staging = staging_ident(self.import_id)
+            plan = self.plan()
+            if self.settings.create_schema:
+                ensure_tables(conn, self.manifest, plan, staging)
+            self._check_kept_keys(conn, plan, staging)
+            conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
+                         (self.import_id,))
 
-    def load_model(self, model: str, progress=None) -> LoadResult:
-        raise NotImplementedError
+    def _check_kept_keys(self, conn: psycopg.Connection, plan: list[str], staging: sql.Composable) -> None:
+        """Where keys are kept (--preserve-pks, project ids in a global import), none may be taken already."""
+        for model in plan:
+            spec = self.manifest[model]
+            if not rules_for(spec, self.settings).keep_pks:
+                continue
+            table = find_table(conn, spec.table_name)
+            if table is None:
+                continue
+            taken = [r[0] for r in conn.execute(sql.SQL(
+                "SELECT t.id FROM {t} t JOIN {s} s ON s.model = %s AND s.pk = t.id ORDER BY t.id LIMIT 5").format(
+                t=table.ident, s=staging), (model,))]
+            if taken:
+                raise TargetError(f"{model}: primary keys {', '.join(map(str, taken))} are already taken in "
+                                  f"{spec.table_name}; keys are kept in this import, so it cannot proceed "
+                                  "(restore into an empty database, or without --preserve-pks)")
+
+    def load_model(self, model: str) -> LoadResult:
+        spec = self.manifest[model]
+        ctx = loader.LoadContext(self.import_id, staging_ident(self.import_id), self.plan())
+        with self.connect() as conn:
+            done = loader.recorded_result(conn, self.import_id, model)
+            if done is not None:
+                done.already_loaded = True
+                return done
+            if not staging_exists(conn, self.import_id):
+                raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone; "
+                                          "stage the backup again")
+            return loader.load_model(conn, ctx, spec, rules_for(spec, self.settings))
+
+    def load_result(self, model: str) -> LoadResult | None:
+        with self.connect() as conn:
+            return loader.recorded_result(conn, self.import_id, model)
 
     def verify_model(self, model: str) -> list[CheckOutcome]:
-        raise NotImplementedError
+        with self.connect() as conn:
+            result = loader.recorded_result(conn, self.import_id, model)
+            if result is None:
+                return [CheckOutcome("counts_reconcile", False, f"{model} was not loaded for import {self.import_id}")]
+            return verify_model(conn, self.import_id, self.manifest[model], self.manifest, result)
 
     def finish(self) -> None:
-        raise NotImplementedError
+        """Drop the staging area (every staged byte) and mark the import finished."""
+        with self.connect() as conn, conn.transaction():
+            drop_staging(conn, self.import_id)
+            conn.execute(sql.SQL("UPDATE {} SET finished_at = now() WHERE import_id = %s").format(IMPORT),
+                         (self.import_id,))
+
+    def discard_staging(self) -> None:
+        """Drop the staging area after a failure, leaving the import resumable from the backup."""
+        with self.connect() as conn:
+            drop_staging(conn, self.import_id)
+
+
+LoadHook = Callable[[str, LoadResult], None]
 
 
 def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings | None = None,
-                import_id: str | None = None, progress=None) -> RestoreResult:
-    """Stage, prepare, load and verify every model of the plan, then drop the staging area."""
-    raise NotImplementedError
+                import_id: str | None = None, progress: ProgressFn | None = None,
+                on_load: LoadHook | None = None) -> RestoreResult:
+    """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
+    whether the restore succeeded or failed."""
+    restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
+    try:
+        stage = restore.stage(backup, progress=progress)
+        restore.prepare()
+        out = RestoreResult(import_id=restore.import_id, stage=stage)
+        for model in restore.plan():
+            out.loads[model] = restore.load_model(model)
+            out.checks[model] = restore.verify_model(model)
+            if on_load:
+                on_load(model, out.loads[model])
+        restore.finish()
+        return out
+    except BaseException:
+        try:
+            restore.discard_staging()
+        except Exception:
+            pass
+        raise

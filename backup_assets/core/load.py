@@ -1,0 +1,338 @@
+"""Load one model: staged rows -> Sentry's rules -> foreign keys rewritten -> rows in the target table.
+
+One model's load is one transaction: its rows, its primary-key map and its load record commit together
+or not at all, so a load killed mid-way leaves nothing behind and a re-run completes it exactly. A load
+that already committed for this import is not repeated: the recorded result is returned.
+
+Everything is set-based SQL in the target database (no per-row round trips):
+
+1. ``_cand`` (a temporary table): one row per staged row of the model, with each foreign key resolved
+   through the persisted primary-key maps of the parent models (a LEFT JOIN per foreign key).
+2. Rows whose non-null foreign key has no imported target are dropped, with a reason: the parent is
+   not in the export, was dropped itself, or was filtered. Self-references are resolved to a fixed point.
+3. Sentry's rules (``semantics.py``): filters, NULL-if-missing keys, merged parents, existing rows matched
+   by a unique key, values renamed on collision.
+4. New ids from the table's sequence, in the order of the old pks (``nextval`` over the sorted rows),
+   or the old pks themselves where they are kept; the pk map is written.
+5. ``INSERT ... SELECT`` of the new rows (and ``UPDATE`` of overwritten ones, their previous values kept
+   for rollback); the id sequence is moved past ``max(id)``; the load record is written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
+from .manifest import ModelSpec
+from .schema import INTERNAL_SCHEMA, Column, TableInfo, require_table, value_sql
+from .semantics import ModelRules
+from .settings import LoadResult
+
+PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
+LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
+OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
+SAMPLE = 20
+
+
+@dataclass
+class LoadContext:
+    import_id: str
+    staging: sql.Composable           #: the import's staging table
+    plan: list[str]                   #: every model of this import, in dependency order
+
+
+def lock_key(import_id: str, model: str) -> str:
+    return f"backup-assets:{import_id}:{model}"
+
+
+def recorded_result(conn: psycopg.Connection, import_id: str, model: str) -> LoadResult | None:
+    row = conn.execute(sql.SQL("SELECT result FROM {} WHERE import_id = %s AND model = %s").format(LOAD_RECORD),
+                       (import_id, model)).fetchone()
+    return LoadResult.from_json(row[0]) if row else None
+
+
+def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: ModelRules) -> LoadResult:
+    """Load ``spec``'s staged rows (see the module docstring). ``conn`` must not be in a transaction."""
+    started = time.monotonic()
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(ctx.import_id, spec.name),))
+            done = recorded_result(conn, ctx.import_id, spec.name)
+            if done is not None:
+                done.already_loaded = True
+                return done
+            _check_parents(conn, ctx, spec)
+            table = require_table(conn, spec)
+            result = _load(conn, ctx, spec, rules, table)
+            result.seconds = round(time.monotonic() - started, 3)
+            conn.execute(sql.SQL("INSERT INTO {} (import_id, model, result) VALUES (%s, %s, %s)").format(LOAD_RECORD),
+                         (ctx.import_id, spec.name, psycopg.types.json.Jsonb(result.to_json())))
+            return result
+    except psycopg.errors.UniqueViolation as e:
+        raise _unique_error(conn, spec, e) from None
+    except psycopg.errors.NotNullViolation as e:
+        raise LoadError(spec.name, f"column {e.diag.column_name!r} of table {spec.table_name!r} is NOT NULL, "
+                                   f"but a row has no value for it") from None
+    except psycopg.errors.ForeignKeyViolation as e:
+        raise LoadError(spec.name, f"a foreign key does not hold: {e.diag.message_detail or e.diag.message_primary}") \
+            from None
+    except (psycopg.DataError, psycopg.errors.CheckViolation) as e:
+        raise _diagnose_value_error(conn, ctx, spec, e) from None
+
+
+def _check_parents(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec) -> None:
+    parents = [m for m in ctx.plan if m in spec.dependencies]
+    if not parents:
+        return
+    loaded = {r[0] for r in conn.execute(
+        sql.SQL("SELECT model FROM {} WHERE import_id = %s AND model = ANY(%s)").format(LOAD_RECORD),
+        (ctx.import_id, parents))}
+    missing = [m for m in parents if m not in loaded]
+    if missing:
+        raise MissingParentError(spec.name, f"parent model(s) {', '.join(missing)} were not loaded for import "
+                                            f"{ctx.import_id}; load them first (their primary-key maps are needed)")
+
+
+def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: ModelRules,
+          table: TableInfo) -> LoadResult:
+    result = LoadResult(model=spec.name, table=spec.table_name)
+    model = sql.Literal(spec.name)
+    staged = sql.SQL("{staging} s").format(staging=ctx.staging)
+
+    present = {r[0] for r in conn.execute(sql.SQL(
+        "SELECT DISTINCT jsonb_object_keys(s.fields) FROM {staged} WHERE s.model = {model}").format(
+        staged=staged, model=model))}
+    fk_columns = {fk.column for fk in spec.foreign_keys}
+    result.skipped_fields = sorted(k[:100] for k in present
+                                   if k not in table.columns and k not in spec.fk_by_field)
+    data_cols = [c for name, c in table.columns.items()
+                 if name != "id" and name not in fk_columns and (name in present or name in rules.overrides)]
+    fks = [fk for fk in spec.foreign_keys if fk.model != spec.name]
+    self_fks = [fk for fk in spec.foreign_keys if fk.model == spec.name]
+    for fk in spec.foreign_keys:
+        if fk.column not in table.columns and fk.field in present:
+            raise TargetError(f"{spec.name}: table {spec.table_name!r} has no column {fk.column!r} "
+                              f"for the foreign key {fk.field!r}")
+
+    # 1. candidates, with every foreign key resolved through the parents' pk maps
+    cols = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
+    joins = []
+    for i, fk in enumerate(fks):
+        m = sql.Identifier(f"m{i}")
+        cols += [sql.SQL("{m}.new_pk AS {c}").format(m=m, c=sql.Identifier(f"fk{i}")),
+                 sql.SQL("{m}.kind AS {c}").format(m=m, c=sql.Identifier(f"k{i}")),
+                 sql.SQL("jsonb_typeof(s.fields -> {f}) = 'number' AS {c}").format(
+                     f=sql.Literal(fk.field), c=sql.Identifier(f"has{i}"))]
+        joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.import_id = {id} AND {m}.model = {target} "
+                             "AND {m}.old_pk = (s.fields ->> {f})::bigint").format(
+            pk_map=PK_MAP, m=m, id=sql.Literal(ctx.import_id), target=sql.Literal(fk.model), f=sql.Literal(fk.field)))
+    conn.execute(sql.SQL(
+        "CREATE TEMP TABLE _cand ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, false AS expected, "
+        "NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} WHERE s.model = {model}").format(
+        cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
+    conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
+    conn.execute("ANALYZE _cand")
+    result.rows_read = conn.execute("SELECT count(*) FROM _cand").fetchone()[0]
+
+    # 2. rows whose parents were not imported
+    nulled: dict[str, int] = {}
+    for i, fk in enumerate(fks):
+        has, fkv, kind = (sql.Identifier(f"{p}{i}") for p in ("has", "fk", "k"))
+        if fk.field in rules.null_if_missing:
+            n = conn.execute(sql.SQL("SELECT count(*) FROM _cand WHERE {has} AND {fk} IS NULL").format(
+                has=has, fk=fkv)).fetchone()[0]
+            if n:
+                nulled[fk.field] = n
+            continue
+        what = f"{fk.model} ({fk.field})"
+        conn.execute(sql.SQL(
+            "UPDATE _cand SET reason = CASE WHEN {kind} = 'F' THEN {filtered} WHEN {kind} = 'D' THEN {dropped} "
+            "ELSE {absent} END, expected = ({kind} = 'F') WHERE reason IS NULL AND {has} AND {fk} IS NULL").format(
+            kind=kind, has=has, fk=fkv, filtered=sql.Literal(f"filtered: parent {what} was filtered"),
+            dropped=sql.Literal(f"missing parent: {what} was dropped"),
+            absent=sql.Literal(f"missing parent: {what} is not in the import")))
+        if fk.field in rules.drop_if_parent_kind:
+            k, why = rules.drop_if_parent_kind[fk.field]
+            conn.execute(sql.SQL("UPDATE _cand SET reason = {why}, expected = true "
+                                 "WHERE reason IS NULL AND {kind} = {k}").format(
+                why=sql.Literal(why), kind=kind, k=sql.Literal(k)))
+    if nulled:
+        result.resets.update({f"{f} (target not imported: set NULL)": n for f, n in nulled.items()})
+
+    # 3. Sentry's rules: filters and scope
+    for drop in rules.drops:
+        conn.execute(sql.SQL("UPDATE _cand c SET reason = {why}, expected = {exp} FROM {staged} "
+                             "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND ({cond})").format(
+            why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
+            cond=drop.condition))
+    # self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
+    for fk in self_fks:
+        f = sql.Literal(fk.field)
+        while conn.execute(sql.SQL(
+                "UPDATE _cand c SET reason = {why} FROM {staged} WHERE s.model = {model} AND s.pk = c.old_pk "
+                "AND c.reason IS NULL AND jsonb_typeof(s.fields -> {f}) = 'number' AND NOT EXISTS "
+                "(SELECT 1 FROM _cand p WHERE p.old_pk = (s.fields ->> {f})::bigint AND p.reason IS NULL)").format(
+                why=sql.Literal(f"missing parent: {spec.name} ({fk.field}) is not imported"), staged=staged,
+                model=model, f=f)).rowcount:
+            pass
+
+    # existing rows matched on a unique key: merged (E) or overwritten in place (O)
+    if rules.match_columns:
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=_value(table.columns[c], rules))
+            for c in rules.match_columns)
+        conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
+                             "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
+            kind=sql.Literal("O" if rules.overwrite else "E"), staged=staged, table=table.ident, model=model,
+            match=match))
+
+    # 4. new ids, in the order of the old pks
+    if rules.keep_pks:
+        conn.execute("UPDATE _cand SET new_pk = old_pk, kind = 'I' WHERE reason IS NULL AND kind IS NULL")
+    else:
+        if table.sequence_ident is None:
+            raise TargetError(f"{spec.name}: table {spec.table_name!r} has no sequence behind 'id' to number new rows "
+                              "(use --preserve-pks to keep the export's keys)")
+        conn.execute(sql.SQL(
+            "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
+            "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "
+            "WHERE a.old_pk = c.old_pk").format(seq=sql.Literal(table.sequence)))
+    conn.execute(sql.SQL(
+        "INSERT INTO {pk_map} (import_id, model, old_pk, new_pk, kind) SELECT {id}, {model}, old_pk, new_pk, "
+        "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
+        pk_map=PK_MAP, id=sql.Literal(ctx.import_id), model=model))
+
+    # 5. write
+    targets = [sql.Identifier("id")]
+    values = [sql.SQL("c.new_pk")]
+    self_joins = []
+    for col in data_cols:
+        targets.append(sql.Identifier(col.name))
+        values.append(_value(col, rules))
+    for i, fk in enumerate(fks):
+        if fk.column in table.columns:
+            targets.append(sql.Identifier(fk.column))
+            values.append(sql.SQL("c.{}").format(sql.Identifier(f"fk{i}")))
+    for j, fk in enumerate(self_fks):
+        if fk.column in table.columns:
+            alias = sql.Identifier(f"p{j}")
+            targets.append(sql.Identifier(fk.column))
+            values.append(sql.SQL("{}.new_pk").format(alias))
+            self_joins.append(sql.SQL("LEFT JOIN _cand {a} ON {a}.old_pk = (s.fields ->> {f})::bigint "
+                                      "AND {a}.reason IS NULL").format(a=alias, f=sql.Literal(fk.field)))
+    source = sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk {joins}").format(
+        staged=staged, model=model, joins=sql.SQL(" ").join(self_joins))
+    cur = conn.execute(sql.SQL("INSERT INTO {table} ({targets}) SELECT {values} {source} WHERE c.kind = 'I' "
+                               "ORDER BY c.new_pk").format(
+        table=table.ident, targets=sql.SQL(", ").join(targets), values=sql.SQL(", ").join(values), source=source))
+    inserted = cur.rowcount
+    overwritten = 0
+    if rules.overwrite:
+        conn.execute(sql.SQL("INSERT INTO {ow} (import_id, model, id, previous) SELECT {id}, {model}, t.id, to_jsonb(t) "
+                             "FROM {table} t JOIN _cand c ON t.id = c.new_pk AND c.kind = 'O' "
+                             "ON CONFLICT DO NOTHING").format(
+            ow=OVERWRITTEN, id=sql.Literal(ctx.import_id), model=model, table=table.ident))
+        sets = [sql.SQL("{} = {}").format(t, v) for t, v in zip(targets[1:], values[1:])]
+        if sets:
+            overwritten = conn.execute(sql.SQL("UPDATE {table} t SET {sets} {source} "
+                                               "WHERE t.id = c.new_pk AND c.kind = 'O'").format(
+                table=table.ident, sets=sql.SQL(", ").join(sets),
+                source=sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
+                    staged=staged, model=model))).rowcount
+    _advance_sequence(conn, table)
+
+    # 6. what happened
+    for reason, n, expected in conn.execute("SELECT reason, count(*), bool_and(expected) FROM _cand "
+                                            "WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason"):
+        result.dropped[reason] = n
+        if expected:
+            result.dropped_by_filter += n
+    result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
+        f"SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT {SAMPLE}")]
+    result.rows_merged = conn.execute("SELECT count(*) FROM _cand WHERE kind = 'E'").fetchone()[0]
+    result.rows_overwritten = overwritten
+    result.rows_written = inserted + overwritten
+    result.new_id_min, result.new_id_max = conn.execute(
+        "SELECT min(new_pk), max(new_pk) FROM _cand WHERE kind = 'I'").fetchone()
+    return result
+
+
+def _value(col: Column, rules: ModelRules) -> sql.Composable:
+    if col.name in rules.overrides:
+        return rules.overrides[col.name]
+    return value_sql(col, sql.SQL("s.fields"), col.name)
+
+
+def _advance_sequence(conn: psycopg.Connection, table: TableInfo) -> None:
+    """Move the id sequence past max(id), so the application can insert after the restore."""
+    if table.sequence_ident is None:
+        return
+    conn.execute(sql.SQL(
+        "SELECT setval({seq_name}, m) FROM (SELECT max(id) AS m FROM {table}) x, {seq} "
+        "WHERE m IS NOT NULL AND m > CASE WHEN is_called THEN last_value ELSE last_value - 1 END").format(
+        seq_name=sql.Literal(table.sequence), table=table.ident, seq=table.sequence_ident))
+
+
+def _unique_error(conn: psycopg.Connection, spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
+    detail = e.diag.message_detail or ""
+    # "Key (slug)=(acme) already exists."
+    fields: tuple[str, ...] = ()
+    values: tuple = ()
+    if detail.startswith("Key (") and ")=(" in detail:
+        names, _, rest = detail[5:].partition(")=(")
+        vals = rest.rsplit(")", 1)[0]
+        fields = tuple(n.strip() for n in names.split(","))
+        values = tuple(v.strip() for v in vals.split(",")) if len(fields) > 1 else (vals,)
+    by_column = {fk.column: fk.field for fk in spec.foreign_keys}
+    fields = tuple(by_column.get(f, f) for f in fields)
+    return UniqueViolationError(spec.name, fields or (e.diag.constraint_name or "?",), values,
+                                f"unique key ({', '.join(fields)}) collides: "
+                                f"{', '.join(f'{f}={v!r}' for f, v in zip(fields, values))} "
+                                f"(constraint {e.diag.constraint_name}); nothing of {spec.name} was written")
+
+
+def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, e: psycopg.Error) -> LoadError:
+    """Find the field and row whose value the column type refused (slow path, only after a failure):
+    each typed column is converted over all staged rows; the failing one is bisected by row index."""
+    base = e.diag.message_primary or str(e)
+
+    def fails(conv: sql.Composable, lo: int, hi: int) -> bool:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SELECT max(length(({conv})::text)) FROM {staging} s WHERE s.model = {m} "
+                                     "AND s.row_index BETWEEN %s AND %s").format(
+                    conv=conv, staging=ctx.staging, m=sql.Literal(spec.name)), (lo, hi))
+            return False
+        except psycopg.DataError:
+            return True
+
+    try:
+        table = require_table(conn, spec)
+        lo, hi = conn.execute(sql.SQL("SELECT min(row_index), max(row_index) FROM {} s WHERE s.model = {}").format(
+            ctx.staging, sql.Literal(spec.name))).fetchone()
+        if lo is None:
+            return LoadError(spec.name, f"a value does not fit its column: {base}")
+        for col in table.columns.values():
+            if col.is_json or col.category == "S" or col.name == "id":
+                continue
+            conv = value_sql(col, sql.SQL("s.fields"), col.name)
+            if not fails(conv, lo, hi):
+                continue
+            a, b = lo, hi
+            while a < b:
+                mid = (a + b) // 2
+                if fails(conv, a, mid):
+                    b = mid
+                else:
+                    a = mid + 1
+            pk, raw = conn.execute(sql.SQL("SELECT s.pk, s.fields -> {k} FROM {staging} s WHERE s.model = {m} "
+                                           "AND s.row_index = %s").format(
+                k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)), (a,)).fetchone()
+            return LoadError(spec.name, f"row {a} (pk {pk}): field {col.name!r}: {raw!r:.80} is not a valid "
+                                        f"{col.type_sql} ({base}); nothing of {spec.name} was written")
+    except psycopg.Error:
+        pass
+    return LoadError(spec.name, f"a value does not fit its column: {base}; nothing of {spec.name} was written")

@@ -1,0 +1,206 @@
+"""The target's tables: read from the catalog (a Sentry database), or created from the manifest and the export.
+
+Identifiers that reach SQL come from two places only: the manifest (table names, foreign-key fields,
+validated when the manifest is read) and the database catalog (column and sequence names). In create
+mode a column is named after an export field only when that name is a plain lower-case identifier of
+at most 63 characters, as every Django field name is; any other field is reported and skipped.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from .errors import TargetError
+from .manifest import Manifest, ModelSpec
+
+#: Names a created column may take (Django field names; PostgreSQL keeps 63 bytes of an identifier).
+SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+INTERNAL_SCHEMA = "backup_assets"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_sql: str       #: format_type() of the column, e.g. "timestamp with time zone", "character varying(128)"
+    type_name: str      #: pg_type.typname, e.g. "timestamptz", "varchar", "_text" for text[]
+    category: str       #: pg_type.typcategory: A array, B boolean, D datetime, N numeric, S string, U user (json...)
+    not_null: bool
+    has_default: bool
+    max_length: int | None  #: for character varying(n)
+
+    @property
+    def is_json(self) -> bool:
+        return self.type_name in ("json", "jsonb")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    columns: dict[str, Column]
+    sequence: str | None      #: quoted qualified name of the sequence behind ``id`` (for regclass), if any
+    sequence_parts: tuple[str, str] | None = None
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def sequence_ident(self) -> sql.Composable | None:
+        return sql.Identifier(*self.sequence_parts) if self.sequence_parts else None
+
+
+def find_table(conn: psycopg.Connection, table: str) -> TableInfo | None:
+    """The table named ``table`` in the connection's search path, with its columns and id sequence."""
+    row = conn.execute(
+        """SELECT c.oid, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false))
+           ORDER BY array_position(current_schemas(false), n.nspname::text) LIMIT 1""", (table,)).fetchone()
+    if row is None:
+        return None
+    oid, schema = row
+    cols = {}
+    for name, type_sql, typname, cat, notnull, hasdef, typmod in conn.execute(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.attnotnull,
+                      a.atthasdef OR a.attidentity <> '', a.atttypmod
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+               WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,)):
+        max_len = typmod - 4 if typname in ("varchar", "bpchar") and typmod > 4 else None
+        cols[name] = Column(name, type_sql, typname, cat, notnull, hasdef, max_len)
+    seq = conn.execute(
+        """SELECT sn.nspname, s.relname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname) FROM pg_depend d
+           JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+           JOIN pg_namespace sn ON sn.oid = s.relnamespace
+           JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+           WHERE d.refobjid = %s AND a.attname = 'id' AND d.deptype IN ('a', 'i') LIMIT 1""", (oid,)).fetchone()
+    return TableInfo(schema=schema, name=table, columns=cols, sequence=seq[2] if seq else None,
+                     sequence_parts=(seq[0], seq[1]) if seq else None)
+
+
+def require_table(conn: psycopg.Connection, spec: ModelSpec) -> TableInfo:
+    info = find_table(conn, spec.table_name)
+    if info is None:
+        raise TargetError(f"{spec.name}: table {spec.table_name!r} does not exist in the target database "
+                          "(restore into a Sentry database, or pass --create-schema for an empty one)")
+    if "id" not in info.columns:
+        raise TargetError(f"{spec.name}: table {spec.table_name!r} has no 'id' column")
+    return info
+
+
+# -- create mode -----------------------------------------------------------------------------------------
+
+_DATETIME_RE = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)?$"
+
+
+@dataclass
+class FieldTypes:
+    """What a model's staged values look like, per field, for create mode."""
+
+    types: dict[str, str] = field(default_factory=dict)   #: field -> SQL type
+
+
+def infer_field_types(conn: psycopg.Connection, staging: sql.Composable, model: str) -> dict[str, str]:
+    """SQL column types for the fields of ``model``'s staged rows, from the values themselves.
+
+    Integers -> bigint (numeric past its range), other numbers -> numeric, booleans -> boolean, strings
+    that are all ISO datetimes -> timestamptz, other strings -> text, objects and lists -> jsonb, and a
+    field whose rows mix JSON types -> jsonb, which keeps each value's type. Nulls do not count.
+    """
+    q = sql.SQL("""
+        SELECT e.key,
+               array_agg(DISTINCT jsonb_typeof(e.value)) FILTER (WHERE jsonb_typeof(e.value) <> 'null'),
+               bool_and(e.value #>> '{{}}' ~ %s) FILTER (WHERE jsonb_typeof(e.value) = 'string'),
+               bool_and(e.value::text !~ '[.eE]' AND abs(e.value::text::numeric) < 9.2e18)
+                   FILTER (WHERE jsonb_typeof(e.value) = 'number')
+        FROM {staging} s, jsonb_each(s.fields) AS e(key, value)
+        WHERE s.model = %s GROUP BY e.key""").format(staging=staging)
+    out = {}
+    for key, kinds, all_dates, all_ints in conn.execute(q, (_DATETIME_RE, model)):
+        kinds = set(kinds or ())
+        if not kinds:
+            out[key] = "text"
+        elif len(kinds) > 1 or kinds & {"object", "array"}:
+            out[key] = "jsonb"
+        elif kinds == {"number"}:
+            out[key] = "bigint" if all_ints else "numeric"
+        elif kinds == {"boolean"}:
+            out[key] = "boolean"
+        else:
+            out[key] = "timestamptz" if all_dates else "text"
+    return out
+
+
+def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[str, str],
+                 parent_tables: dict[str, str]) -> list[str]:
+    """Create ``spec``'s table if missing: ``id`` identity primary key, one column per safe field name, FK
+    columns referencing their parents' tables (when those exist), and the manifest's unique constraints.
+    Returns the export fields that could not become columns (unsafe names)."""
+    fk_cols = {fk.column: fk for fk in spec.foreign_keys}
+    skipped = []
+    defs: list[sql.Composable] = [sql.SQL("id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")]
+    columns = {"id"}
+    for fk in spec.foreign_keys:
+        if fk.column in columns:
+            continue
+        ref = parent_tables.get(fk.model)
+        if fk.model == spec.name:
+            ref = spec.table_name
+        d = sql.SQL("{} bigint").format(sql.Identifier(fk.column))
+        if ref:
+            d = sql.SQL("{} REFERENCES {} (id)").format(d, sql.Identifier(ref))
+        defs.append(d)
+        columns.add(fk.column)
+    for name, typ in sorted(field_types.items()):
+        if name in spec.fk_by_field or name in fk_cols:
+            continue
+        if not SAFE_NAME.match(name) or name in columns:
+            skipped.append(name)
+            continue
+        defs.append(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_TYPES[typ])))
+        columns.add(name)
+    for unique in spec.uniques:
+        cols = [spec.fk_by_field[f].column if f in spec.fk_by_field else f for f in unique]
+        if cols and all(c in columns for c in cols):
+            defs.append(sql.SQL("UNIQUE ({})").format(sql.SQL(", ").join(map(sql.Identifier, cols))))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        sql.Identifier(spec.table_name), sql.SQL(", ").join(defs)))
+    return skipped
+
+
+_TYPES = {"text": "text", "jsonb": "jsonb", "bigint": "bigint", "numeric": "numeric", "boolean": "boolean",
+          "timestamptz": "timestamp with time zone"}
+
+
+def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str], staging: sql.Composable) -> None:
+    """Create mode: create every missing table of ``models`` (in dependency order) from the staged rows."""
+    created: dict[str, str] = {}
+    for model in models:
+        spec = manifest[model]
+        existing = find_table(conn, spec.table_name)
+        if existing is None:
+            create_table(conn, spec, infer_field_types(conn, staging, model), created)
+        created[model] = spec.table_name
+
+
+def value_sql(col: Column, fields: sql.Composable, key: str) -> sql.Composable:
+    """The expression converting a staged JSON value (``fields -> key``) to ``col``'s type.
+
+    ``key`` is the column's own name (from the catalog) or a manifest field, never an export name.
+    """
+    k = sql.Literal(key)
+    if col.type_name == "jsonb":
+        return sql.SQL("NULLIF({f} -> {k}, 'null'::jsonb)").format(f=fields, k=k)
+    if col.type_name == "json":
+        return sql.SQL("NULLIF({f} -> {k}, 'null'::jsonb)::json").format(f=fields, k=k)
+    text = sql.SQL("({f} ->> {k})").format(f=fields, k=k)
+    if col.category == "S":
+        return text
+    if col.category == "A":
+        return sql.SQL("CASE jsonb_typeof({f} -> {k}) WHEN 'array' THEN "
+                       "ARRAY(SELECT jsonb_array_elements_text({f} -> {k}))::{t} ELSE {x}::{t} END").format(
+            f=fields, k=k, t=sql.SQL(col.type_sql), x=text)
+    return sql.SQL("{x}::{t}").format(x=text, t=sql.SQL(col.type_sql))

@@ -1,0 +1,97 @@
+"""The staging area: the export's rows, split per model, inside the target PostgreSQL.
+
+Why inside the target database: the decrypted rows are going there anyway, so staging them there adds
+no new place where plaintext rests (it is protected as the target is); every worker that can load a
+model into the target can read its staged rows (one machine, or Dagster's Kubernetes/Celery workers);
+and a per-model load is then set-based SQL over the staged rows, with constant client memory.
+
+Each import gets its own table ``backup_assets.stage_<hash of the import id>``; ``drop`` removes it
+(and with it every staged byte) when the restore finishes or fails. The table is UNLOGGED by default:
+staged rows are a cache of the backup file (a model's load re-stages them when they are missing), so
+they need not be written twice through the WAL.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import sql
+
+from .schema import INTERNAL_SCHEMA
+
+_STATE_DDL = [
+    f"CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.import (
+        import_id text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        settings jsonb NOT NULL,
+        models jsonb,                 -- the plan: model -> table, in dependency order
+        stage jsonb,                  -- the StageResult of the last staging
+        prepared_at timestamptz,
+        finished_at timestamptz)""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pk_map (
+        import_id text NOT NULL,
+        model text NOT NULL,
+        old_pk bigint NOT NULL,
+        new_pk bigint,                -- NULL when the row was not imported (kind D or F)
+        kind "char" NOT NULL,         -- I inserted, E existing (merged), O overwritten, D dropped, F filtered
+        PRIMARY KEY (import_id, model, old_pk))""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.load_record (
+        import_id text NOT NULL,
+        model text NOT NULL,
+        result jsonb NOT NULL,
+        loaded_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (import_id, model))""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.overwritten (
+        import_id text NOT NULL,
+        model text NOT NULL,
+        id bigint NOT NULL,
+        previous jsonb NOT NULL,      -- the row as it was before the import overwrote it
+        PRIMARY KEY (import_id, model, id))""",
+]
+
+_LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the internal schema
+
+
+def ensure_state(conn: psycopg.Connection) -> None:
+    """Create the project's own schema (pk maps, load records, staging) if missing. Safe under concurrency."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{INTERNAL_SCHEMA}.overwritten",)).fetchone()[0]
+    if exists:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_SCHEMA,))
+        for ddl in _STATE_DDL:
+            conn.execute(ddl)
+
+
+def staging_table_name(import_id: str) -> str:
+    return "stage_" + hashlib.sha256(import_id.encode()).hexdigest()[:24]
+
+
+def staging_ident(import_id: str) -> sql.Identifier:
+    return sql.Identifier(INTERNAL_SCHEMA, staging_table_name(import_id))
+
+
+def staging_exists(conn: psycopg.Connection, import_id: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f"{INTERNAL_SCHEMA}.{staging_table_name(import_id)}",)).fetchone()[0]
+
+
+def create_staging(conn: psycopg.Connection, import_id: str, unlogged: bool = True) -> sql.Identifier:
+    """(Re)create the import's staging table, empty. Runs inside the caller's transaction."""
+    ident = staging_ident(import_id)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+    conn.execute(sql.SQL("CREATE {} TABLE {} (model text NOT NULL, pk bigint NOT NULL, row_index bigint NOT NULL, "
+                         "fields jsonb NOT NULL)").format(sql.SQL("UNLOGGED" if unlogged else ""), ident))
+    return ident
+
+
+def index_staging(conn: psycopg.Connection, import_id: str) -> None:
+    name = staging_table_name(import_id)
+    conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} (model, pk)").format(
+        sql.Identifier(name + "_key"), staging_ident(import_id)))
+    conn.execute(sql.SQL("ANALYZE {}").format(staging_ident(import_id)))
+
+
+def drop_staging(conn: psycopg.Connection, import_id: str) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_ident(import_id)))

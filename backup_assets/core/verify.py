@@ -1,0 +1,89 @@
+"""Checks of one model's load, run against the target database after the load committed.
+
+* ``counts_reconcile`` — rows read = written + merged + dropped, and the table really holds the rows the
+  pk map says this import inserted or overwrote.
+* ``no_dangling_fk`` — no foreign key of a row this import wrote points at a row that does not exist.
+* ``sequence_past_max`` — the table's id sequence will hand out ids above max(id).
+* ``no_rows_dropped`` — every row was imported; a warning when the only drops are the ones a filter or
+  the scope asked for, an error otherwise (Sentry drops such rows silently; we do not).
+"""
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from .load import PK_MAP
+from .manifest import Manifest, ModelSpec
+from .schema import find_table
+from .settings import CheckOutcome, LoadResult
+
+CHECKS = ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped")
+
+
+def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, manifest: Manifest,
+                 result: LoadResult) -> list[CheckOutcome]:
+    table = find_table(conn, spec.table_name)
+    outcomes = []
+
+    # counts
+    kinds = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE import_id = %s AND model = %s "
+                                      "GROUP BY kind").format(PK_MAP), (import_id, spec.name)).fetchall())
+    in_table = 0
+    if table is not None:
+        in_table = conn.execute(sql.SQL(
+            "SELECT count(*) FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
+            "AND m.kind IN ('I', 'O')").format(t=table.ident, m=PK_MAP), (import_id, spec.name)).fetchone()[0]
+    written = kinds.get("I", 0) + kinds.get("O", 0)
+    dropped = kinds.get("D", 0) + kinds.get("F", 0)
+    ok = (result.rows_read == result.rows_written + result.rows_merged + result.rows_dropped
+          and written == result.rows_written and kinds.get("E", 0) == result.rows_merged
+          and dropped == result.rows_dropped and in_table == written)
+    outcomes.append(CheckOutcome(
+        "counts_reconcile", ok,
+        f"read {result.rows_read} = written {result.rows_written} + merged {result.rows_merged} + "
+        f"dropped {result.rows_dropped}; {in_table} of the written rows are in {spec.table_name}",
+        metadata={"rows_read": result.rows_read, "rows_written": result.rows_written, "rows_merged": result.rows_merged,
+                  "rows_dropped": result.rows_dropped, "rows_in_table": in_table, "pk_map_written": written}))
+
+    # dangling foreign keys
+    dangling: dict[str, int] = {}
+    if table is not None:
+        for fk in spec.foreign_keys:
+            parent = manifest[fk.model] if fk.model in manifest else None
+            parent_table = find_table(conn, parent.table_name) if parent else None
+            if fk.column not in table.columns or parent_table is None:
+                continue
+            n = conn.execute(sql.SQL(
+                "SELECT count(*) FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
+                "AND m.kind IN ('I', 'O') WHERE t.{col} IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM {p} p WHERE p.id = t.{col})").format(
+                t=table.ident, m=PK_MAP, col=sql.Identifier(fk.column), p=parent_table.ident),
+                (import_id, spec.name)).fetchone()[0]
+            if n:
+                dangling[fk.field] = n
+    outcomes.append(CheckOutcome(
+        "no_dangling_fk", not dangling,
+        "every foreign key of the imported rows points at an existing row" if not dangling
+        else "dangling foreign keys: " + ", ".join(f"{f} ({n} rows)" for f, n in dangling.items()),
+        metadata={"dangling": dangling}))
+
+    # sequence
+    if table is not None and table.sequence_ident is not None:
+        last, max_id = conn.execute(sql.SQL(
+            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END, (SELECT max(id) FROM {t}) "
+            "FROM {seq}").format(t=table.ident, seq=table.sequence_ident)).fetchone()
+        ok = max_id is None or last >= max_id
+        outcomes.append(CheckOutcome("sequence_past_max", ok,
+                                     f"sequence at {last}, max(id) {max_id}", metadata={"sequence": last, "max_id": max_id}))
+    else:
+        outcomes.append(CheckOutcome("sequence_past_max", True, "no id sequence on this table", severity="WARN"))
+
+    # drops
+    unexpected = result.rows_dropped - result.dropped_by_filter
+    outcomes.append(CheckOutcome(
+        "no_rows_dropped", result.rows_dropped == 0,
+        "no row dropped" if result.rows_dropped == 0 else
+        f"{result.rows_dropped} rows dropped ({result.dropped_by_filter} by filters or scope, {unexpected} because "
+        f"their parents were not imported): " + "; ".join(f"{r}: {n}" for r, n in result.dropped.items()),
+        severity="ERROR" if unexpected else "WARN", metadata={"dropped": result.dropped}))
+    return outcomes
