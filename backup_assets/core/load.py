@@ -65,8 +65,11 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
                 done.already_loaded = True
                 return done
             _check_parents(conn, ctx, spec)
-            table = require_table(conn, spec)
-            result = _load(conn, ctx, spec, rules, table)
+            if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(ctx.staging),
+                            (spec.name,)).fetchone()[0]:
+                result = _load(conn, ctx, spec, rules, require_table(conn, spec))
+            else:  # nothing staged: nothing to write, and the table need not even exist
+                result = LoadResult(model=spec.name, table=spec.table_name)
             result.seconds = round(time.monotonic() - started, 3)
             conn.execute(sql.SQL("INSERT INTO {} (import_id, model, result) VALUES (%s, %s, %s)").format(LOAD_RECORD),
                          (ctx.import_id, spec.name, psycopg.types.json.Jsonb(result.to_json())))

@@ -43,10 +43,25 @@ class Restore:
         self.import_id = check_import_id(import_id)
         self.settings = settings or ImportSettings()
         self.unlogged_staging = unlogged_staging
+        self._conn: psycopg.Connection | None = None
+
+    @contextmanager
+    def session(self) -> Iterator["Restore"]:
+        """Share one connection between the calls made inside this block (one process doing every stage)."""
+        with self.connect() as conn:
+            self._conn = conn
+            try:
+                yield self
+            finally:
+                self._conn = None
 
     # -- plumbing ------------------------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection to the target: the session's (see :meth:`session`), else a new one for this call."""
+        if self._conn is not None and not self._conn.closed:
+            yield self._conn
+            return
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, application_name="backup-assets")
         except psycopg.OperationalError as e:
@@ -180,19 +195,24 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
     whether the restore succeeded or failed."""
     restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
     try:
-        stage = restore.stage(backup, progress=progress)
-        restore.prepare()
-        out = RestoreResult(import_id=restore.import_id, stage=stage)
-        for model in restore.plan():
-            out.loads[model] = restore.load_model(model)
-            out.checks[model] = restore.verify_model(model)
-            if on_load:
-                on_load(model, out.loads[model])
-        restore.finish()
-        return out
+        with restore.session():
+            return _run(restore, backup, progress, on_load)
     except BaseException:
         try:
             restore.discard_staging()
         except Exception:
             pass
         raise
+
+
+def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None) -> RestoreResult:
+    stage = restore.stage(backup, progress=progress)
+    restore.prepare()
+    out = RestoreResult(import_id=restore.import_id, stage=stage)
+    for model in restore.plan():
+        out.loads[model] = restore.load_model(model)
+        out.checks[model] = restore.verify_model(model)
+        if on_load:
+            on_load(model, out.loads[model])
+    restore.finish()
+    return out
