@@ -1,0 +1,79 @@
+"""The code location: ``dagster dev`` from the repository root (see ``workspace.yaml``) shows the whole graph.
+
+Environment, read when the code location loads:
+
+``BACKUP_ASSETS_MANIFEST``  path of a Sentry ``model_dependencies/detailed.json`` to build the model assets
+                            from (one asset per relocatable model); unset: the built-in manifest
+``BACKUP_ASSETS_DSN``       target database; unset: the embedded PostgreSQL (started on demand)
+``BACKUP_ASSETS_BACKUPS``   folder of backups (default ``./backups``); ``BACKUP_ASSETS_GLOB`` its pattern(s)
+``BACKUP_ASSETS_PRIVATE_KEY_PATH`` / ``BACKUP_ASSETS_PRIVATE_KEY``
+                            the PEM private key of encrypted backups: a file, or the PEM itself in the variable
+
+Runs execute in-process by default: the multiprocess executor would start a process per model step
+(see dagster-notes). Parallelism comes from runs, one per backup partition, capped in ``dagster.yaml``.
+"""
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from backup_assets.assets import build_restore_graph
+from backup_assets.core.manifest import Manifest
+from backup_assets.settings_resource import ImportSettingsResource
+from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
+from resources.decryptor import DecryptorResource
+from resources.postgres import PostgresTargetResource
+from resources.staging import StagingResource
+
+MANIFEST_ENV = "BACKUP_ASSETS_MANIFEST"
+BACKUPS_ENV = "BACKUP_ASSETS_BACKUPS"
+GLOB_ENV = "BACKUP_ASSETS_GLOB"
+KEY_PATH_ENV = "BACKUP_ASSETS_PRIVATE_KEY_PATH"
+KEY_PEM_ENV = "BACKUP_ASSETS_PRIVATE_KEY"
+JOB_NAME = "restore_backup_job"
+
+
+def load_manifest() -> Manifest:
+    """The manifest named by ``$BACKUP_ASSETS_MANIFEST``, else the built-in one."""
+    return Manifest.load(os.environ.get(MANIFEST_ENV) or None)
+
+
+def default_resources() -> dict[str, object]:
+    """The resources as a deployment wires them: secrets and locations through ``EnvVar``."""
+    env = os.environ
+    if env.get(KEY_PATH_ENV):
+        decryptor = DecryptorResource(private_key_path=dg.EnvVar(KEY_PATH_ENV))
+    elif env.get(KEY_PEM_ENV):
+        decryptor = DecryptorResource(private_key_env=KEY_PEM_ENV)
+    else:
+        decryptor = DecryptorResource()  # plain JSON backups need no key; an encrypted one fails clearly
+    return {
+        "target": PostgresTargetResource.from_env(),
+        "backup_source": BackupSourceResource(
+            folder=dg.EnvVar(BACKUPS_ENV) if env.get(BACKUPS_ENV) else "backups",
+            glob=dg.EnvVar(GLOB_ENV) if env.get(GLOB_ENV) else DEFAULT_GLOB),
+        "decryptor": decryptor,
+        "staging": StagingResource(),
+        "import_settings": ImportSettingsResource(),
+    }
+
+
+def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
+    """Every asset of the graph, for one backup partition, in-process."""
+    return dg.define_asset_job(name, selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
+                               description="Restore one backup (a partition) into the target database.")
+
+
+def build_definitions(manifest: Manifest | None = None, **graph_options: object) -> dg.Definitions:
+    """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`)."""
+    manifest = manifest or load_manifest()
+    return dg.Definitions(
+        assets=build_restore_graph(manifest, **graph_options),  # type: ignore[arg-type]
+        jobs=[restore_job()],
+        resources=default_resources(),
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,86 @@
+"""Run the restore graph in-process for one backup: what ``backup-assets import`` calls, so the command
+line and the Dagster UI share one code path (and one record, when ``$DAGSTER_HOME`` names an instance).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from psycopg.conninfo import conninfo_to_dict
+
+from backup_assets.assets import build_restore_graph
+from backup_assets.core.decryptors import Decryptor
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.settings import ImportSettings, check_import_id
+from backup_assets.partitions import backups_partitions, partition_key_for_file
+from backup_assets.settings_resource import ImportSettingsResource
+from resources.backup_source import BackupSourceResource
+from resources.decryptor import DecryptorResource
+from resources.postgres import PostgresTargetResource
+from resources.staging import StagingResource
+
+#: Run tag naming the target database (host:port/dbname, never credentials): ``dagster.yaml`` allows one
+#: restore at a time per value.
+TARGET_TAG = "backup_assets/target"
+BACKUP_TAG = "backup_assets/backup"
+
+
+def target_tag(dsn: str | None) -> str:
+    """``host:port/dbname`` of a DSN, for the run-coordination tag; ``embedded`` when no DSN is given."""
+    if not dsn:
+        return "embedded"
+    try:
+        d = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - a malformed DSN fails later, with the engine's message
+        return "unknown"
+    return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
+
+
+def _instance(instance: dg.DagsterInstance | None) -> dg.DagsterInstance:
+    if instance is not None:
+        return instance
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, settings: ImportSettings | None = None,
+                        manifest: Manifest | None = None, import_id: str | None = None,
+                        decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
+                        selection: dg.AssetSelection | str | list | None = None, *, raise_on_error: bool = False,
+                        staging: StagingResource | None = None) -> dg.ExecuteInProcessResult:
+    """Restore ``backup_path`` into ``dsn`` by materializing the asset graph in-process, as one partition.
+
+    ``import_id`` defaults to the file's partition key (readable stem + SHA-256 prefix); the partition is
+    added to ``instance`` (default: ``$DAGSTER_HOME``'s instance, else an ephemeral one). ``decryptor``
+    is handed to the stages as an object, so key material never enters run configuration. ``selection``
+    restricts the run to some assets (a subset re-run of an import already staged). With
+    ``raise_on_error=False`` a failed step is reported in the result (see :func:`failure_message`).
+    """
+    path = Path(backup_path).absolute()
+    manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
+    key = check_import_id(import_id) if import_id else partition_key_for_file(path)
+    instance = _instance(instance)
+    if not instance.has_dynamic_partition(backups_partitions.name, key):
+        instance.add_dynamic_partitions(backups_partitions.name, [key])
+    resources = {
+        "target": PostgresTargetResource(dsn=dsn),
+        "backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name, pinned={key: str(path)}),
+        "decryptor": dg.ResourceDefinition.hardcoded_resource(decryptor) if decryptor else DecryptorResource(),
+        "staging": staging or StagingResource(),
+        "import_settings": ImportSettingsResource.from_settings(settings or ImportSettings()),
+    }
+    return dg.materialize(build_restore_graph(manifest), instance=instance, partition_key=key, resources=resources,
+                          selection=selection, raise_on_error=raise_on_error,
+                          tags={TARGET_TAG: target_tag(dsn), BACKUP_TAG: path.name})
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str | None:
+    """One line per failed step (``step: message``), or None when the run succeeded."""
+    if result.success:
+        return None
+    lines = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            err = event.step_failure_data.error
+            lines.append(f"{event.step_key}: {(event.step_failure_data.user_failure_data and event.step_failure_data.user_failure_data.description) or err.message.strip()}")
+    return "\n".join(lines) or "the restore run failed"

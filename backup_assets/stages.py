@@ -1,0 +1,212 @@
+"""The stage assets of one import (one backup partition), before and after the model assets.
+
+``sentry_backup/backup_file``        the file: path, size, SHA-256 (checked against the partition key)
+``sentry_backup/unwrapped_tarball``  the tarball's members validated (plain JSON: passes through)
+``sentry_backup/data_key``           ``key.pub`` matched against the private key and ``data.key`` unwrapped in
+                                     memory, then discarded (plain JSON: passes through)
+``sentry_backup/parsed_export``      the export parsed into the staging area, the import prepared
+``sentry_backup/restore_complete``   after every model: totals, staging dropped
+
+Nothing is handed from one stage to the next but the target database: the data key is never
+returned, persisted or logged; the parse stage unwraps it again in memory (each step may run in
+another process or on another machine).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from backup_assets.core import keys
+from backup_assets.core.decryptors import Decryptor
+from backup_assets.core.errors import BackupFormatError, DecryptionError
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.source import Backup, open_backup
+from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
+from backup_assets.execution import Stopwatch, engine_errors, import_id_of, open_restore
+from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.translator import (
+    BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, UNWRAPPED_TARBALL_KEY,
+)
+from resources.backup_source import BackupFile, BackupSourceResource
+from resources.decryptor import DecryptorResource
+from resources.postgres import PostgresTargetResource
+from resources.staging import StagingResource
+
+STAGE_GROUP = "sentry_backup"
+PLAIN_JSON_NOTE = "plain JSON export: not encrypted, nothing to unwrap"
+
+
+def _backup_file(context: dg.AssetExecutionContext, source: BackupSourceResource) -> BackupFile:
+    import_id = import_id_of(context)
+    with engine_errors("backup file"):
+        return source.resolve(import_id)
+
+
+def _decryptor(resource: DecryptorResource | Decryptor, bf: BackupFile) -> Decryptor:
+    """The core decryptor of an encrypted backup: from the resource's configuration, or a decryptor object
+    given as the resource itself (``run.materialize_restore`` does that; it never enters run config)."""
+    if isinstance(resource, Decryptor):
+        return resource
+    if not (resource.private_key_path or resource.private_key_env):
+        raise DecryptionError(f"{bf.path}: this backup is encrypted; configure the 'decryptor' resource "
+                              "(private_key_path, or private_key_env naming a variable that holds the PEM)")
+    return resource.get_decryptor()
+
+
+def _is_plain(bf: BackupFile) -> bool:
+    """Whether the backup is a plain JSON export (else a tarball, possibly compressed: the engine says so)."""
+    with engine_errors("backup file"):
+        try:
+            with open(bf.path, "rb") as f:
+                head = f.read(BLOCK)
+        except OSError as e:
+            raise BackupFormatError(f"cannot read: {e.strerror or e}", path=str(bf.path)) from None
+    return not (is_tar_header(head) or compression_of(head))
+
+
+def _open(context: dg.AssetExecutionContext, source: BackupSourceResource,
+          decryptor: DecryptorResource | Decryptor) -> Backup:
+    """The run's backup, opened; a decryptor is only asked for when the backup is encrypted."""
+    bf = _backup_file(context, source)
+    plain = _is_plain(bf)
+    with engine_errors("backup file"):
+        return open_backup(bf.path, None if plain else _decryptor(decryptor, bf))
+
+
+def _stage(fn, key: dg.AssetKey, deps: list[dg.AssetKey], description: str,
+           partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    return dg.asset(key=key, deps=deps, description=description, group_name=STAGE_GROUP,
+                    partitions_def=partitions_def, kinds={"sentry"})(fn)
+
+
+def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None
+                       ) -> list[dg.AssetsDefinition]:
+    """The four stages before the model assets (see the module doc)."""
+
+    def backup_file(context: dg.AssetExecutionContext, backup_source: BackupSourceResource) -> dg.MaterializeResult:
+        bf = _backup_file(context, backup_source)
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(bf.path)), "size_bytes": bf.size, "sha256": bf.sha256,
+            "import_id": context.partition_key})
+
+    def unwrapped_tarball(context: dg.AssetExecutionContext, backup_source: BackupSourceResource
+                          ) -> dg.MaterializeResult:
+        bf = _backup_file(context, backup_source)
+        if _is_plain(bf):
+            return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
+        with engine_errors("tarball"):
+            contents = read_tarball(bf.path)
+        members = dg.MetadataValue.table(
+            records=[dg.TableRecord({"member": m, "bytes": n}) for m, n in contents.members.items()],
+            schema=dg.TableSchema(columns=[dg.TableColumn("member", "string"), dg.TableColumn("bytes", "int")]))
+        return dg.MaterializeResult(metadata={"kind": "tarball", "members": members,
+                                              "export_json_bytes": contents.export_size})
+
+    def data_key(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
+                 decryptor: DecryptorResource) -> dg.MaterializeResult:
+        bf = _backup_file(context, backup_source)
+        if _is_plain(bf):
+            return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
+        with engine_errors("data key"):
+            contents = read_tarball(bf.path)
+            fingerprint = keys.fingerprint(contents.key_pub)
+            # Proves key.pub matches the private key and data.key unwraps; the key is dropped at once.
+            _decryptor(decryptor, bf).unwrap_data_key(contents.data_key, contents.key_pub)
+        return dg.MaterializeResult(metadata={
+            "kind": "tarball", "key_pub_fingerprint": fingerprint,
+            "key_pub_matched": True,
+            "note": "data key unwrapped in memory and discarded; later stages unwrap it again"})
+
+    def parsed_export(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
+                      decryptor: DecryptorResource, target: PostgresTargetResource,
+                      import_settings: ImportSettingsResource, staging: StagingResource) -> dg.MaterializeResult:
+        backup = _open(context, backup_source, decryptor)
+        restore = open_restore(context, manifest, target, import_settings, staging)
+        with engine_errors("parse"), Stopwatch() as sw:
+            staged = restore.stage(backup)
+            restore.prepare()
+        return dg.MaterializeResult(metadata=_stage_metadata(staged, sw.seconds))
+
+    return [
+        _stage(backup_file, BACKUP_FILE_KEY, [], "The backup file of this partition: size and SHA-256.",
+               partitions_def),
+        _stage(unwrapped_tarball, UNWRAPPED_TARBALL_KEY, [BACKUP_FILE_KEY],
+               "The export tarball's members, validated (a plain JSON export passes through).", partitions_def),
+        _stage(data_key, DATA_KEY_KEY, [UNWRAPPED_TARBALL_KEY],
+               "key.pub matched against the private key and data.key unwrapped in memory; the key is never "
+               "stored (a plain JSON export passes through).", partitions_def),
+        _stage(parsed_export, PARSED_EXPORT_KEY, [DATA_KEY_KEY],
+               "The export decrypted and parsed into the staging area (schema backup_assets of the target "
+               "database), and the import prepared.", partitions_def),
+    ]
+
+
+def _stage_metadata(staged: Any, seconds: float) -> dict[str, Any]:
+    per_model = dg.MetadataValue.table(
+        records=[dg.TableRecord({"model": m, "rows": n}) for m, n in sorted(staged.rows_per_model.items())],
+        schema=dg.TableSchema(columns=[dg.TableColumn("model", "string"), dg.TableColumn("rows", "int")]))
+    return {
+        "dagster/row_count": staged.rows,
+        "rows": staged.rows,
+        "rows_per_model": per_model,
+        "models": len(staged.rows_per_model),
+        "skipped_unknown_models": dg.MetadataValue.json(dict(sorted(staged.unknown_models.items()))),
+        "skipped_unknown_rows": sum(staged.unknown_models.values()),
+        "skipped_excluded_models": dg.MetadataValue.json(dict(sorted(staged.excluded_models.items()))),
+        "bytes": staged.bytes,
+        "duration_s": dg.MetadataValue.float(round(seconds, 4)),
+        "rows_per_s": dg.MetadataValue.float(round(staged.rows / seconds, 1) if seconds else 0.0),
+    }
+
+
+# -- after the models -------------------------------------------------------------------------------
+_TOTALS = ("rows_read", "rows_written", "rows_merged", "rows_dropped")
+
+
+def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> Mapping[str, Any] | None:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.AssetKey, str],
+                                 partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    """``restore_complete``: depends on every model asset; totals their loads, fails when a model is missing
+    or failed an ERROR check (staging is then kept for re-runs), else drops the staging area."""
+
+    def restore_complete(context: dg.AssetExecutionContext, target: PostgresTargetResource,
+                         import_settings: ImportSettingsResource, staging: StagingResource) -> dg.MaterializeResult:
+        totals = dict.fromkeys(_TOTALS, 0)
+        missing, failed = [], {}
+        for key, model in model_keys.items():
+            md = _latest_metadata(context, key)
+            if md is None:
+                missing.append(model)
+                continue
+            for t in _TOTALS:
+                totals[t] += int(md.get(t) or 0)
+            if md.get("failed_checks"):
+                failed[model] = md["failed_checks"]
+        if missing or failed:
+            parts = []
+            if missing:
+                parts.append(f"models never loaded for this partition: {', '.join(missing)}")
+            if failed:
+                parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
+            raise dg.Failure(f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
+                             "(staging kept: fix and re-materialize those models)", allow_retries=False)
+        restore = open_restore(context, manifest, target, import_settings, staging)
+        if not staging.keep_after_restore:
+            with engine_errors("finish"):
+                restore.finish()
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": totals["rows_written"] + totals["rows_merged"], **totals,
+            "models": len(model_keys), "staging_dropped": not staging.keep_after_restore})
+
+    return dg.asset(key=RESTORE_COMPLETE_KEY, deps=list(model_keys), group_name=STAGE_GROUP,
+                    partitions_def=partitions_def, kinds={"postgres"},
+                    description="Every model of the import loaded and verified: totals; the staging area dropped."
+                    )(restore_complete)

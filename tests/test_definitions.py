@@ -1,0 +1,194 @@
+"""The Dagster code location: definitions load, one asset per relocatable model, translator, manifest switch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from backup_assets.assets import CHECKS, DEFAULT_POOL, build_restore_assets
+from backup_assets.definitions import build_definitions
+from backup_assets.core.errors import ConfigurationError
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.settings import check_import_id
+from backup_assets.partitions import backups_partitions, key_stem, partition_key, partition_key_for_file
+from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, SentryRestoreTranslator
+from resources.backup_source import BackupSourceResource
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = {"backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete"}
+
+
+def entry(name, fks=(), deps=(), scope="Organization"):
+    return {"dangling": False, "model": name, "relocation_dependencies": list(deps), "relocation_scope": scope,
+            "foreign_keys": {f: {"kind": "FlexibleForeignKey", "model": m, "nullable": True} for f, m in fks},
+            "silos": ["Region"], "table_name": name.replace(".", "_"), "uniques": []}
+
+
+SMALL = {
+    "sentry.user": entry("sentry.user", scope="User"),
+    "sentry.organization": entry("sentry.organization"),
+    "sentry.secret": entry("sentry.secret", scope="Excluded"),
+    "sentry.member": entry("sentry.member", fks=[("organization", "sentry.organization"), ("user_id", "sentry.user"),
+                                                 ("secret", "sentry.secret")]),
+    "social_auth.usersocialauth": entry("social_auth.usersocialauth", fks=[("user", "sentry.user")],
+                                        scope=["Excluded", "Global"]),
+    "sentry.apitoken": entry("sentry.apitoken", fks=[("user", "sentry.user")], deps=["sentry.member"],
+                             scope=["Global", "Config"]),
+}
+
+
+def graph_of(defs: dg.Definitions):
+    return defs.resolve_asset_graph()
+
+
+def model_assets(assets: list[dg.AssetsDefinition]) -> dict[str, dg.AssetsDefinition]:
+    return {a.metadata_by_key[a.key]["sentry/model"]: a for a in assets if "sentry/model" in a.metadata_by_key[a.key]}
+
+
+def test_definitions_load_with_one_asset_per_relocatable_model_of_the_builtin_manifest():
+    from backup_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    manifest = Manifest.builtin()
+    graph = graph_of(defs)
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    expected = {"/".join(m.split(".")) for m in manifest.relocatable()} | {f"sentry_backup/{s}" for s in STAGES}
+    assert keys == expected
+    excluded = [m for m in manifest.models if not manifest[m].relocatable]
+    assert all("/".join(m.split(".")) not in keys for m in excluded)
+    job = defs.resolve_job_def("restore_backup_job")
+    assert job.executor_def is dg.in_process_executor
+    assert {n.name for n in job.graph.node_defs} >= {"sentry__organization", "sentry_backup__parsed_export"}
+    complete = graph.get(RESTORE_COMPLETE_KEY)
+    assert {k.to_user_string() for k in complete.parent_keys} == {"/".join(m.split(".")) for m in manifest.relocatable()}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def == backups_partitions
+
+
+def test_model_assets_carry_keys_groups_deps_kinds_metadata_checks_retry_and_pool():
+    manifest = Manifest.from_json(SMALL, source="test")
+    assets = model_assets(build_restore_assets(manifest))
+    assert set(assets) == {"sentry.user", "sentry.organization", "sentry.member", "social_auth.usersocialauth",
+                           "sentry.apitoken"}
+    member = assets["sentry.member"]
+    assert member.key == dg.AssetKey(["sentry", "member"])
+    assert member.group_names_by_key[member.key] == "organization"
+    spec = member.specs_by_key[member.key]
+    # the Excluded FK target has no asset, so no dependency on it
+    assert {d.asset_key for d in spec.deps} == {PARSED_EXPORT_KEY, dg.AssetKey(["sentry", "organization"]),
+                                                dg.AssetKey(["sentry", "user"])}
+    assert spec.kinds == {"postgres"}
+    md = member.metadata_by_key[member.key]
+    assert md["table"] == "sentry_member"
+    assert [fk["model"] for fk in md["foreign_keys"].data] == ["sentry.organization", "sentry.secret", "sentry.user"]
+    assert {c.name for c in member.check_specs} == set(CHECKS) >= {"counts_reconcile", "no_dangling_fk",
+                                                                   "sequence_past_max"}
+    policy = member.op.retry_policy
+    assert policy.max_retries >= 1 and policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
+    assert member.op.pool == DEFAULT_POOL == "sentry_target"
+    social = assets["social_auth.usersocialauth"]
+    assert social.key == dg.AssetKey(["social_auth", "usersocialauth"])
+    assert social.group_names_by_key[social.key] == "global"  # first scope other than Excluded
+    token = assets["sentry.apitoken"]
+    assert token.group_names_by_key[token.key] == "config"  # Sentry's enum order: Config before Global
+    assert dg.AssetKey(["sentry", "member"]) in {d.asset_key for d in token.specs_by_key[token.key].deps}
+
+
+def test_a_translator_subclass_changes_keys_groups_and_tags_and_deps_follow():
+    class Mine(SentryRestoreTranslator):
+        def get_asset_spec(self, model_spec):
+            spec = super().get_asset_spec(model_spec)
+            return spec.replace_attributes(key=spec.key.with_prefix("restored"), group_name="sentry_models",
+                                           tags={**spec.tags, "team": "sre"})
+
+    manifest = Manifest.from_json(SMALL, source="test")
+    assets = model_assets(build_restore_assets(manifest, translator=Mine(), retry_policy=None, pool="other"))
+    member = assets["sentry.member"]
+    assert member.key == dg.AssetKey(["restored", "sentry", "member"])
+    assert member.group_names_by_key[member.key] == "sentry_models"
+    assert member.tags_by_key[member.key]["team"] == "sre"
+    assert {d.asset_key for d in member.specs_by_key[member.key].deps} == {
+        PARSED_EXPORT_KEY, dg.AssetKey(["restored", "sentry", "organization"]), dg.AssetKey(["restored", "sentry", "user"])}
+    assert member.op.retry_policy is None and member.op.pool == "other"
+    defs = build_definitions(manifest, translator=Mine())
+    dg.Definitions.validate_loadable(defs)
+    parents = graph_of(defs).get(RESTORE_COMPLETE_KEY).parent_keys
+    assert dg.AssetKey(["restored", "sentry", "apitoken"]) in parents
+
+
+def test_a_translator_giving_two_models_one_key_is_rejected():
+    class Collide(SentryRestoreTranslator):
+        def get_asset_key(self, model_spec):
+            return dg.AssetKey(["same"])
+
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="same asset key"):
+        build_restore_assets(Manifest.from_json(SMALL, source="test"), translator=Collide())
+
+
+def test_the_manifest_env_var_switches_the_models(tmp_path):
+    path = tmp_path / "detailed.json"
+    path.write_text(json.dumps(SMALL))
+    code = ("import json; from backup_assets.definitions import defs; "
+            "print(json.dumps(sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "BACKUP_ASSETS_MANIFEST": str(path)})
+    keys = json.loads(out.stdout.strip().splitlines()[-1])
+    assert keys == sorted(["sentry/user", "sentry/organization", "sentry/member", "social_auth/usersocialauth",
+                           "sentry/apitoken", *(f"sentry_backup/{s}" for s in STAGES)])
+
+
+def test_the_core_never_imports_dagster():
+    code = ("import importlib, pkgutil, sys, backup_assets.core as core\n"
+            "names = [m.name for m in pkgutil.iter_modules(core.__path__)]\n"
+            "for n in names: importlib.import_module('backup_assets.core.' + n)\n"
+            "assert len(names) >= 8, names\n"
+            "bad = sorted(m for m in sys.modules if m == 'dagster' or m.startswith('dagster.'))\n"
+            "print(len(names), bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+def test_partition_keys_are_readable_stable_import_ids(tmp_path):
+    digest = "ab" * 32
+    assert partition_key("sentry-2024-06-01.tar", digest) == "sentry-2024-06-01-abababab"
+    assert partition_key("weird name (copy).json", digest) == "weird-name-copy-abababab"
+    assert key_stem("__.tar") == "backup"
+    for name in ("ü.tar", "a" * 300 + ".json", ".hidden.tar", "x y/z.tar"):
+        check_import_id(partition_key(name, digest))
+    f = tmp_path / "b.json"
+    f.write_text("[]")
+    k1 = partition_key_for_file(f)
+    f.write_text("[ ]")
+    assert partition_key_for_file(f) != k1 and partition_key_for_file(f).startswith("b-")
+
+
+def test_the_backup_source_lists_and_resolves_keys(tmp_path):
+    (tmp_path / "one.json").write_text("[]")
+    (tmp_path / "two.tar").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("no")
+    source = BackupSourceResource(folder=str(tmp_path))
+    listed = source.list_backups()
+    assert [b.path.name for b in listed] == ["one.json", "two.tar"]
+    assert source.resolve(listed[0].key).path == tmp_path / "one.json"
+    (tmp_path / "one.json").write_text("[ ]")  # rewritten: the old key no longer resolves
+    with pytest.raises(ConfigurationError, match="has partition key"):
+        source.resolve(listed[0].key)
+    pinned = BackupSourceResource(folder=str(tmp_path), glob="*.json", pinned={"my-id": str(tmp_path / "two.tar")})
+    assert pinned.resolve("my-id").path.name == "two.tar"
+    assert [b.path.name for b in pinned.list_backups()] == ["one.json"]
+
+
+def test_import_settings_resource_round_trips_and_validates():
+    from backup_assets.core.settings import ImportSettings
+
+    s = ImportSettings(scope="organizations", merge_users=True, filter_org_slugs=frozenset({"acme"}))
+    assert ImportSettingsResource.from_settings(s).to_settings() == s
+    assert ImportSettingsResource().to_settings() == ImportSettings()
+    with pytest.raises(ConfigurationError):
+        ImportSettingsResource(scope="users", replace_existing=True).to_settings()
