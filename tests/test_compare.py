@@ -265,6 +265,17 @@ def test_foreign_key_to_a_missing_row_and_to_null():
         "ForeignKeyComparatorExistenceCheck"]
 
 
+def test_dangling_foreign_key_may_be_dropped_by_the_import():
+    left = export()
+    _fields(left, "sentry.organizationmember", 2)["inviter_id"] = 99  # a user who was not exported
+    right = regenerated()
+    _fields(right, "sentry.organizationmember", 2)["inviter_id"] = None
+    assert compare(left, right, MANIFEST) == []
+    _fields(right, "sentry.organizationmember", 2)["inviter_id"] = 1
+    findings = compare(left, right, MANIFEST)
+    assert _kinds(findings) == ["ForeignKeyComparator"] and "left value (99)" in findings[0].reason
+
+
 def test_hash_obfuscating_hides_the_secret():
     findings = _diff(_set("sentry.organizationmember", 2, token="another-secret"))
     assert _kinds(findings) == ["HashObfuscatingComparator"]

@@ -16,7 +16,8 @@ The left export is the original, the right one the re-export after an import. Th
 Comparators per model come from a table (:func:`default_comparators`, written from the facts of
 Sentry's default table) plus two automatic ones: a :class:`ForeignKeyComparator` for the foreign
 keys the manifest lists (values compared through the ordinals of the rows they point at, so a
-pk-remapped copy compares equal), and, for models that have any comparator in the table, a
+pk-remapped copy compares equal; a reference that dangles on the left may be null on the right, an
+allowance Sentry's validator does not make), and, for models that have any comparator in the table, a
 :class:`DatetimeEqualityComparator` for their datetime fields not claimed by a
 :class:`DateUpdatedComparator` or :class:`IgnoredComparator`. A manifest does not carry field types,
 so datetime fields are recognised by their values (ISO-8601 strings with a time part).
@@ -114,7 +115,7 @@ class Comparator:
         found = []
         for f in self.fields:
             on_left, on_right = m.left.get(f) is not None, m.right.get(f) is not None
-            if on_left != on_right:
+            if on_left != on_right and not self.exempt(m, f):
                 side = "right" if on_left else "left"
                 found.append(m.finding(self.existence_kind, f"the {side} value of `{f}` is missing"))
         return found
@@ -123,7 +124,7 @@ class Comparator:
         found = []
         for f in self.fields:
             left, right = m.left.get(f), m.right.get(f)
-            if left is None and right is None:
+            if (left is None and right is None) or self.exempt(m, f):
                 continue
             reason = self.check(f, left, right)
             if reason:
@@ -132,6 +133,10 @@ class Comparator:
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         raise NotImplementedError
+
+    def exempt(self, m: Match, field: str) -> bool:
+        """Whether ``field`` of this pair is exempt from both the existence check and the check."""
+        return False
 
     def scrub(self, m: Match) -> None:
         for f in self.fields:
@@ -360,7 +365,12 @@ class EqualOrRemovedComparator(Comparator):
 
 
 class ForeignKeyComparator(Comparator):
-    """Foreign keys point at rows with the same ordinal on both sides (the pks themselves may differ)."""
+    """Foreign keys point at rows with the same ordinal on both sides (the pks themselves may differ).
+
+    One allowance Sentry's validator does not make: a left value that points at no row of the left
+    export (a dangling reference, such as an organization member's inviter who was not exported) may
+    be null on the right, since that is what an import does with it.
+    """
 
     kind = Kind.ForeignKeyComparator
 
@@ -377,11 +387,18 @@ class ForeignKeyComparator(Comparator):
         """Each side's model -> {pk: ordinal}; needed before :meth:`compare`."""
         self._maps = (left, right)
 
+    def exempt(self, m: Match, field: str) -> bool:
+        """The left value dangles and the right one is null: the import dropped the reference."""
+        return m.right.get(field) is None and self._ordinal(0, field, m.left.get(field)) is None
+
+    def _ordinal(self, side: int, field: str, value: Any) -> int | None:
+        return self._maps[side].get(self.targets[field], {}).get(value) if isinstance(value, int) else None
+
     def check(self, field: str, left: Any, right: Any) -> str | None:
         target = self.targets[field]
         ordinals = []
-        for side, value, pk_map in (("left", left, self._maps[0]), ("right", right, self._maps[1])):
-            ordinal = pk_map.get(target, {}).get(value) if isinstance(value, int) else None
+        for index, side, value in ((0, "left", left), (1, "right", right)):
+            ordinal = self._ordinal(index, field, value)
             if ordinal is None:
                 return f"the {side} value ({value!r}) of foreign key `{field}` is not the pk of any {target} row"
             ordinals.append(ordinal)
