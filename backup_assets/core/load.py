@@ -27,7 +27,7 @@ from psycopg import sql
 
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
-from .schema import INTERNAL_SCHEMA, Column, TableInfo, require_table, value_sql
+from .schema import INTERNAL_SCHEMA, Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules
 from .settings import LoadResult
 
@@ -109,7 +109,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         "SELECT DISTINCT jsonb_object_keys(s.fields) FROM {staged} WHERE s.model = {model}").format(
         staged=staged, model=model))}
     fk_columns = {fk.column for fk in spec.foreign_keys}
-    result.skipped_fields = sorted(k[:100] for k in present
+    result.skipped_fields = sorted(describe_name(k) for k in present
                                    if k not in table.columns and k not in spec.fk_by_field)
     data_cols = [c for name, c in table.columns.items()
                  if name != "id" and name not in fk_columns and (name in present or name in rules.overrides)]

@@ -10,6 +10,7 @@ their Sentry release instead.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -31,6 +32,11 @@ IMPORT_SCOPES: Mapping[str, frozenset[str]] = {
 
 FK_KINDS = frozenset({"FlexibleForeignKey", "DefaultForeignKey", "HybridCloudForeignKey",
                       "OneToOneCascadeDeletes", "DefaultOneToOneField", "ImplicitForeignKey"})
+
+#: What the manifest's names may look like: they reach SQL (as quoted identifiers and literals), so they
+#: are held to what Django produces. PostgreSQL keeps only 63 bytes of an identifier.
+MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 _KEYS = ("dangling", "foreign_keys", "model", "relocation_dependencies", "relocation_scope", "silos",
          "table_name", "uniques")
@@ -108,8 +114,8 @@ def _spec_from_json(name: str, entry: object, source: str) -> ModelSpec:
     if entry.get("model", name) != name:
         raise bad(f"'model' is {entry.get('model')!r}, the key says {name!r}")
     table = entry["table_name"]
-    if not isinstance(table, str) or not table:
-        raise bad("'table_name' must be a non-empty string")
+    if not isinstance(table, str) or not IDENTIFIER.match(table):
+        raise bad(f"'table_name' must be a plain SQL identifier of at most 63 characters, not {_show(table)}")
     scope = entry["relocation_scope"]
     scopes = [scope] if isinstance(scope, str) else scope
     if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
@@ -119,13 +125,15 @@ def _spec_from_json(name: str, entry: object, source: str) -> ModelSpec:
         raise bad("'foreign_keys' must be an object")
     fks = []
     for fname, fk in sorted(fks_raw.items()):
-        if not isinstance(fk, dict) or not isinstance(fk.get("model"), str):
-            raise bad(f"foreign key {fname!r} must be an object with a 'model' string")
+        if not isinstance(fname, str) or not IDENTIFIER.match(fname):
+            raise bad(f"foreign key field {_show(fname)} is not a plain identifier of at most 63 characters")
+        if not isinstance(fk, dict) or not isinstance(fk.get("model"), str) or not MODEL_NAME.match(fk["model"].lower()):
+            raise bad(f"foreign key {fname!r} must be an object with a 'model' name like 'sentry.user'")
         fks.append(ForeignKey(field=fname, model=fk["model"].lower(), nullable=bool(fk.get("nullable", True)),
                               kind=str(fk.get("kind", "FlexibleForeignKey"))))
     deps = entry.get("relocation_dependencies", [])
     uniques = entry.get("uniques", [])
-    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+    if not isinstance(deps, list) or not all(isinstance(d, str) and MODEL_NAME.match(d.lower()) for d in deps):
         raise bad("'relocation_dependencies' must be a list of model names")
     if not isinstance(uniques, list) or not all(isinstance(u, list) and all(isinstance(f, str) for f in u)
                                                 for u in uniques):
@@ -151,8 +159,8 @@ class Manifest:
             raise ManifestError(f"{source}: a manifest is a JSON object keyed by model name")
         models = {}
         for name, entry in data.items():
-            if not isinstance(name, str) or "." not in name:
-                raise ManifestError(f"{source}: {name!r} is not a model name like 'sentry.user'")
+            if not isinstance(name, str) or not MODEL_NAME.match(name.lower()):
+                raise ManifestError(f"{source}: {_show(name)} is not a model name like 'sentry.user'")
             models[name.lower()] = _spec_from_json(name.lower(), entry, source)
         return cls(models=models, source=source)
 
@@ -225,6 +233,12 @@ class Manifest:
     def restrict(self, names: Iterable[str]) -> "Manifest":
         keep = set(names)
         return Manifest(models={n: s for n, s in self.models.items() if n in keep}, source=self.source)
+
+
+def _show(value: object) -> str:
+    """A short, printable rendering of a suspicious name (never the whole of a 10,000-character one)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(str(value))} characters)"
 
 
 def _find_cycle(candidates: list[str], deps: Mapping[str, set[str]]) -> list[str]:

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import ExportParseError
-from .manifest import Manifest
+from .manifest import MODEL_NAME, Manifest
 from .settings import StageResult
 from .staging import create_staging, index_staging
 
@@ -96,7 +96,8 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
                 fk_fields = known.get(model)
                 if fk_fields is None:
                     bucket = result.excluded_models if model in excluded else result.unknown_models
-                    bucket[model] = bucket.get(model, 0) + 1
+                    name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
+                    bucket[name] = bucket.get(name, 0) + 1
                     continue
                 pk = row.get("pk")
                 if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:

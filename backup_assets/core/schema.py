@@ -22,6 +22,14 @@ SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 INTERNAL_SCHEMA = "backup_assets"
 
 
+def describe_name(name: str) -> str:
+    """How an export's field name is reported: itself when it is a plain identifier, else a description,
+    so that an odd name (quotes, semicolons, 10,000 characters) is never sent anywhere, not even as data."""
+    if SAFE_NAME.match(name) or re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", name):
+        return name
+    return f"<unusual field name of {len(name)} characters>"
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

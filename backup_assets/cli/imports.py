@@ -1,0 +1,145 @@
+"""``backup-assets import users|organizations|config|global SRC``: Sentry's ``sentry import``, into PostgreSQL."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..core.decryptors import LocalFileDecryptor
+from ..core.errors import BackupAssetsError
+from ..core.findings import InstanceID, RpcImportError, write_findings
+from ..core.manifest import Manifest
+from ..core.postgres import resolve_dsn
+from ..core.restore import run_restore
+from ..core.settings import ImportSettings, RestoreResult, new_import_id
+from ..core.source import open_backup
+from . import main
+from .common import EXISTING_FILE, NEW_FILE, dsn_option, manifest_option, project_errors
+
+SCOPE_HELP = {
+    "users": "Import users (and their emails and options) only.",
+    "organizations": "Import organizations and the users who are their members.",
+    "config": "Import instance configuration (options, relays, admin roles) and users.",
+    "global": "Restore everything: the whole instance, as `sentry import global` does.",
+}
+
+
+def _split(values: str | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    return frozenset(v.strip() for v in values.replace("\n", ",").split(",") if v.strip())
+
+
+@main.group("import")
+def import_group() -> None:
+    """Import a Sentry export (plain JSON or encrypted tarball) into PostgreSQL.
+
+    \b
+    Examples:
+      backup-assets import global backup.tar --decrypt-with private.pem --no-prompt
+      backup-assets import organizations export.json --filter-org-slugs acme --dsn postgresql://...
+    """
+
+
+def _scope_command(scope: str) -> None:
+    @import_group.command(scope, help=f"{SCOPE_HELP[scope]}\n\n\b\nExample:\n  backup-assets import {scope} "
+                                      f"export.json --dsn postgresql://localhost/sentry")
+    @click.argument("src", type=EXISTING_FILE)
+    @click.option("--decrypt-with", type=EXISTING_FILE, metavar="PRIVATE.pem",
+                  help="RSA private key (unencrypted PEM) for an encrypted export tarball.")
+    @click.option("--filter-usernames", metavar="A,B", help="Import only these users (comma-separated).")
+    @click.option("--filter-usernames-file", type=EXISTING_FILE, help="Read --filter-usernames from a file.")
+    @click.option("--filter-org-slugs", metavar="A,B", help="Import only these organizations and their members.")
+    @click.option("--merge-users", is_flag=True, help="Map users whose username exists onto the existing user.")
+    @click.option("--overwrite-configs", is_flag=True, help="Overwrite existing config rows (options, relays...).")
+    @click.option("--findings-file", type=NEW_FILE, help="Write findings (Sentry's JSON format) here; [] on success.")
+    @click.option("--no-prompt", is_flag=True, help="Do not ask for confirmation (global: existing data is replaced).")
+    @click.option("--silent", is_flag=True, help="Print only errors.")
+    @dsn_option
+    @manifest_option
+    @click.option("--create-schema", is_flag=True, help="Create missing tables (restoring into an empty database).")
+    @click.option("--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database).")
+    @click.option("--import-id", metavar="ID", help="Name this import (default: a new random id).")
+    @project_errors
+    def command(src: Path, decrypt_with: Path | None, filter_usernames: str | None, filter_usernames_file: Path | None,
+                filter_org_slugs: str | None, merge_users: bool, overwrite_configs: bool, findings_file: Path | None,
+                no_prompt: bool, silent: bool, dsn: str | None, manifest: Path | None, create_schema: bool,
+                preserve_pks: bool, import_id: str | None) -> None:
+        if filter_usernames is not None and filter_usernames_file is not None:
+            raise click.UsageError("--filter-usernames and --filter-usernames-file are mutually exclusive")
+        if filter_usernames_file is not None:
+            filter_usernames = filter_usernames_file.read_text()
+        if scope not in ("users", "config") and filter_usernames is not None:
+            raise click.UsageError(f"--filter-usernames is not available for `import {scope}`")
+        if scope != "organizations" and filter_org_slugs is not None:
+            raise click.UsageError(f"--filter-org-slugs is only available for `import organizations`")
+        replace = False
+        if scope == "global":
+            if not no_prompt and not click.confirm(
+                    "A global import replaces every relocatable table of the target database. Continue?",
+                    default=False, err=True):
+                if not silent:
+                    click.echo("Import cancelled.", err=True)
+                return
+            replace = True
+        settings = ImportSettings(scope=scope, merge_users=merge_users, overwrite_configs=overwrite_configs,
+                                  filter_usernames=_split(filter_usernames), filter_org_slugs=_split(filter_org_slugs),
+                                  preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
+        decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
+        try:
+            backup = open_backup(src, decryptor)
+            result = run_restore(resolve_dsn(dsn), backup, Manifest.load(manifest), settings,
+                                 import_id=import_id or new_import_id())
+        except BackupAssetsError as e:
+            if findings_file:
+                write_findings([RpcImportError(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
+                                               reason=str(e))], findings_file)
+            raise
+        if findings_file:
+            write_findings(_drop_findings(result), findings_file)
+        if not silent:
+            _summary(result)
+
+    command.__name__ = f"import_{scope}"
+
+
+for _scope in SCOPE_HELP:
+    _scope_command(_scope)
+
+
+def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
+    """Rows dropped for reasons other than a filter or the scope: reported, as Sentry does not."""
+    out = []
+    for model, load in result.loads.items():
+        for sample in load.dropped_sample:
+            if not sample["reason"].startswith("filtered"):
+                out.append(RpcImportError(kind="DroppedRow", on=InstanceID(model), left_pk=sample["pk"],
+                                          reason=f"row {sample['row']}: {sample['reason']}"))
+    return out
+
+
+def _summary(result: RestoreResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stderr)
+    table = Table(title=f"import {result.import_id}", show_lines=False)
+    for col in ("model", "read", "written", "merged", "dropped"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    total = [0, 0, 0, 0]
+    for model, load in result.loads.items():
+        if not load.rows_read:
+            continue
+        nums = [load.rows_read, load.rows_written, load.rows_merged, load.rows_dropped]
+        total = [a + b for a, b in zip(total, nums)]
+        table.add_row(model, *map(str, nums))
+    table.add_row("total", *map(str, total), style="bold")
+    console.print(table)
+    for model, load in result.loads.items():
+        for reason, n in load.dropped.items():
+            console.print(f"  dropped {n} {model}: {reason}")
+    skipped = {**result.stage.unknown_models, **result.stage.excluded_models}
+    if skipped:
+        console.print("skipped models (not in the manifest or not relocatable): " +
+                      ", ".join(f"{m} ({n})" for m, n in sorted(skipped.items())))
