@@ -75,12 +75,14 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str | None:
-    """One line per failed step (``step: message``), or None when the run succeeded."""
+    """One line per failed step (``step_key: message``), or None when the run succeeded."""
     if result.success:
         return None
     lines = []
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            err = event.step_failure_data.error
-            lines.append(f"{event.step_key}: {(event.step_failure_data.user_failure_data and event.step_failure_data.user_failure_data.description) or err.message.strip()}")
+        data = event.step_failure_data if event.is_step_failure else None
+        if data is None:
+            continue
+        described = data.user_failure_data.description if data.user_failure_data else None
+        lines.append(f"{event.step_key}: {described or (data.error.message.strip() if data.error else 'failed')}")
     return "\n".join(lines) or "the restore run failed"
