@@ -41,8 +41,9 @@ def test_unsupported_key_size() -> None:
 def test_load_private_key_errors(pair) -> None:
     private, public = pair
     key = keys.load_private_key(private)
-    with pytest.raises(DecryptionError, match="Could not deserialize"):
-        keys.load_private_key(b"hello, not a key")
+    for not_a_key in (b"hello, not a key", b"\0tar header... -----BEGIN PUBLIC KEY-----\n" + public):
+        with pytest.raises(DecryptionError, match="Could not deserialize"):
+            keys.load_private_key(not_a_key)
     with pytest.raises(DecryptionError, match="is a public key"):
         keys.load_private_key(public)
     encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -63,7 +63,7 @@ def generate_key_pair(bits: int = 2048) -> tuple[bytes, bytes]:
 
 def load_private_key(pem: bytes, *, source: str = "the private key") -> rsa.RSAPrivateKey:
     """Load an unencrypted PEM RSA private key; ``source`` names it in error messages (e.g. a path)."""
-    if b"PUBLIC KEY-----" in pem and b"PRIVATE KEY-----" not in pem:
+    if pem.lstrip().startswith((b"-----BEGIN PUBLIC KEY-----", b"-----BEGIN RSA PUBLIC KEY-----")):
         raise DecryptionError(f"{source} is a public key; decryption needs the private key")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
