@@ -1,0 +1,259 @@
+"""End-to-end restore of a generated, encrypted export, beside its two baselines, measured in one run.
+
+    .venv/bin/python benchmarks/restore.py [--rows 1000000] [--small 100000] [--naive-rows 100000]
+
+For each size it generates a Sentry-format export (``backup_assets.core.synthetic``, several models
+with FK chains), encrypts it into Sentry's tarball with a fresh key pair (the private key stays in
+memory and reaches the child processes through an environment variable), then measures, each in a
+fresh subprocess against a fresh database of one embedded PostgreSQL (fsync off):
+
+* **ours** - ``run_restore`` of the tarball: authenticate + decrypt + ijson parse + stage + per-model
+  load with pk remapping, FK rewrite and checks (create mode, built-in manifest);
+* **raw COPY** (the limit) - the same tables (schema copied with ``pg_dump -s`` from the restored
+  database, same FKs and uniques) filled by ``COPY`` from the rows already shaped (ids final, FKs
+  rewritten), in dependency order;
+* **naive** (Sentry-style) - the whole file decrypted with ``Fernet.decrypt`` and parsed with
+  ``json.loads`` in memory, one ``INSERT ... RETURNING id`` per row, a commit every 20 rows, the pk map
+  in a dict (on the small export only: it is slow).
+
+Rates are rows of the export per wall-clock second of the child; peak RSS is the child's ``ru_maxrss``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backup_assets.core import keys, synthetic  # noqa: E402
+from backup_assets.core.decryptors import PemEncryptor  # noqa: E402
+from backup_assets.core.postgres import EmbeddedPostgres, _bin_dir, ensure_database  # noqa: E402
+from backup_assets.core.source import encrypt_export  # noqa: E402
+
+KEY_ENV = "BENCH_PRIVATE_KEY_PEM"
+
+OURS = textwrap.dedent("""
+    import json, resource, sys, time
+    from backup_assets.core.decryptors import PemDecryptor
+    from backup_assets.core.manifest import Manifest
+    from backup_assets.core.restore import run_restore
+    from backup_assets.core.settings import ImportSettings
+    from backup_assets.core.source import open_backup
+    t = time.perf_counter()
+    r = run_restore(sys.argv[1], open_backup(sys.argv[2], PemDecryptor.from_env("%s")), Manifest.builtin(),
+                    ImportSettings(create_schema=True))
+    secs = time.perf_counter() - t
+    assert all(c.passed or c.severity != "ERROR" for cs in r.checks.values() for c in cs
+               if c.name != "no_rows_dropped"), r.checks
+    print(json.dumps({"seconds": secs, "rows": r.stage.rows,
+                      "written": sum(l.rows_written for l in r.loads.values()),
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""" % KEY_ENV)
+
+RAW_COPY = textwrap.dedent("""
+    import json, resource, sys, time, psycopg
+    src, dst, tables, folder = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    with psycopg.connect(dst, autocommit=True) as conn:
+        t = time.perf_counter()
+        n = 0
+        with conn.transaction():
+            for table in tables:
+                with open(f"{folder}/{table}.copy", "rb") as f, conn.cursor() as cur:
+                    with cur.copy(f'COPY "{table}" FROM STDIN') as copy:
+                        while chunk := f.read(1 << 20):
+                            copy.write(chunk)
+                    n += conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        secs = time.perf_counter() - t
+    print(json.dumps({"seconds": secs, "rows": n,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+NAIVE = textwrap.dedent("""
+    import json, os, resource, sys, tarfile, time, psycopg
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from psycopg.types.json import Jsonb
+    from backup_assets.core.manifest import Manifest
+    t = time.perf_counter()
+    with tarfile.open(sys.argv[2]) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    key = serialization.load_pem_private_key(os.environ["%s"].encode(), None)
+    dek = key.decrypt(members["data.key"], padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
+                                                        label=None))
+    rows = json.loads(Fernet(dek).decrypt(members["export.json"]))
+    del members
+    manifest = Manifest.builtin()
+    pk_map = {}
+    n = 0
+    with psycopg.connect(sys.argv[1]) as conn:
+        # column types, once per table (Django knows its fields' types; so does this importer)
+        json_cols = {(t, c) for t, c in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND data_type IN ('json', 'jsonb')")}
+        for i, row in enumerate(rows):
+            spec = manifest.models.get(row["model"])
+            if spec is None:
+                continue
+            cols, vals, ok = [], [], True
+            for field, value in row["fields"].items():
+                fk = spec.fk_by_field.get(field)
+                if fk is not None:
+                    if value is not None:
+                        value = pk_map.get((fk.model, value))
+                        if value is None:
+                            ok = False
+                            break
+                    cols.append(fk.column)
+                else:
+                    cols.append(field)
+                    if (spec.table_name, field) in json_cols and value is not None:
+                        value = Jsonb(value)
+                vals.append(value)
+            if not ok:
+                continue
+            q = 'INSERT INTO "%%s" (%%s) VALUES (%%s) RETURNING id' %% (
+                spec.table_name, ", ".join(f'"{c}"' for c in cols), ", ".join(["%%s"] * len(vals)))
+            pk_map[(row["model"], row["pk"])] = conn.execute(q, vals).fetchone()[0]
+            n += 1
+            if n %% 20 == 0:
+                conn.commit()
+        conn.commit()
+    secs = time.perf_counter() - t
+    print(json.dumps({"seconds": secs, "rows": len(rows), "written": n,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""" % KEY_ENV)
+
+
+def child(code: str, *args: str, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    if out.returncode:
+        raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pg_tool(server: EmbeddedPostgres, tool: str, *args: str) -> str:
+    return subprocess.run([str(_bin_dir() / tool), *args], check=True, capture_output=True, text=True).stdout
+
+
+def make_backup(folder: Path, rows: int, public_pem: bytes) -> tuple[Path, int]:
+    scale = synthetic.scale_for_rows(rows)
+    plain = folder / f"export-{rows}.json"
+    n = synthetic.write_export(plain, synthetic.generate_rows(scale=scale))
+    tar = folder / f"export-{rows}.tar"
+    encrypt_export(plain, tar, PemEncryptor(public_pem))
+    plain.unlink()
+    return tar, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--small", type=int, default=100_000)
+    ap.add_argument("--naive-rows", type=int, default=100_000)
+    a = ap.parse_args()
+    private_pem, public_pem = keys.generate_key_pair()
+    env = {KEY_ENV: private_pem.decode()}
+    work = Path(tempfile.mkdtemp(prefix="bench-restore-"))
+    server = EmbeddedPostgres(work / "pg", durable=False).start()
+    results = []
+    try:
+        for size in sorted({a.small, a.rows}):
+            tar, _ = make_backup(work, size, public_pem)
+            db = f"ours_{size}"
+            ensure_database(server.dsn(), db)
+            ours = child(OURS, server.dsn(db), str(tar), env=env)
+            results.append(("ours", size, ours, tar.stat().st_size))
+            print(f"ours {size}: {ours}", file=sys.stderr)
+            if size == a.rows:
+                # raw COPY of the same rows, already shaped, into the same schema
+                tables = [r[0] for r in psycopg_rows(server.dsn(db), "SELECT table_name FROM information_schema.tables "
+                                                     "WHERE table_schema = 'public'")]
+                order = ordered_tables(tables)
+                folder = work / "copy"
+                folder.mkdir(exist_ok=True)
+                dump_rows(server.dsn(db), order, folder)
+                ensure_database(server.dsn(), "rawcopy")
+                schema = pg_tool(server, "pg_dump", "-s", "-n", "public", server.dsn(db))
+                load_schema(server.dsn("rawcopy"), schema)
+                raw = child(RAW_COPY, server.dsn(db), server.dsn("rawcopy"), json.dumps(order), str(folder))
+                results.append(("raw COPY", size, raw, None))
+                print(f"raw {size}: {raw}", file=sys.stderr)
+            if size == a.naive_rows:
+                ensure_database(server.dsn(), "naive")
+                schema = pg_tool(server, "pg_dump", "-s", "-n", "public", server.dsn(db))
+                load_schema(server.dsn("naive"), schema)
+                naive = child(NAIVE, server.dsn("naive"), str(tar), env=env)
+                results.append(("naive", size, naive, None))
+                print(f"naive {size}: {naive}", file=sys.stderr)
+    finally:
+        server.destroy()
+        subprocess.run(["rm", "-rf", str(work)])
+    report(results)
+
+
+def load_schema(dsn: str, schema: str) -> None:
+    schema = "\n".join(line for line in schema.splitlines() if not line.startswith("CREATE SCHEMA public"))
+    r = subprocess.run([str(_bin_dir() / "psql"), "-q", "-X", "-v", "ON_ERROR_STOP=1", dsn], input=schema, text=True,
+                       capture_output=True)
+    if r.returncode:
+        raise SystemExit(f"psql failed: {r.stderr[-2000:]}")
+
+
+def psycopg_rows(dsn: str, q: str) -> list[tuple]:
+    import psycopg
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(q).fetchall()
+
+
+def ordered_tables(tables: list[str]) -> list[str]:
+    from backup_assets.core.manifest import Manifest
+    m = Manifest.builtin()
+    by_table = {m[n].table_name: n for n in m.relocatable()}
+    order = [m[n].table_name for n in m.relocatable()]
+    return [t for t in order if t in tables and t in by_table]
+
+
+def dump_rows(dsn: str, tables: list[str], folder: Path) -> None:
+    import psycopg
+    with psycopg.connect(dsn) as conn:
+        for t in tables:
+            with open(folder / f"{t}.copy", "wb") as f, conn.cursor() as cur:
+                with cur.copy(f'COPY (SELECT * FROM "{t}" ORDER BY id) TO STDOUT') as copy:
+                    for chunk in copy:
+                        f.write(chunk)
+
+
+def report(results: list) -> None:
+    def rate(r: dict) -> float:
+        return r["rows"] / r["seconds"]
+
+    raw = next(r for kind, _, r, _ in results if kind == "raw COPY")
+    naive = next((r for kind, _, r, _ in results if kind == "naive"), None)
+    ours_sizes = {size: r for kind, size, r, _ in results if kind == "ours"}
+    small, big = min(ours_sizes), max(ours_sizes)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB, "
+          f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}\n")
+    print("| run | rows | seconds | rows/s | peak RSS (MB) | vs raw COPY | vs naive |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for kind, size, r, _ in results:
+        vs_naive = f"{rate(r) / rate(naive):.1f}x" if naive else "-"
+        print(f"| {kind} | {r['rows']:,} | {r['seconds']:.1f} | {rate(r):,.0f} | {r['rss_mb']:.0f} | "
+              f"{rate(r) / rate(raw):.2f}x | {vs_naive} |")
+    print(f"\nPeak RSS of ours grows {100 * (ours_sizes[big]['rss_mb'] / ours_sizes[small]['rss_mb'] - 1):+.0f}% "
+          f"from {ours_sizes[small]['rows']:,} to {ours_sizes[big]['rows']:,} rows.")
+
+
+if __name__ == "__main__":
+    main()
