@@ -20,7 +20,7 @@ Everything is set-based SQL in the target database (no per-row round trips):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
@@ -28,13 +28,15 @@ from psycopg import sql
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
 from .schema import INTERNAL_SCHEMA, Column, TableInfo, describe_name, require_table, value_sql
-from .semantics import ModelRules
+from .semantics import ModelRules, Rewrite, Where
 from .settings import LoadResult
 
 PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 SAMPLE = 20
+RENAMED_SAMPLE = 1000   #: renames listed in a LoadResult (all are counted in ``resets``)
+REROLLS = 20            #: attempts to find a free value for a rewritten unique value
 
 
 @dataclass
@@ -109,6 +111,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         "SELECT DISTINCT jsonb_object_keys(s.fields) FROM {staged} WHERE s.model = {model}").format(
         staged=staged, model=model))}
     fk_columns = {fk.column for fk in spec.foreign_keys}
+    rewrites = [(j, rw, table.columns[rw.column]) for j, rw in enumerate(rules.rewrites) if rw.column in table.columns]
+    reset_columns = [c for c in rules.overrides if c in table.columns]
+    rules = replace(rules, overrides={**rules.overrides, **_rewrite_overrides(rewrites, table, rules)})
     result.skipped_fields = sorted(describe_name(k) for k in present
                                    if k not in table.columns and k not in spec.fk_by_field)
     data_cols = [c for name, c in table.columns.items()
@@ -137,8 +142,20 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         "NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} WHERE s.model = {model}").format(
         cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
+    conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
+    for j, _rw, _col in rewrites:
+        conn.execute(sql.SQL("ALTER TABLE _cand ADD COLUMN {} text, ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
+            sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")))
     conn.execute("ANALYZE _cand")
     result.rows_read = conn.execute("SELECT count(*) FROM _cand").fetchone()[0]
+    where = Where(ctx.staging, ctx.import_id)
+
+    # 2a. Sentry's rules: filters and scope (before missing parents, so a row out of scope is counted as such)
+    for drop in rules.drops:
+        conn.execute(sql.SQL("UPDATE _cand c SET reason = {why}, expected = {exp} FROM {staged} "
+                             "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND ({cond})").format(
+            why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
+            cond=drop.sql(where)))
 
     # 2. rows whose parents were not imported
     nulled: dict[str, int] = {}
@@ -165,13 +182,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     if nulled:
         result.resets.update({f"{f} (target not imported: set NULL)": n for f, n in nulled.items()})
 
-    # 3. Sentry's rules: filters and scope
-    for drop in rules.drops:
-        conn.execute(sql.SQL("UPDATE _cand c SET reason = {why}, expected = {exp} FROM {staged} "
-                             "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND ({cond})").format(
-            why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
-            cond=drop.condition))
-    # self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
+    # 3. self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
     for fk in self_fks:
         f = sql.Literal(fk.field)
         while conn.execute(sql.SQL(
@@ -183,14 +194,29 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             pass
 
     # existing rows matched on a unique key: merged (E) or overwritten in place (O)
-    if rules.match_columns:
-        match = sql.SQL(" AND ").join(
-            sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=_value(table.columns[c], rules))
-            for c in rules.match_columns)
+    key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
+    if key and len(key) == len(rules.match_columns):
+        match = sql.SQL(" AND ").join(sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=v)
+                                      for c, v in key)
         conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
                              "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
             kind=sql.Literal("O" if rules.overwrite else "E"), staged=staged, table=table.ident, model=model,
             match=match))
+        # one export row overwrites an existing row; later rows with the same key only map onto it
+        conn.execute("UPDATE _cand c SET kind = 'E' WHERE c.kind = 'O' AND EXISTS "
+                     "(SELECT 1 FROM _cand o WHERE o.kind = 'O' AND o.new_pk = c.new_pk AND o.old_pk < c.old_pk)")
+        if rules.dedupe:  # a row repeating an earlier row's key inside the export maps onto that row
+            conn.execute(sql.SQL(
+                "UPDATE _cand u SET kind = 'E', dup_of = d.first FROM (SELECT c.old_pk, first_value(c.old_pk) "
+                "OVER (PARTITION BY {keys} ORDER BY c.old_pk) AS first FROM _cand c JOIN {staged} ON s.model = {model} "
+                "AND s.pk = c.old_pk WHERE c.reason IS NULL AND c.kind IS NULL AND {not_null}) d "
+                "WHERE u.old_pk = d.old_pk AND d.first <> d.old_pk").format(
+                keys=sql.SQL(", ").join(v for _c, v in key), staged=staged, model=model,
+                not_null=sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(v) for _c, v in key)))
+
+    # values that collide with the table or an earlier row of the export: renamed or regenerated
+    for j, rw, col in rewrites:
+        _rewrite(conn, spec, table, ctx.staging, model, j, rw, col)
 
     # 4. new ids, in the order of the old pks
     if rules.keep_pks:
@@ -203,6 +229,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
             "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "
             "WHERE a.old_pk = c.old_pk").format(seq=sql.Literal(table.sequence)))
+    conn.execute("UPDATE _cand c SET new_pk = f.new_pk FROM _cand f WHERE c.dup_of = f.old_pk")
     conn.execute(sql.SQL(
         "INSERT INTO {pk_map} (import_id, model, old_pk, new_pk, kind) SELECT {id}, {model}, old_pk, new_pk, "
         "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
@@ -256,11 +283,96 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
         f"SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT {SAMPLE}")]
     result.rows_merged = conn.execute("SELECT count(*) FROM _cand WHERE kind = 'E'").fetchone()[0]
+    _record_changes(conn, result, rules, staged, model, reset_columns, rewrites, table)
     result.rows_overwritten = overwritten
     result.rows_written = inserted + overwritten
     result.new_id_min, result.new_id_max = conn.execute(
         "SELECT min(new_pk), max(new_pk) FROM _cand WHERE kind = 'I'").fetchone()
     return result
+
+
+def _key_value(column: str, table: TableInfo, fks: list, rules: ModelRules) -> sql.Composable:
+    """A match-key column's incoming value: the resolved new foreign key (``c.fkN``), else the staged value."""
+    for i, fk in enumerate(fks):
+        if fk.column == column:
+            return sql.SQL("c.{}").format(sql.Identifier(f"fk{i}"))
+    return _value(table.columns[column], rules)
+
+
+def _rewrite_overrides(rewrites: list[tuple[int, Rewrite, Column]], table: TableInfo,
+                       rules: ModelRules) -> dict[str, sql.Composable]:
+    """Column values of rewritten rows: the new value (and the columns derived from it), else the usual value."""
+    out: dict[str, sql.Composable] = {}
+    for j, rw, col in rewrites:
+        flag, new = sql.Identifier(f"rwf{j}"), sql.SQL("c.{}").format(sql.Identifier(f"rw{j}"))
+        exprs = {rw.column: new, **{d: fn(new) for d, fn in rw.derived.items()}}
+        for name, expr in exprs.items():
+            if name not in table.columns:
+                continue
+            target = table.columns[name]
+            out[name] = sql.SQL("CASE WHEN c.{flag} THEN ({expr})::{t} ELSE {orig} END").format(
+                flag=flag, expr=expr, t=sql.SQL(target.type_sql), orig=out.get(name, _value(target, rules)))
+    return out
+
+
+def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, staging: sql.Composable,
+             model: sql.Composable, j: int, rw: Rewrite, col: Column) -> None:
+    """Mark the rows to insert whose ``rw.column`` value is taken (in the table, or by an earlier row of the
+    export) and give them a fresh value, re-drawn until no value is taken twice."""
+    rwc, flag = sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")
+    text = sql.SQL("s.fields ->> {}").format(sql.Literal(rw.column))
+    typed = value_sql(col, sql.SQL("s.fields"), rw.column)
+    max_len = min(filter(None, (col.max_length, rw.max_length)), default=None)
+    fresh = rw.fresh(sql.SQL("d.v"), max_len)
+    staged, staged2 = sql.SQL("{} s").format(staging), sql.SQL("{} s2").format(staging)
+    fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
+               col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
+    conn.execute(sql.SQL(
+        "UPDATE _cand u SET {flag} = true, {rw} = {fresh} FROM (SELECT c.old_pk, {text} AS v, "
+        "row_number() OVER (PARTITION BY {text} ORDER BY c.old_pk) AS n, "
+        "EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = {typed}) AS taken "
+        "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
+        "WHERE c.reason IS NULL AND c.kind IS NULL AND {text} IS NOT NULL) d "
+        "WHERE u.old_pk = d.old_pk AND (d.taken OR d.n > 1)").format(**fmt))
+    reroll = sql.SQL(
+        "UPDATE _cand u SET {rw} = {fresh} FROM (SELECT c.old_pk, {text} AS v FROM _cand c JOIN {staged} "
+        "ON s.model = {model} AND s.pk = c.old_pk WHERE c.{flag} AND c.{rw} IS NOT NULL AND ("
+        "EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = c.{rw}::{t}) OR EXISTS (SELECT 1 FROM _cand o "
+        "JOIN {staged2} ON s2.model = {model} AND s2.pk = o.old_pk WHERE o.old_pk <> c.old_pk AND o.reason IS NULL "
+        "AND o.kind IS NULL AND CASE WHEN o.{flag} THEN o.{rw} ELSE s2.fields ->> {name} END = c.{rw}))) d "
+        "WHERE u.old_pk = d.old_pk").format(
+        staged2=staged2,
+        name=sql.Literal(rw.column), **fmt)
+    for _ in range(REROLLS):
+        if not conn.execute(reroll).rowcount:
+            return
+    raise LoadError(spec.name, f"no free value found for {rw.column!r} after {REROLLS} attempts "
+                               f"(column {table.name}.{rw.column} is too short for a unique suffix?)")
+
+
+def _record_changes(conn: psycopg.Connection, result: LoadResult, rules: ModelRules, staged: sql.Composable,
+                    model: sql.Composable, reset_columns: list[str], rewrites: list[tuple[int, Rewrite, Column]],
+                    table: TableInfo) -> None:
+    """Count the values reset on written rows, and list the values rewritten on collision."""
+    src = sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
+        staged=staged, model=model)
+    for name in reset_columns:
+        n = conn.execute(sql.SQL("SELECT count(*) {src} WHERE c.kind IN ('I', 'O') AND "
+                                 "({v})::text IS DISTINCT FROM s.fields ->> {k}").format(
+            src=src, v=rules.overrides[name], k=sql.Literal(name))).fetchone()[0]
+        if n:
+            result.resets[name] = n
+    for j, rw, _col in rewrites:
+        flag, rwc = sql.Identifier(f"rwf{j}"), sql.Identifier(f"rw{j}")
+        n = conn.execute(sql.SQL("SELECT count(*) FROM _cand c WHERE c.{} AND c.kind = 'I'").format(flag)).fetchone()[0]
+        if not n:
+            continue
+        result.resets[f"{rw.column} (taken: {'renamed' if rw.record else 'regenerated'})"] = n
+        if rw.record:
+            result.renamed += [{"pk": pk, "field": rw.column, "old": old, "new": new} for pk, old, new in conn.execute(
+                sql.SQL("SELECT c.old_pk, s.fields ->> {k}, c.{rw} {src} WHERE c.{flag} AND c.kind = 'I' "
+                        "ORDER BY c.old_pk LIMIT {lim}").format(k=sql.Literal(rw.column), rw=rwc, src=src, flag=flag,
+                                                                lim=sql.Literal(RENAMED_SAMPLE)))]
 
 
 def _value(col: Column, rules: ModelRules) -> sql.Composable:
