@@ -47,7 +47,8 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
                         manifest: Manifest | None = None, import_id: str | None = None,
                         decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
                         selection: dg.AssetSelection | str | list | None = None, *, raise_on_error: bool = False,
-                        staging: StagingResource | None = None) -> dg.ExecuteInProcessResult:
+                        staging: StagingResource | None = None, log_level: str | None = None
+                        ) -> dg.ExecuteInProcessResult:
     """Restore ``backup_path`` into ``dsn`` by materializing the asset graph in-process, as one partition.
 
     ``import_id`` defaults to the file's partition key (readable stem + SHA-256 prefix); the partition is
@@ -55,6 +56,7 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     is handed to the stages as an object, so key material never enters run configuration. ``selection``
     restricts the run to some assets (a subset re-run of an import already staged). With
     ``raise_on_error=False`` a failed step is reported in the result (see :func:`failure_message`).
+    ``log_level`` sets Dagster's console logger (the CLI passes ``CRITICAL`` and shows its own progress).
     """
     path = Path(backup_path).absolute()
     manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
@@ -69,8 +71,9 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
         "staging": staging or StagingResource(),
         "import_settings": ImportSettingsResource.from_settings(settings or ImportSettings()),
     }
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}} if log_level else None
     return dg.materialize(build_restore_graph(manifest), instance=instance, partition_key=key, resources=resources,
-                          selection=selection, raise_on_error=raise_on_error,
+                          selection=selection, raise_on_error=raise_on_error, run_config=run_config,
                           tags={TARGET_TAG: target_tag(dsn), BACKUP_TAG: path.name})
 
 

@@ -183,7 +183,7 @@ def test_preserve_pks_keeps_every_key_and_refuses_taken_keys_before_writing(pg_d
     assert sorted(k["id"] for k in table(pg_conn, "t_key")) == [1, 2]
     before = pg_conn.execute("SELECT count(*) FROM t_user").fetchone()[0]
     with pytest.raises(TargetError, match=r"t.org: primary keys 50, 100 are already taken"):
-        restore(pg_dsn, path, preserve_pks=True)
+        restore(pg_dsn, path, preserve_pks=True, scope="organizations")
     assert pg_conn.execute("SELECT count(*) FROM t_user").fetchone()[0] == before
 
 

@@ -11,10 +11,11 @@ from ..core.errors import BackupAssetsError
 from ..core.findings import InstanceID, RpcImportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
-from ..core.restore import run_restore
-from ..core.settings import ImportSettings, RestoreResult, new_import_id
+from ..core.restore import Restore
+from ..core.settings import ImportSettings, RestoreResult, StageResult, new_import_id
 from ..core.source import open_backup
 from . import main
+from .display import restore_progress
 from .common import EXISTING_FILE, NEW_FILE, dsn_option, manifest_option, project_errors
 
 SCOPE_HELP = {
@@ -88,9 +89,7 @@ def _scope_command(scope: str) -> None:
                                   preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
         try:
-            backup = open_backup(src, decryptor)
-            result = run_restore(resolve_dsn(dsn), backup, Manifest.load(manifest), settings,
-                                 import_id=import_id or new_import_id())
+            result = _restore(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id, silent)
         except BackupAssetsError as e:
             if findings_file:
                 write_findings([RpcImportError(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
@@ -106,6 +105,38 @@ def _scope_command(scope: str) -> None:
 
 for _scope in SCOPE_HELP:
     _scope_command(_scope)
+
+
+def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
+             settings: ImportSettings, import_id: str | None, silent: bool) -> RestoreResult:
+    """Run the restore asset graph in-process (the code path of the Dagster UI), then read what it did
+    back from the engine's records."""
+    from ..partitions import partition_key_for_file
+    from ..run import failure_message, materialize_restore
+
+    backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
+    # every invocation is a new import (as Sentry's import_uuid), named after the backup it reads
+    import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
+    with restore_progress(silent):
+        run = materialize_restore(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
+                                  log_level="CRITICAL")
+    restore = Restore(dsn, manifest, import_id, settings)
+    problem = failure_message(run)
+    if problem:
+        restore.discard_staging()
+        raise ImportFailed(problem)
+    with restore.session():
+        stage = restore.staged_result()
+        out = RestoreResult(import_id=import_id, stage=stage or StageResult(import_id, bytes=backup.size))
+        for model in restore.plan():
+            load = restore.load_result(model)
+            if load is not None:
+                out.loads[model] = load
+    return out
+
+
+class ImportFailed(BackupAssetsError):
+    """The restore run failed; the message holds one line per failed step."""
 
 
 def _drop_findings(result: RestoreResult) -> list[RpcImportError]:

@@ -25,6 +25,7 @@ from . import load as loader
 from .errors import ConfigurationError, StagingMissingError, TargetError
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
+from .progress import emit
 from .schema import INTERNAL_SCHEMA, ensure_tables, find_table
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
@@ -44,6 +45,7 @@ class Restore:
         self.settings = settings or ImportSettings()
         self.unlogged_staging = unlogged_staging
         self._conn: psycopg.Connection | None = None
+        self._counts: dict[str, int] | None = None
 
     @contextmanager
     def session(self) -> Iterator["Restore"]:
@@ -87,9 +89,18 @@ class Restore:
         transaction: on any error nothing is staged."""
         with self.connect() as conn, conn.transaction():
             self._import_lock(conn)
+            total = _plaintext_estimate(backup)
+
+            def report(done: int, rows: int) -> None:
+                emit("parse", "export", done, total)
+                if progress is not None:
+                    progress(done, rows)
+
             with backup.open_plaintext() as stream:
                 result = stage_export(conn, self.import_id, stream, self.manifest, unlogged=self.unlogged_staging,
-                                      progress=progress)
+                                      progress=report)
+            emit("parse", "export", result.bytes, result.bytes, finished=True)
+            emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in self.plan()))
             conn.execute(sql.SQL(
                 "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
                 "DO UPDATE SET stage = EXCLUDED.stage").format(IMPORT),
@@ -163,7 +174,18 @@ class Restore:
             if not staging_exists(conn, self.import_id):
                 raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone; "
                                           "stage the backup again")
-            return loader.load_model(conn, ctx, spec, rules_for(spec, self.settings, self.manifest))
+            staged = self._staged_counts(conn).get(model, 0)
+            emit("load", model, 0, staged)
+            result = loader.load_model(conn, ctx, spec, rules_for(spec, self.settings, self.manifest))
+            emit("load", model, result.rows_read, staged, finished=True)
+            return result
+
+    def _staged_counts(self, conn: psycopg.Connection) -> dict[str, int]:
+        if self._counts is None:
+            row = conn.execute(sql.SQL("SELECT stage -> 'rows_per_model' FROM {} WHERE import_id = %s").format(IMPORT),
+                               (self.import_id,)).fetchone()
+            self._counts = (row[0] if row else None) or {}
+        return self._counts
 
     def load_result(self, model: str) -> LoadResult | None:
         with self.connect() as conn:
@@ -187,6 +209,14 @@ class Restore:
         """Drop the staging area after a failure, leaving the import resumable from the backup."""
         with self.connect() as conn:
             drop_staging(conn, self.import_id)
+
+
+def _plaintext_estimate(backup) -> int | None:
+    """About how many bytes of JSON the backup holds (a Fernet token is base64: 4 bytes per 3)."""
+    members = getattr(backup, "members", None)
+    if getattr(backup, "kind", None) == "tarball" and members:
+        return members.get("export.json", 0) * 3 // 4
+    return getattr(backup, "size", None)
 
 
 LoadHook = Callable[[str, LoadResult], None]
