@@ -8,6 +8,12 @@ Environment, read when the code location loads:
 ``BACKUP_ASSETS_BACKUPS``   folder of backups (default ``./backups``); ``BACKUP_ASSETS_GLOB`` its pattern(s)
 ``BACKUP_ASSETS_PRIVATE_KEY_PATH`` / ``BACKUP_ASSETS_PRIVATE_KEY``
                             the PEM private key of encrypted backups: a file, or the PEM itself in the variable
+``BACKUP_ASSETS_STANDBY_DSN`` the standby database of the restore drill (read where the drill runs)
+``BACKUP_ASSETS_DRILL_CRON`` cron of the restore drill schedule (default 04:00 daily; the schedule is off
+                            until started)
+
+Besides the restore job: ``restore_drill_job`` and its schedule (:mod:`backup_assets.schedules`), and
+the backup folder sensor (:mod:`backup_assets.sensors`, off until started).
 
 Runs execute in-process by default: the multiprocess executor would start a process per model step
 (see dagster-notes). Parallelism comes from runs, one per backup partition, capped in ``dagster.yaml``.
@@ -20,6 +26,8 @@ import dagster as dg
 
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
+from backup_assets.schedules import build_restore_drill_schedule, drill_job
+from backup_assets.sensors import build_backup_sensor
 from backup_assets.settings_resource import ImportSettingsResource
 from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
 from resources.decryptor import DecryptorResource
@@ -70,7 +78,9 @@ def build_definitions(manifest: Manifest | None = None, **graph_options: object)
     manifest = manifest or load_manifest()
     return dg.Definitions(
         assets=build_restore_graph(manifest, **graph_options),  # type: ignore[arg-type]
-        jobs=[restore_job()],
+        jobs=[restore_job(), drill_job()],
+        sensors=[build_backup_sensor(JOB_NAME)],
+        schedules=[build_restore_drill_schedule()],
         resources=default_resources(),
         executor=dg.in_process_executor,
     )
