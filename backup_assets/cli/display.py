@@ -83,7 +83,7 @@ class _Plain:
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
             print(f"Still importing: {time.monotonic() - self.started:.0f} s elapsed, "
-                  f"{self.parsed / 1e6:.1f} MB parsed, {self.rows} rows loaded"
+                  f"{_size(self.parsed)} parsed, {self.rows} rows loaded"
                   + (f", at {self.model}" if self.model else ""), file=sys.stderr, flush=True)
 
     @contextmanager
@@ -94,6 +94,10 @@ class _Plain:
             yield
         finally:
             self._stop.set()
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 @contextmanager
