@@ -21,6 +21,7 @@ Runs execute in-process by default: the multiprocess executor would start a proc
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -73,15 +74,21 @@ def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
                                description="Restore one backup (a partition) into the target database.")
 
 
-def build_definitions(manifest: Manifest | None = None, **graph_options: object) -> dg.Definitions:
-    """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`)."""
+def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[str, object] | None = None,
+                      sensor: dg.SensorDefinition | None = None, schedule: dg.ScheduleDefinition | None = None,
+                      **graph_options: object) -> dg.Definitions:
+    """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`).
+
+    ``resources`` (default: :func:`default_resources`), ``sensor`` (default: the backup folder sensor)
+    and ``schedule`` (default: the restore drill) can be replaced; the Component passes its own.
+    """
     manifest = manifest or load_manifest()
     return dg.Definitions(
         assets=build_restore_graph(manifest, **graph_options),  # type: ignore[arg-type]
         jobs=[restore_job(), drill_job()],
-        sensors=[build_backup_sensor(JOB_NAME)],
-        schedules=[build_restore_drill_schedule()],
-        resources=default_resources(),
+        sensors=[sensor or build_backup_sensor(JOB_NAME)],
+        schedules=[schedule or build_restore_drill_schedule()],
+        resources=dict(resources) if resources is not None else default_resources(),
         executor=dg.in_process_executor,
     )
 

@@ -1,0 +1,1 @@
+"""The ``dg`` defs folder of this repository: each subfolder's ``defs.yaml`` instantiates a component."""
