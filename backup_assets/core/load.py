@@ -35,6 +35,8 @@ PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 SAMPLE = 20
+#: Rows a model must have for its load to refresh the pk map's planner statistics.
+ANALYZE_AFTER = 2000
 RENAMED_SAMPLE = 1000   #: renames listed in a LoadResult (all are counted in ``resets``)
 REROLLS = 20            #: attempts to find a free value for a rewritten unique value
 
@@ -234,6 +236,8 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         "INSERT INTO {pk_map} (import_id, model, old_pk, new_pk, kind) SELECT {id}, {model}, old_pk, new_pk, "
         "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
         pk_map=PK_MAP, id=sql.Literal(ctx.import_id), model=model))
+    if result.rows_read >= ANALYZE_AFTER:  # keep the planner's picture of the pk maps true for the children's joins
+        conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
 
     # 5. write
     targets = [sql.Identifier("id")]
