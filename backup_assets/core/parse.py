@@ -7,6 +7,7 @@ malformed row, a JSON error or a bad MAC found at the end of an encrypted stream
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import BinaryIO, Callable
 
@@ -20,18 +21,74 @@ from .settings import StageResult
 from .staging import create_staging, index_staging
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
+#: Deepest nesting of arrays/objects accepted (Sentry's rows nest a few levels). ijson's item builder keeps a
+#: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
+MAX_DEPTH = 512
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 ProgressFn = Callable[[int, int], None]   # (plaintext bytes read, rows parsed)
 
 
+_ESCAPE = re.compile(rb"\\.", re.S)  # a backslash and the byte it escapes
+_PASSES = 16  # beyond this, walking the brackets one by one is cheaper than more passes
+_NOT_SYNTAX = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+class _DepthGuard:
+    """Tracks how deep arrays and objects nest, outside strings, in the bytes fed to it chunk by chunk.
+
+    All of it is C-level work on the chunk (about 1 GB/s): escapes are removed, every byte but quotes and
+    brackets is deleted, adjacent quote pairs are dropped (an empty string, or the end of a string and the
+    start of the next: no bracket lies between them either way), and what remains is split at quotes, whose
+    pieces alternate between outside and inside strings. The brackets are walked one by one only when a
+    bound on the chunk's nesting exceeds the limit.
+    """
+
+    def __init__(self, limit: int = MAX_DEPTH) -> None:
+        self.limit = limit
+        self.depth = 0
+        self._in_string = False
+        self._escaped = False  # the previous chunk ended with a backslash inside a string
+
+    def feed(self, data: bytes) -> bool:
+        """Account for ``data``; False if it takes the nesting beyond the limit."""
+        if self._escaped and data:
+            data, self._escaped = data[1:], False
+        if b"\\" in data:
+            data = _ESCAPE.sub(b"", data)
+            if data.endswith(b"\\"):
+                data, self._escaped = data[:-1], True
+        parts = data.translate(None, _NOT_SYNTAX).replace(b'""', b"").split(b'"')
+        first = 1 if self._in_string else 0
+        self._in_string = (len(parts) - first) % 2 == 0
+        brackets = b"".join(parts[first::2])
+        opened = brackets.count(b"[") + brackets.count(b"{")
+        end_depth = self.depth + 2 * opened - len(brackets)
+        inner, passes = brackets, 0  # passes = how deep pairs nest inside the chunk (up to _PASSES)
+        while passes <= _PASSES:
+            shorter = inner.replace(b"[]", b"").replace(b"{}", b"")
+            if len(shorter) == len(inner):
+                break
+            inner, passes = shorter, passes + 1
+        if max(self.depth, end_depth) + passes > self.limit or passes > _PASSES:
+            depth = self.depth
+            for b in brackets:
+                depth += 1 if b in b"[{" else -1
+                if depth > self.limit:
+                    return False
+        self.depth = end_depth
+        return True
+
+
 class _CountingReader:
-    """A read-only wrapper that counts the bytes handed to the parser (for error offsets)."""
+    """A read-only wrapper that counts the bytes handed to the parser (for error offsets) and refuses
+    nesting deeper than :data:`MAX_DEPTH` before the parser sees it."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self.pos = 0
         self._head = b""
+        self._depth = _DepthGuard()
 
     def peek_start(self) -> int | None:
         """The first byte that is not whitespace or a UTF-8 BOM, without consuming it."""
@@ -51,13 +108,16 @@ class _CountingReader:
                 data, self._head = data[:n], data[n:]
         else:
             data = self._raw.read(n)
+        if not self._depth.feed(data):
+            raise ExportParseError(f"arrays or objects are nested more than {self._depth.limit} levels deep "
+                                   "(a Sentry export nests a few)", offset=self.pos)
         self.pos += len(data)
         return data
 
 
 def _kind(v: object) -> str:
     return {str: "a string", list: "a list", dict: "an object", float: "a number with a fraction",
-            bool: "a boolean"}.get(type(v), type(v).__name__)
+            bool: "a boolean", int: "an integer", type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest: Manifest, *,

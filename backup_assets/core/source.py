@@ -108,8 +108,23 @@ def _sniff(f: BinaryIO, where: str) -> Literal["tarball", "json"]:
             raise BackupFormatError("is empty (no JSON and no tar archive)", path=where)
     if stripped.startswith(b"["):
         return "json"
+    short = f" (the file has only {len(head)} bytes: a truncated tarball?)" if len(head) < BLOCK else ""
     raise BackupFormatError(f"is neither a Sentry export tarball nor a JSON export: found byte 0x{stripped[0]:02x} "
-                            "where a JSON export starts with '['", path=where, offset=offset)
+                            f"where a JSON export starts with '['{short}", path=where, offset=offset)
+
+
+def _check_token_start(f: BinaryIO, tarball: TarballContents, where: str) -> None:
+    """``export.json`` must hold Fernet token text: name a compressed or plain-JSON member instead of letting
+    the decryptor report invalid base64."""
+    f.seek(tarball.export_offset)
+    head = f.read(min(8, tarball.export_size))
+    compressed = compression_of(head)
+    if compressed:
+        raise BackupFormatError(f"is {compressed[0]}-compressed, but it must hold the Fernet token text as "
+                                "Sentry writes it", path=where, member="export.json")
+    if head.lstrip(_WHITESPACE)[:1] in (b"[", b"{"):
+        raise BackupFormatError("holds plain JSON, not the Fernet token of an encrypted export", path=where,
+                                member="export.json")
 
 
 def open_backup(path: str | os.PathLike[str], decryptor: Decryptor | None = None) -> Backup:
@@ -121,6 +136,8 @@ def open_backup(path: str | os.PathLike[str], decryptor: Decryptor | None = None
             size = os.fstat(f.fileno()).st_size
             kind = _sniff(f, where)
             tarball = read_tarball(f) if kind == "tarball" else None
+            if tarball is not None:
+                _check_token_start(f, tarball, where)
     except FileNotFoundError:
         raise BackupFormatError("no such file", path=where) from None
     except IsADirectoryError:
