@@ -328,7 +328,7 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     typed = value_sql(col, sql.SQL("s.fields"), rw.column)
     max_len = min(filter(None, (col.max_length, rw.max_length)), default=None)
     fresh = rw.fresh(sql.SQL("d.v"), max_len)
-    staged, staged2 = sql.SQL("{} s").format(staging), sql.SQL("{} s2").format(staging)
+    staged = sql.SQL("{} s").format(staging)
     fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
                col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
     conn.execute(sql.SQL(
@@ -338,15 +338,17 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
         "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
         "WHERE c.reason IS NULL AND c.kind IS NULL AND {text} IS NOT NULL) d "
         "WHERE u.old_pk = d.old_pk AND (d.taken OR d.n > 1)").format(**fmt))
+    # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken
     reroll = sql.SQL(
+        "WITH f AS (SELECT c.old_pk, c.{flag} AS rewritten, CASE WHEN c.{flag} THEN c.{rw} ELSE {text} END AS v "
+        "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
+        "WHERE c.reason IS NULL AND c.kind IS NULL), "
+        "twice AS (SELECT v FROM f WHERE v IS NOT NULL GROUP BY v HAVING count(*) > 1), "
+        "bad AS (SELECT f.old_pk FROM f WHERE f.rewritten AND f.v IS NOT NULL AND (f.v IN (SELECT v FROM twice) "
+        "OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.v::{t}))) "
         "UPDATE _cand u SET {rw} = {fresh} FROM (SELECT c.old_pk, {text} AS v FROM _cand c JOIN {staged} "
-        "ON s.model = {model} AND s.pk = c.old_pk WHERE c.{flag} AND c.{rw} IS NOT NULL AND ("
-        "EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = c.{rw}::{t}) OR EXISTS (SELECT 1 FROM _cand o "
-        "JOIN {staged2} ON s2.model = {model} AND s2.pk = o.old_pk WHERE o.old_pk <> c.old_pk AND o.reason IS NULL "
-        "AND o.kind IS NULL AND CASE WHEN o.{flag} THEN o.{rw} ELSE s2.fields ->> {name} END = c.{rw}))) d "
-        "WHERE u.old_pk = d.old_pk").format(
-        staged2=staged2,
-        name=sql.Literal(rw.column), **fmt)
+        "ON s.model = {model} AND s.pk = c.old_pk WHERE c.old_pk IN (SELECT old_pk FROM bad)) d "
+        "WHERE u.old_pk = d.old_pk").format(**fmt)
     for _ in range(REROLLS):
         if not conn.execute(reroll).rowcount:
             return
