@@ -1,0 +1,255 @@
+"""Security review as tests: after real Dagster runs of an encrypted generated backup (successful, wrong key,
+tampered token), the private key, the data key and a known plaintext marker appear nowhere but the target tables --
+not in Dagster's event log or run storage, the staging area, exception messages, or any file under the temp dirs --
+and decrypted data never stays on disk."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from click.testing import CliRunner
+from dagster._serdes import serialize_value
+
+from backup_assets.cli import main
+from backup_assets.core import keys
+from backup_assets.core.decryptors import LocalFileDecryptor, PemDecryptor, PemEncryptor
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.postgres import ensure_database
+from backup_assets.core.settings import ImportSettings
+from backup_assets.core.source import encrypt_export
+from backup_assets.core.synthetic import generate_rows, write_export
+from backup_assets.core.tarball import read_tarball
+from backup_assets.run import failure_message, materialize_restore
+
+MARKER = "zz-known-plaintext-4e9f2a61"  #: planted as a username: the known plaintext
+SETTINGS = ImportSettings(create_schema=True)
+
+
+def closure(manifest: Manifest, model: str) -> Manifest:
+    todo, keep = [model], set()
+    while todo:
+        m = todo.pop()
+        if m not in keep:
+            keep.add(m)
+            todo.extend(manifest[m].dependencies)
+    return manifest.restrict(keep)
+
+
+MANIFEST = closure(Manifest.builtin(), "sentry.organizationmember")
+
+
+def planted_rows():
+    for row in generate_rows(pk_offset=1000):
+        if row["model"] == "sentry.user" and row["pk"] == 1001:
+            row["fields"].update(username=MARKER, name=MARKER)
+        yield row
+
+
+def secret_forms(private_pem: bytes, data_key: bytes) -> dict[str, bytes]:
+    """Every form in which the keys could leak: PEM, its lines and body, DER hex, private exponent; the data key
+    as written, raw, hex, standard base64, and its signing/encryption halves."""
+    lines = private_pem.strip().splitlines()[1:-1]
+    body = b"".join(lines)
+    key = keys.load_private_key(private_pem)
+    raw = base64.urlsafe_b64decode(data_key)
+    forms = {"private key PEM": private_pem, "private key base64 body": body,
+             "private key DER hex": base64.b64decode(body).hex().encode(),
+             "private exponent (decimal)": str(key.private_numbers().d).encode(),
+             "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
+             "data key": data_key, "data key raw": raw, "data key hex": raw.hex().encode(),
+             "data key standard base64": base64.b64encode(raw), "signing key": raw[:16], "encryption key": raw[16:],
+             "signing key hex": raw[:16].hex().encode(), "encryption key hex": raw[16:].hex().encode()}
+    forms.update({f"private key PEM line {i}": line for i, line in enumerate(lines) if len(line) >= 16})
+    return forms
+
+
+def leaks(haystack: bytes, needles: dict[str, bytes]) -> list[str]:
+    return [name for name, needle in needles.items() if needle in haystack]
+
+
+@dataclass
+class World:
+    root: Path
+    tmpdir: Path
+    backup: Path
+    key_file: Path
+    other_key_file: Path
+    private_pem: bytes
+    other_pem: bytes
+    data_key: bytes
+    instance: dg.DagsterInstance
+    target: str
+
+    def needles(self, *, plaintext: bool = True) -> dict[str, bytes]:
+        out = {**secret_forms(self.private_pem, self.data_key),
+               **{f"other {k}": v for k, v in secret_forms(self.other_pem, self.data_key).items()
+                  if k.startswith("private")}}
+        if plaintext:
+            out["known plaintext"] = MARKER.encode()
+        return out
+
+    def files(self) -> dict[Path, bytes]:
+        """Every file under the test's folders (Dagster's instance and TMPDIR included), but the key files."""
+        keep_out = {self.key_file, self.other_key_file}
+        return {p: p.read_bytes() for p in self.root.rglob("*") if p.is_file() and p not in keep_out}
+
+    def event_log(self, run_id: str) -> bytes:
+        run = self.instance.get_run_by_id(run_id)
+        texts = [serialize_value(e) for e in self.instance.all_logs(run_id)] + [serialize_value(run)]
+        return "\n".join(texts).encode()
+
+    def internal_state(self) -> bytes:
+        """Every row of the project's own schema in the target, as JSON text."""
+        with psycopg.connect(self.target) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'backup_assets'")]
+            assert not [t for t in tables if t.startswith("stage")], f"staging tables left: {tables}"
+            return b"\n".join(
+                str(r[0]).encode() for t in tables
+                for r in conn.execute(f'SELECT row_to_json(t) FROM backup_assets."{t}" t'))
+
+    def assert_nothing_leaked(self, run_id: str, *, plaintext_in_target: bool) -> None:
+        needles = self.needles()
+        log = self.event_log(run_id)
+        assert b"sentry_backup__data_key" in log  # the scan reads the run's events...
+        assert leaks(log, needles) == [], "in Dagster's event log or run record"
+        files = self.files()
+        assert any(p.suffix == ".db" for p in files)  # ...and the instance's SQLite storage
+        for path, content in files.items():
+            assert leaks(content, needles) == [], f"in {path.relative_to(self.root)}"
+        assert leaks(self.internal_state(), needles) == [], "in schema backup_assets of the target"
+        users = MANIFEST["sentry.user"].table_name
+        with psycopg.connect(self.target) as conn:
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (users,)).fetchone()[0] and conn.execute(
+                f'SELECT count(*) FROM "{users}" WHERE username = %s', (MARKER,)).fetchone()[0]
+        assert bool(found) == plaintext_in_target  # the plaintext is where it belongs, or nowhere
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, pg_server):
+    root = tmp_path_factory.mktemp("security")
+    tmpdir = root / "tmp"
+    tmpdir.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(tmpdir))
+        mp.setattr(tempfile, "tempdir", str(tmpdir))
+        private_pem, public_pem = keys.generate_key_pair()
+        other_pem, _ = keys.generate_key_pair()
+        (root / "key.pem").write_bytes(private_pem)
+        (root / "other.pem").write_bytes(other_pem)
+        plain = io.BytesIO()
+        write_export(plain, planted_rows())
+        assert MARKER.encode() in plain.getvalue()
+        plain.seek(0)
+        backup = root / "backups" / "nightly.tar"
+        backup.parent.mkdir()
+        encrypt_export(plain, backup, PemEncryptor(public_pem))  # the plaintext never touches the disk
+        del plain
+        wrapped = read_tarball(backup).data_key
+        data_key = keys.unwrap_data_key(keys.load_private_key(private_pem), wrapped)
+        name = f"security_{os.getpid()}"
+        ensure_database(pg_server.dsn("postgres"), name)
+        (root / "dagster_home").mkdir()
+        with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+            yield World(root, tmpdir, backup, root / "key.pem", root / "other.pem", private_pem, other_pem,
+                        data_key, instance, pg_server.dsn(name))
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_scanner_finds_what_it_looks_for(world: World) -> None:
+    """Positive control: each needle is found where it is, so an empty scan means something."""
+    needles = world.needles()
+    for name, needle in needles.items():
+        assert leaks(b"..." + needle + b"...", needles)[:1] != [] and name in leaks(needle, needles)
+    assert leaks(world.private_pem, needles)  # the key file is excluded from the scan, not invisible to it
+    assert leaks(world.backup.read_bytes(), needles) == []  # the tarball holds neither key nor plaintext
+
+
+def _run(world: World, backup: Path, decryptor) -> dg.ExecuteInProcessResult:
+    return materialize_restore(backup, world.target, SETTINGS, manifest=MANIFEST, decryptor=decryptor,
+                               instance=world.instance)
+
+
+def test_a_wrong_key_run_leaks_nothing(world: World) -> None:
+    result = _run(world, world.backup, LocalFileDecryptor(world.other_key_file))
+    assert not result.success
+    message = failure_message(result) or ""
+    assert "key.pub does not match the private key" in message
+    assert leaks(message.encode(), world.needles()) == []
+    world.assert_nothing_leaked(result.run_id, plaintext_in_target=False)
+
+
+def test_a_tampered_token_run_leaks_nothing(world: World) -> None:
+    tampered = world.backup.with_name("tampered.tar")
+    data = bytearray(world.backup.read_bytes())
+    contents = read_tarball(world.backup)
+    at = contents.export_offset + contents.export_size - 10  # inside the MAC's base64
+    data[at] = ord("A") if data[at] != ord("A") else ord("B")
+    tampered.write_bytes(data)
+    # the key held by an environment-like secret this time
+    result = _run(world, tampered, PemDecryptor(world.private_pem, source="the private key in $SECRET"))
+    assert not result.success
+    message = failure_message(result) or ""
+    assert "HMAC verification failed" in message
+    assert leaks(message.encode(), world.needles()) == []
+    world.assert_nothing_leaked(result.run_id, plaintext_in_target=False)
+    tampered.unlink()
+
+
+def test_a_successful_run_leaks_nothing_outside_the_target_tables(world: World) -> None:
+    result = _run(world, world.backup, LocalFileDecryptor(world.key_file))
+    assert result.success, failure_message(result)
+    world.assert_nothing_leaked(result.run_id, plaintext_in_target=True)
+    assert sorted(p.name for p in world.backup.parent.iterdir()) == ["nightly.tar"]
+    assert [p for p in world.tmpdir.rglob("*") if p.is_file()] == []
+
+
+# --------------------------------------------------------------------------------------------- backup decrypt
+
+@pytest.fixture
+def decrypt_case(world: World, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(world.tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(world.tmpdir))
+    out = tmp_path / "out"
+    out.mkdir()
+    return out
+
+
+@pytest.mark.parametrize("where", ["MAC", "ciphertext", "last block"])
+def test_backup_decrypt_with_a_bad_mac_leaves_no_plaintext_anywhere(world: World, decrypt_case: Path,
+                                                                     where: str) -> None:
+    contents = read_tarball(world.backup)
+    end = contents.export_offset + contents.export_size
+    at = {"MAC": end - 5, "ciphertext": contents.export_offset + contents.export_size // 2, "last block": end - 60}
+    data = bytearray(world.backup.read_bytes())
+    data[at[where]] = ord("A") if data[at[where]] != ord("A") else ord("B")
+    src = decrypt_case / "bad.tar"
+    src.write_bytes(data)
+    dest = decrypt_case / "export.json"
+    result = CliRunner().invoke(main, ["backup", "decrypt", str(dest), "--src", str(src),
+                                       "--decrypt-with", str(world.key_file)])
+    assert result.exit_code == 1 and "HMAC verification failed" in result.output, result.output
+    assert leaks(result.output.encode(), world.needles()) == []
+    assert sorted(p.name for p in decrypt_case.iterdir()) == ["bad.tar"]  # no DEST, no temp file beside it
+    assert [p for p in world.tmpdir.rglob("*") if p.is_file()] == []
+
+
+def test_backup_decrypt_success_writes_only_dest_private_to_its_owner(world: World, decrypt_case: Path) -> None:
+    dest = decrypt_case / "export.json"
+    result = CliRunner().invoke(main, ["backup", "decrypt", str(dest), "--src", str(world.backup),
+                                       "--decrypt-with", str(world.key_file)])
+    assert result.exit_code == 0, result.output
+    assert MARKER.encode() in dest.read_bytes()
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in decrypt_case.iterdir()] == ["export.json"]
+    assert leaks(result.output.encode(), world.needles()) == []
+    assert [p for p in world.tmpdir.rglob("*") if p.is_file()] == []
+    dest.unlink()
