@@ -195,10 +195,15 @@ def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.Asse
                          staging: StagingResource) -> dg.MaterializeResult:
         totals = dict.fromkeys(_TOTALS, 0)
         missing, failed, dropped = [], {}, []
+        restore = open_restore(context, manifest, target, import_settings, staging)
+        with engine_errors("finish"):
+            staged = restore.staged_result()
+        staged_rows = staged.rows_per_model if staged else {}
         for key, model in model_keys.items():
             md = _latest_metadata(context, key)
             if md is None:
-                missing.append(model)
+                if staged_rows.get(model):  # a model with nothing staged need not have been materialized
+                    missing.append(model)
                 continue
             for t in _TOTALS:
                 totals[t] += int(md.get(t) or 0)
@@ -218,7 +223,6 @@ def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.Asse
                 parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
             raise dg.Failure(f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
                              "(staging kept: fix and re-materialize those models)", allow_retries=False)
-        restore = open_restore(context, manifest, target, import_settings, staging)
         if not staging.keep_after_restore:
             with engine_errors("finish"):
                 restore.finish()

@@ -112,16 +112,17 @@ def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest
     """Run the restore asset graph in-process (the code path of the Dagster UI), then read what it did
     back from the engine's records."""
     from ..partitions import partition_key_for_file
-    from ..run import failure_message, materialize_restore
+    from ..run import failure_message, restore_backup
 
     backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
+    backup.check_key()
     # every invocation is a new import (as Sentry's import_uuid), named after the backup it reads
     import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
     with restore_progress(silent):
-        run = materialize_restore(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
-                                  log_level="CRITICAL")
+        runs = restore_backup(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
+                              log_level="CRITICAL")
     restore = Restore(dsn, manifest, import_id, settings)
-    problem = failure_message(run)
+    problem = failure_message(runs[-1])
     if problem:
         restore.discard_staging()
         raise ImportFailed(problem)

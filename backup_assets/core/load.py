@@ -98,6 +98,11 @@ def _check_parents(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec) 
         sql.SQL("SELECT model FROM {} WHERE import_id = %s AND model = ANY(%s)").format(LOAD_RECORD),
         (ctx.import_id, parents))}
     missing = [m for m in parents if m not in loaded]
+    if missing:  # a parent with nothing staged has nothing to map: its load may be skipped
+        staged = {r[0] for r in conn.execute(sql.SQL(
+            "SELECT m FROM unnest(%s::text[]) m WHERE EXISTS (SELECT 1 FROM {} s WHERE s.model = m)").format(
+            ctx.staging), (missing,))}
+        missing = [m for m in missing if m in staged]
     if missing:
         raise MissingParentError(spec.name, f"parent model(s) {', '.join(missing)} were not loaded for import "
                                             f"{ctx.import_id}; load them first (their primary-key maps are needed)")

@@ -40,6 +40,15 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,6 +67,7 @@ class EmbeddedPostgres:
     port: int = 0
     durable: bool = True
     user: str = "postgres"
+    fixed_port: bool = False   #: fail rather than move to a free port when ``port`` is taken
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -80,6 +90,7 @@ class EmbeddedPostgres:
     def _prepare_permissions(self) -> None:
         if not self._as_root:
             return
+        _bin_dir()  # imports pgserver quietly
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
         import pwd
         import stat
@@ -120,7 +131,8 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C",
                       "-U", self.user)
-        self.port = self.port or _free_port()
+        if not self.port or (not self.fixed_port and not _port_free(self.port)):
+            self.port = _free_port()  # the preferred port is taken (another server): any free one
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=200"
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -161,7 +173,8 @@ class EmbeddedPostgres:
 
 def embedded_default() -> EmbeddedPostgres:
     """The embedded server used when no DSN is configured (``$BACKUP_ASSETS_HOME/postgres``)."""
-    return EmbeddedPostgres(default_home() / "postgres", port=int(os.environ.get("BACKUP_ASSETS_PORT", DEFAULT_PORT)))
+    port = os.environ.get("BACKUP_ASSETS_PORT")
+    return EmbeddedPostgres(default_home() / "postgres", port=int(port or DEFAULT_PORT), fixed_port=bool(port))
 
 
 def resolve_dsn(dsn: str | None = None) -> str:

@@ -166,7 +166,6 @@ SECRETS: dict[str, list[Rewrite]] = {
     "sentry.orgauthtoken": [Rewrite("token_hashed", _regenerated(_sha256(RANDOM_HEX64)), record=False,
                                     derived={"token_last_characters": _right4})],
     "sentry.organizationmember": [Rewrite("token", _null, record=False)],
-    "sentry.monitor": [Rewrite("guid", _regenerated(sql.SQL("gen_random_uuid()::text")), record=False)],
 }
 
 
@@ -231,6 +230,24 @@ def _config_key(spec: ModelSpec) -> tuple[str, ...]:
     return () if any(f in spec.fk_by_field for f in key) else key
 
 
+def _fresh_uuid(field: str) -> sql.Composable:
+    return sql.SQL("CASE WHEN s.fields ->> {f} IS NULL THEN NULL ELSE gen_random_uuid() END").format(
+        f=sql.Literal(field))
+
+
+#: Values every import mints anew, as Sentry's does (its validator requires them to differ after a round trip):
+#: identifiers that must stay unique across instances. NULL stays NULL.
+REGENERATED: dict[str, dict[str, sql.Composable]] = {
+    "sentry.monitor": {"guid": _fresh_uuid("guid")},
+    "sentry.incident": {"detection_uuid": _fresh_uuid("detection_uuid")},
+    "sentry.incidentactivity": {"notification_uuid": _fresh_uuid("notification_uuid")},
+    # "<dataset id>/<32 hex>": the id before the slash is kept, the hex part is new
+    "sentry.querysubscription": {"subscription_id": sql.SQL(
+        "CASE WHEN s.fields ->> 'subscription_id' IS NULL THEN NULL ELSE split_part(s.fields ->> 'subscription_id', "
+        "'/', 1) || '/' || replace(gen_random_uuid()::text, '-', '') END")},
+}
+
+
 def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | None = None) -> ModelRules:
     """The rules for ``spec`` under ``settings``. With ``manifest``, rows whose parent model is outside the
     scope are counted as scope drops (without it they are still dropped, as missing parents)."""
@@ -240,6 +257,7 @@ def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | No
         keep_pks=settings.preserve_pks or (scope == "global" and name == "sentry.project"),
         drops=_scope_drops(spec, settings, manifest) + _filter_drops(spec, settings),
         rewrites=list(SECRETS.get(name, ())),
+        overrides=dict(REGENERATED.get(name, {})),
     )
     if name in MERGED_USER_DATA:
         user_fk = next((fk.field for fk in spec.foreign_keys if fk.model == "sentry.user"), None)

@@ -74,6 +74,14 @@ class Backup:
         assert self._tarball is not None and self._decryptor is not None
         return self._decryptor.unwrap_data_key(self._tarball.data_key, self._tarball.key_pub)
 
+    def check_key(self) -> None:
+        """Unwrap the data key once (checking ``key.pub`` first) and forget it: a wrong or missing key is
+        reported before any work starts. Does nothing for a plain JSON export."""
+        if self._tarball is not None:
+            if self._decryptor is None:
+                raise DecryptionError("this backup is encrypted; pass --decrypt-with (the private key)")
+            self._data_key()
+
     @contextmanager
     def open_plaintext(self) -> Iterator[BinaryIO]:
         """A readable binary stream of the export JSON.
