@@ -1,0 +1,111 @@
+"""The Dagster UI as a person sees it: a real ``dagster dev`` with a restored backup, driven by headless
+Chromium (Debian's ``chromium`` through Playwright; no browser is ever downloaded). Screenshots go to
+``tests/artifacts/``.
+
+What must be on screen: the model assets with their check status and partition, their lineage (the
+parents and the stages around them), and the rows-written metadata of the latest materialization,
+with no first-visit dialog in the way (``nux: {enabled: false}`` in dagster.yaml).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.synthetic import count_rows, generate_rows, write_export
+from backup_assets.partitions import partition_key_for_file
+from tests.dagster_dev import DagsterDev
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+MODELS = ("sentry.organization", "sentry.user", "sentry.organizationmember")
+SMALL = dict(orgs=1, users=3, members_per_org=3)
+ALL_ASSETS = [["sentry_backup", s] for s in ("backup_file", "unwrapped_tarball", "data_key", "parsed_export",
+                                             "restore_complete")] + [m.split(".") for m in MODELS]
+TIMEOUT_MS = 30_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+if shutil.which("chromium") is None and not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; tests/run does it as root)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def restored(tmp_path, pg_dsn):
+    """``dagster dev`` with one generated backup restored through a GraphQL-launched run."""
+    (tmp_path / "backups").mkdir()
+    backup = tmp_path / "backups" / "acme.json"
+    write_export(backup, generate_rows(**SMALL))
+    (tmp_path / "detailed.json").write_text(json.dumps(Manifest.builtin().restrict(MODELS).to_json()))
+    server = DagsterDev(tmp_path / "home", {
+        "BACKUP_ASSETS_DSN": pg_dsn, "BACKUP_ASSETS_BACKUPS": str(tmp_path / "backups"),
+        "BACKUP_ASSETS_MANIFEST": str(tmp_path / "detailed.json")})
+    try:
+        server.start()
+        key = partition_key_for_file(backup)
+        server.add_partition(key)
+        run = server.launch_run(key, ALL_ASSETS, {"resources": {"import_settings": {"config": {"create_schema": True}}}},
+                                {})
+        assert server.wait_runs([run], timeout=90)[run]["status"] == "SUCCESS", server.tail()
+        yield server, key
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def page():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
+
+
+def no_dialog(page) -> None:
+    assert page.get_by_role("dialog").count() == 0, "a dialog covers the page"
+    assert page.get_by_text("Join the Dagster community").count() == 0
+
+
+def test_the_asset_graph_lineage_and_rows_written_are_on_screen(restored, page):
+    server, key = restored
+
+    # the asset graph of the organization group: both model assets, their checks and partition
+    page.goto(f"{server.url}/locations/backup_assets/asset-groups/organization")
+    graph = page.locator("body")
+    for name in ("organization", "organizationmember"):
+        page.get_by_text(name, exact=True).first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("4 / 4 Passed").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)  # let the edges settle before the screenshot
+    page.screenshot(path=str(ARTIFACTS / "ui-asset-graph.png"))
+    no_dialog(page)
+    text = graph.inner_text()
+    assert text.count("4 / 4 Passed") == 2 and text.count("1 partition") >= 2
+    assert "parsed_export" in text and "restore_complete" in text and "user" in text  # neighbours of the group
+
+    # lineage of the member model: its parents (organization, user) and the stages before them
+    page.goto(f"{server.url}/assets/sentry/organizationmember?view=lineage&lineageScope=upstream&lineageDepth=4")
+    page.get_by_text("parsed_export", exact=True).first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "ui-member-lineage.png"))
+    upstream = page.locator("body").inner_text()
+    for name in ("organization", "user", "parsed_export", "data_key", "unwrapped_tarball"):
+        assert name in upstream, name
+    assert page.locator("svg path").count() >= 4  # the edges are drawn
+
+    # the latest materialization of the member model, with its rows-written metadata
+    page.goto(f"{server.url}/assets/sentry/organizationmember?view=events&partition={key}")
+    page.get_by_text("rows_written", exact=True).wait_for(timeout=TIMEOUT_MS)
+    page.screenshot(path=str(ARTIFACTS / "ui-member-materialization.png"), full_page=True)
+    no_dialog(page)
+    assert page.get_by_text(f"Partition {key} materialized in run").count() == 1
+    row = page.locator("tr", has=page.get_by_text("rows_written", exact=True))
+    assert row.locator("td").nth(1).inner_text().strip() == str(count_rows(**SMALL)["sentry.organizationmember"])
+    dropped = page.locator("tr", has=page.get_by_text("rows_dropped", exact=True))
+    assert dropped.locator("td").nth(1).inner_text().strip() == "0"
