@@ -12,6 +12,7 @@ import time
 from typing import BinaryIO, Callable
 
 import ijson
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -25,6 +26,9 @@ _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 #: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
 MAX_DEPTH = 512
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = orjson.dumps
+_BATCH = 2000   # rows per write to the COPY stream
+_BIG = 1 << 18  # bytes of one row's fields beyond which it is written on its own
 
 ProgressFn = Callable[[int, int], None]   # (plaintext bytes read, rows parsed)
 
@@ -140,6 +144,9 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
              for name, spec in manifest.models.items() if spec.relocatable}
     excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
     per_model = result.rows_per_model
+    model_bytes = {name: name.encode() for name in known}  # manifest names: no tab, newline or backslash
+    lines: list[bytes] = []
+    last_pos = 0
     ident = create_staging(conn, import_id, unlogged=unlogged)
     index = -1
     try:
@@ -178,14 +185,38 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
                         raise ExportParseError(f"a foreign key must be an integer pk or null, not {_kind(v)}.{natural}",
                                                row=index, offset=reader.pos, model=model, field=f)
                 try:
-                    encoded = _ENCODE(fields)
-                except (RecursionError, ValueError) as e:
-                    raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=reader.pos,
-                                           model=model) from None
-                copy.write_row((model, pk, index, encoded))
+                    if reader.pos - last_pos > _BIG:  # a huge row: orjson's growing buffer would peak at several
+                        raise orjson.JSONEncodeError   # times its size; the stdlib's encoder does not
+                    encoded = _dumps(fields)
+                except orjson.JSONEncodeError:  # beyond orjson (ints past 64 bits, deep nesting): the stdlib's
+                    try:
+                        encoded = _ENCODE(fields).encode()
+                    except (RecursionError, ValueError) as e:
+                        raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=reader.pos,
+                                               model=model) from None
+                # COPY's text format: tab-separated, backslash escaped; JSON text holds no raw tab or newline
+                if b"\\" in encoded:
+                    encoded = encoded.replace(b"\\", b"\\\\")
                 per_model[model] = per_model.get(model, 0) + 1
-                if progress is not None and index % 20000 == 0:
-                    progress(reader.pos, index + 1)
+                last_pos = reader.pos
+                if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
+                    if lines:
+                        copy.write(b"".join(lines))
+                        lines.clear()
+                    copy.write(b"%s\t%d\t%d\t" % (model_bytes[model], pk, index))
+                    copy.write(encoded)
+                    copy.write(b"\n")
+                    continue
+                lines.append(b"%s\t%d\t%d\t%s\n" % (model_bytes[model], pk, index, encoded))
+                if index == 0 and progress is not None:
+                    progress(reader.pos, 1)
+                if len(lines) >= _BATCH:
+                    copy.write(b"".join(lines))
+                    lines.clear()
+                    if progress is not None:
+                        progress(reader.pos, index + 1)
+            if lines:
+                copy.write(b"".join(lines))
     except ijson.JSONError as e:
         raise ExportParseError(f"malformed JSON: {_clean(e)}", row=index + 1, offset=reader.pos) from None
     except UnicodeDecodeError as e:
