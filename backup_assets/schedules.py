@@ -7,8 +7,10 @@ A backup nobody has restored is a hope, not a backup. The drill takes the newest
 standby holds (``ImportSettings(scope="global", replace_existing=True)``).
 
 A model whose ERROR-severity check fails makes ``restore_complete`` fail (see
-:mod:`backup_assets.stages`), so the drill run fails and shows up red in the UI and in run-failure
-alerts. WARN checks (rows a filter or the scope dropped on purpose) do not fail it.
+:mod:`backup_assets.stages`; the drill also sets its ``fail_on_dropped_rows``, so rows dropped because
+their parent is missing from the backup fail the drill, where an ordinary restore only warns), so the
+drill run fails and shows up red in the UI and in run-failure alerts. WARN checks (rows a filter or
+the scope dropped on purpose) do not fail it.
 
 The standby DSN is never put into run configuration: the run config names an environment variable
 (``{"env": "BACKUP_ASSETS_STANDBY_DSN"}`` by default) that Dagster reads where the run executes.
@@ -29,6 +31,7 @@ import dagster as dg
 from backup_assets.core.errors import BackupAssetsError
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
+from backup_assets.translator import RESTORE_COMPLETE_KEY
 from resources.backup_source import BackupSourceResource
 
 DRILL_JOB_NAME = "restore_drill_job"
@@ -49,13 +52,17 @@ def drill_job(name: str = DRILL_JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
 
 
 def drill_run_config(standby_dsn_env: str = STANDBY_DSN_ENV, create_schema: bool = True) -> dict[str, Any]:
-    """Run config of a drill: the standby target (read from ``standby_dsn_env`` at run time) and a
-    global import that replaces the standby's data."""
-    return {"resources": {
-        "target": {"config": {"dsn": {"env": standby_dsn_env}}},
-        "import_settings": {"config": {"scope": "global", "replace_existing": True,
-                                       "create_schema": create_schema}},
-    }}
+    """Run config of a drill: the standby target (read from ``standby_dsn_env`` at run time), a global
+    import that replaces the standby's data, and a strict ``restore_complete`` (rows dropped for a
+    missing parent fail the drill too, where an ordinary restore only warns, as Sentry's import does)."""
+    return {
+        "resources": {
+            "target": {"config": {"dsn": {"env": standby_dsn_env}}},
+            "import_settings": {"config": {"scope": "global", "replace_existing": True,
+                                           "create_schema": create_schema}},
+        },
+        "ops": {RESTORE_COMPLETE_KEY.to_python_identifier(): {"config": {"fail_on_dropped_rows": True}}},
+    }
 
 
 def newest_backup(source: BackupSourceResource) -> Path | None:

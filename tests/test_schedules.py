@@ -92,6 +92,7 @@ def test_the_schedule_picks_the_newest_backup_and_adds_its_partition(tmp_path, i
     assert resources["target"] == {"config": {"dsn": {"env": STANDBY_DSN_ENV}}}  # the DSN itself never in config
     assert resources["import_settings"]["config"] == {"scope": "global", "replace_existing": True,
                                                        "create_schema": True}
+    assert request.run_config["ops"] == {"sentry_backup__restore_complete": {"config": {"fail_on_dropped_rows": True}}}
     assert "secret" not in repr(request.run_config)
 
 
