@@ -30,6 +30,7 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.schedules import build_restore_drill_schedule, drill_job
 from backup_assets.sensors import build_backup_sensor
 from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.verification import ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset, verify_job
 from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
 from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource
@@ -70,7 +71,8 @@ def default_resources() -> dict[str, object]:
 
 def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
     """Every asset of the graph, for one backup partition, in-process."""
-    return dg.define_asset_job(name, selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
+    return dg.define_asset_job(name, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
+                               executor_def=dg.in_process_executor,
                                description="Restore one backup (a partition) into the target database.")
 
 
@@ -84,8 +86,8 @@ def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[st
     """
     manifest = manifest or load_manifest()
     return dg.Definitions(
-        assets=build_restore_graph(manifest, **graph_options),  # type: ignore[arg-type]
-        jobs=[restore_job(), drill_job()],
+        assets=[*build_restore_graph(manifest, **graph_options), build_round_trip_asset(manifest)],  # type: ignore[arg-type]
+        jobs=[restore_job(), drill_job(), verify_job(), build_rollback_job(manifest)],
         sensors=[sensor or build_backup_sensor(JOB_NAME)],
         schedules=[schedule or build_restore_drill_schedule()],
         resources=dict(resources) if resources is not None else default_resources(),

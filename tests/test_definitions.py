@@ -21,7 +21,7 @@ from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, Se
 from resources.backup_source import BackupSourceResource
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = {"backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete"}
+STAGES = {"backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete", "round_trip"}
 
 
 def entry(name, fks=(), deps=(), scope="Organization"):

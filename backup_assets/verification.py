@@ -1,0 +1,81 @@
+"""Proof of a restore, and its undo, as Dagster definitions.
+
+* ``sentry_backup/round_trip`` — re-exports what the partition's import wrote and compares it with the
+  backup as Sentry's validator does (``core/roundtrip.py``); the findings are attached to the
+  materialization and a check fails (ERROR) when there are any. It is not part of the restore job
+  (comparing holds both sides of a model in memory): ``verify_restore_job`` and the drill run it.
+* ``rollback_import_job`` — removes everything an import inserted and puts overwritten rows back
+  (``core/rollback.py``), for the import id given in its config.
+"""
+
+import dagster as dg
+
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.rollback import rollback
+from backup_assets.core.roundtrip import verify_round_trip
+from backup_assets.execution import engine_errors, import_id_of
+from backup_assets.partitions import backups_partitions
+from backup_assets.stages import STAGE_GROUP, open_run_backup
+from backup_assets.translator import RESTORE_COMPLETE_KEY, STAGE_PREFIX
+from resources.backup_source import BackupSourceResource
+from resources.decryptor import DecryptorResource
+from resources.postgres import PostgresTargetResource
+
+ROUND_TRIP_KEY = dg.AssetKey([STAGE_PREFIX, "round_trip"])
+FINDINGS_SHOWN = 50
+
+
+def build_round_trip_asset(manifest: Manifest,
+                           partitions_def: dg.PartitionsDefinition | None = backups_partitions) -> dg.AssetsDefinition:
+    @dg.asset(key=ROUND_TRIP_KEY, deps=[RESTORE_COMPLETE_KEY], group_name=STAGE_GROUP, partitions_def=partitions_def,
+              kinds={"postgres"}, check_specs=[dg.AssetCheckSpec("round_trip_clean", asset=ROUND_TRIP_KEY,
+                                                                 description="The re-export equals the backup.")],
+              description="Re-export what this import wrote and compare it with the backup, as Sentry's "
+                          "validator does; the findings are attached.")
+    def round_trip(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
+                   decryptor: DecryptorResource, target: PostgresTargetResource) -> dg.MaterializeResult:
+        backup = open_run_backup(context, backup_source, decryptor)
+        with engine_errors("round trip"):
+            findings = verify_round_trip(target.resolved_dsn(), backup, manifest, import_id_of(context))
+        shown = [f.to_json() for f in findings[:FINDINGS_SHOWN]]
+        by_kind: dict[str, int] = {}
+        for f in findings:
+            by_kind[f.kind_name] = by_kind.get(f.kind_name, 0) + 1
+        return dg.MaterializeResult(
+            metadata={"findings": len(findings), "findings_by_kind": dg.MetadataValue.json(by_kind),
+                      "first_findings": dg.MetadataValue.json(shown)},
+            check_results=[dg.AssetCheckResult(
+                check_name="round_trip_clean", passed=not findings, severity=dg.AssetCheckSeverity.ERROR,
+                description=f"{len(findings)} differences between the backup and the re-export",
+                metadata={"findings": len(findings)})])
+
+    return round_trip
+
+
+def verify_job() -> "dg.UnresolvedAssetJobDefinition":
+    return dg.define_asset_job("verify_restore_job", selection=dg.AssetSelection.assets(ROUND_TRIP_KEY),
+                               executor_def=dg.in_process_executor,
+                               description="Re-export a restored backup (a partition) and compare it with the backup.")
+
+
+class RollbackConfig(dg.Config):
+    import_id: str  #: the import to undo (a partition key, or the id `backup-assets import` printed)
+
+
+def build_rollback_job(manifest: Manifest) -> dg.JobDefinition:
+    @dg.op(description="Remove what the import inserted, restore what it overwrote; twice is harmless.")
+    def rollback_import(context: dg.OpExecutionContext, config: RollbackConfig,
+                        target: PostgresTargetResource) -> dg.Output:
+        with engine_errors("rollback"):
+            result = rollback(target.resolved_dsn(), config.import_id, manifest)
+        context.log.info(f"rolled back import {config.import_id}: deleted {sum(result.deleted.values())} rows, "
+                         f"restored {sum(result.restored.values())}"
+                         + (" (nothing left to undo)" if result.already_rolled_back else ""))
+        return dg.Output(None, metadata={"import_id": config.import_id, "result": dg.MetadataValue.json(result.to_json())})
+
+    @dg.job(name="rollback_import_job", executor_def=dg.in_process_executor,
+            description="Undo one import: the rows it inserted go, the config rows it overwrote come back.")
+    def rollback_import_job() -> None:
+        rollback_import()
+
+    return rollback_import_job
