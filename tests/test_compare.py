@@ -457,3 +457,16 @@ def test_cli_encrypted_left(files, tmp_path):
     assert "Done, found 0 differences" in result.output
     result = _run(tmp_path / "left.tar", files["same"], "--manifest", files["manifest"])
     assert result.exit_code == 1 and "encrypted" in result.output
+
+
+def test_option_timestamps_without_milliseconds_are_one_unequal_json_as_in_sentrys_snapshot_test():
+    # Sentry's validator has no comparator for sentry.option: an input timestamp without milliseconds differs
+    # from the re-export's ".000Z" spelling, and that is exactly one UnequalJSON finding.
+    manifest = Manifest.from_json({"sentry.option": {
+        "dangling": False, "foreign_keys": {}, "model": "sentry.option", "relocation_dependencies": [],
+        "relocation_scope": "Config", "silos": ["Control"], "table_name": "sentry_option", "uniques": [["key"]]}})
+    left = [{"model": "sentry.option", "pk": 1, "fields": {"key": "a", "last_updated": "2023-06-22T00:00:00.000Z"}},
+            {"model": "sentry.option", "pk": 2, "fields": {"key": "b", "last_updated": "2023-06-22T00:00:00Z"}}]
+    right = [{**r, "fields": {**r["fields"], "last_updated": "2023-06-22T00:00:00.000Z"}} for r in left]
+    findings = compare(left, right, manifest)
+    assert [(f.kind_name, f.on.ordinal, f.left_pk) for f in findings] == [("UnequalJSON", 2, 2)]

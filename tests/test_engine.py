@@ -307,3 +307,13 @@ def test_a_load_killed_mid_model_leaves_nothing_and_the_rerun_is_exact(pg_dsn, p
     result = r.load_model("t.key")
     assert (result.rows_read, result.rows_written, result.already_loaded) == (n, n, False)
     assert pg_conn.execute("SELECT count(*), count(DISTINCT public_key) FROM t_key").fetchone() == (n, n)
+
+
+def test_create_mode_adds_the_columns_a_table_created_from_no_rows_lacks(pg_dsn, pg_conn, tmp_path):
+    restore(pg_dsn, write(tmp_path, [row("t.org", 1, slug="a")], "first.json"))   # t_user created bare
+    assert "username" not in {r[0] for r in pg_conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 't_user'")}
+    result = restore(pg_dsn, write(tmp_path, [row("t.user", 5, username="zed", is_active=True)], "second.json"),
+                     scope="users")
+    assert result.loads["t.user"].skipped_fields == []
+    assert pg_conn.execute("SELECT username, is_active FROM t_user").fetchall() == [("zed", True)]

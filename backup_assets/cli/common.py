@@ -37,3 +37,25 @@ def manifest_option(fn: F) -> F:
     return click.option("--manifest", type=EXISTING_FILE, envvar="BACKUP_ASSETS_MANIFEST",
                         help="Sentry's model_dependencies/detailed.json of your Sentry release "
                              "(default: the built-in manifest).")(fn)
+
+
+def split_list(values: str | None) -> frozenset[str] | None:
+    """A comma- (or newline-) separated list, as Sentry's --filter-* flags and their files take it."""
+    if values is None:
+        return None
+    return frozenset(v.strip() for v in values.replace("\n", ",").split(",") if v.strip())
+
+
+def filter_flags(verb: str, scope: str, usernames: str | None, usernames_file: Path | None,
+                 org_slugs: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """Sentry's filter flags of ``import``/``export`` SCOPE, checked as its CLI checks them: usernames for
+    the users and config scopes (inline or from a file, not both), org slugs for organizations."""
+    if usernames is not None and usernames_file is not None:
+        raise click.UsageError("--filter-usernames and --filter-usernames-file are mutually exclusive")
+    if usernames_file is not None:
+        usernames = usernames_file.read_text()
+    if scope not in ("users", "config") and usernames is not None:
+        raise click.UsageError(f"--filter-usernames is not available for `{verb} {scope}`")
+    if scope != "organizations" and org_slugs is not None:
+        raise click.UsageError(f"--filter-org-slugs is only available for `{verb} organizations`")
+    return split_list(usernames), split_list(org_slugs)

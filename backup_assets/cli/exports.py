@@ -13,8 +13,7 @@ from ..core.findings import InstanceID, RpcExportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
 from . import main
-from .common import EXISTING_FILE, NEW_FILE, dsn_option, manifest_option, project_errors
-from .imports import _split  # the same comma/newline-separated lists as `import`
+from .common import EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, manifest_option, project_errors
 
 #: What each scope exports (the scopes of ``sentry export``).
 SCOPE_HELP = {"users": "Export users (with their emails and options) only.",
@@ -58,16 +57,10 @@ def _scope_command(scope: str) -> None:
     def command(dest: str, encrypt_with: Path | None, filter_usernames: str | None,
                 filter_usernames_file: Path | None, filter_org_slugs: str | None, indent: int,
                 findings_file: Path | None, silent: bool, dsn: str | None, manifest: Path | None) -> None:
-        if filter_usernames is not None and filter_usernames_file is not None:
-            raise click.UsageError("--filter-usernames and --filter-usernames-file are mutually exclusive")
-        if filter_usernames_file is not None:
-            filter_usernames = filter_usernames_file.read_text()
-        if scope not in ("users", "config") and filter_usernames is not None:
-            raise click.UsageError(f"--filter-usernames is not available for `export {scope}`")
-        if scope != "organizations" and filter_org_slugs is not None:
-            raise click.UsageError("--filter-org-slugs is only available for `export organizations`")
+        usernames, org_slugs = filter_flags("export", scope, filter_usernames, filter_usernames_file,
+                                            filter_org_slugs)
         try:
-            counts = _export(scope, dest, encrypt_with, _split(filter_usernames), _split(filter_org_slugs), indent,
+            counts = _export(scope, dest, encrypt_with, usernames, org_slugs, indent,
                              dsn, manifest)
         except BackupAssetsError as e:
             if findings_file:

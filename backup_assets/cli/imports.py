@@ -15,8 +15,8 @@ from ..core.restore import Restore
 from ..core.settings import ImportSettings, RestoreResult, StageResult, new_import_id
 from ..core.source import open_backup
 from . import main
+from .common import EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, manifest_option, project_errors
 from .display import restore_progress
-from .common import EXISTING_FILE, NEW_FILE, dsn_option, manifest_option, project_errors
 
 SCOPE_HELP = {
     "users": "Import users (and their emails and options) only.",
@@ -24,12 +24,6 @@ SCOPE_HELP = {
     "config": "Import instance configuration (options, relays, admin roles) and users.",
     "global": "Restore everything: the whole instance, as `sentry import global` does.",
 }
-
-
-def _split(values: str | None) -> frozenset[str] | None:
-    if values is None:
-        return None
-    return frozenset(v.strip() for v in values.replace("\n", ",").split(",") if v.strip())
 
 
 @main.group("import")
@@ -67,14 +61,8 @@ def _scope_command(scope: str) -> None:
                 filter_org_slugs: str | None, merge_users: bool, overwrite_configs: bool, findings_file: Path | None,
                 no_prompt: bool, silent: bool, dsn: str | None, manifest: Path | None, create_schema: bool,
                 preserve_pks: bool, import_id: str | None) -> None:
-        if filter_usernames is not None and filter_usernames_file is not None:
-            raise click.UsageError("--filter-usernames and --filter-usernames-file are mutually exclusive")
-        if filter_usernames_file is not None:
-            filter_usernames = filter_usernames_file.read_text()
-        if scope not in ("users", "config") and filter_usernames is not None:
-            raise click.UsageError(f"--filter-usernames is not available for `import {scope}`")
-        if scope != "organizations" and filter_org_slugs is not None:
-            raise click.UsageError(f"--filter-org-slugs is only available for `import organizations`")
+        usernames, org_slugs = filter_flags("import", scope, filter_usernames, filter_usernames_file,
+                                            filter_org_slugs)
         replace = False
         if scope == "global":
             if not no_prompt and not click.confirm(
@@ -85,7 +73,7 @@ def _scope_command(scope: str) -> None:
                 return
             replace = True
         settings = ImportSettings(scope=scope, merge_users=merge_users, overwrite_configs=overwrite_configs,
-                                  filter_usernames=_split(filter_usernames), filter_org_slugs=_split(filter_org_slugs),
+                                  filter_usernames=usernames, filter_org_slugs=org_slugs,
                                   preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
         try:

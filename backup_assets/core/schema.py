@@ -189,9 +189,22 @@ def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str
     for model in models:
         spec = manifest[model]
         existing = find_table(conn, spec.table_name)
+        has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
+                                (model,)).fetchone()[0]
         if existing is None:
-            create_table(conn, spec, infer_field_types(conn, staging, model), created)
+            create_table(conn, spec, infer_field_types(conn, staging, model) if has_rows else {}, created)
+        elif has_rows:  # a table an earlier import created, maybe from no rows: add the fields it lacks
+            add_columns(conn, spec, existing, infer_field_types(conn, staging, model))
         created[model] = spec.table_name
+
+
+def add_columns(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, field_types: dict[str, str]) -> None:
+    """Create mode on an existing table: add a column for each safe field name it does not have."""
+    for name, typ in sorted(field_types.items()):
+        if name in table.columns or name in spec.fk_by_field or not SAFE_NAME.match(name):
+            continue
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+            table.ident, sql.Identifier(name), sql.SQL(_TYPES[typ])))
 
 
 def value_sql(col: Column, fields: sql.Composable, key: str) -> sql.Composable:
