@@ -11,20 +11,34 @@ adds the stage assets before them and ``restore_complete`` after them, which is 
   merged + dropped), ``no_dangling_fk`` (every foreign key of an imported row resolves),
   ``sequence_past_max`` (the id sequence is past max(id)) and ``no_rows_dropped``. A failed check is
   an ERROR, except rows dropped by a filter or the scope, which the engine reports as a WARN.
+
+A model asset whose import is no longer staged (``restore_complete`` dropped the staging, a server
+crash emptied the UNLOGGED staging table: it is then dropped first, a failed run was cleaned up) stages the backup again from
+the ``backup_source`` and ``decryptor`` resources, then loads: a subset or a backfill of models never
+loaded for an already finished partition works. Staging is idempotent per import (the same backup
+gives the same staged rows) and loads already recorded are never repeated. The re-created staging
+stays until ``restore_complete`` is materialized again, which drops it.
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+from psycopg import sql
 
+from backup_assets.core.decryptors import Decryptor
+from backup_assets.core.errors import StagingMissingError
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.restore import Restore
 from backup_assets.core.settings import CheckOutcome, LoadResult
+from backup_assets.core.staging import staging_exists, staging_ident
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
-from backup_assets.execution import engine_errors, open_restore
+from backup_assets.execution import Stopwatch, engine_errors, open_restore
 from backup_assets.partitions import backups_partitions
 from backup_assets.settings_resource import ImportSettingsResource
 from backup_assets.translator import MODEL_METADATA_KEY, SentryRestoreTranslator, default_model_key
+from resources.backup_source import BackupSourceResource
+from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource
 from resources.staging import StagingResource
 
@@ -156,15 +170,25 @@ def _build_model_asset(model: str, spec: dg.AssetSpec, manifest: Manifest,
         op_tags={"sentry/model": model},
     )
     def _load(context: dg.AssetExecutionContext, target: PostgresTargetResource,
-              import_settings: ImportSettingsResource, staging: StagingResource) -> dg.MaterializeResult:
+              import_settings: ImportSettingsResource, staging: StagingResource,
+              backup_source: BackupSourceResource, decryptor: DecryptorResource) -> dg.MaterializeResult:
         restore = open_restore(context, manifest, target, import_settings, staging)
+        restaged = False
         with engine_errors(model):
             if model not in restore.plan():
                 return _not_in_plan(key, restore.settings.scope)
-            result = restore.load_model(model)
+            try:
+                if restore.load_result(model) is None and staging_emptied(restore):
+                    restore.discard_staging()  # a crash emptied the UNLOGGED table: treat it as gone
+                result = restore.load_model(model)
+            except StagingMissingError:
+                restage(context, restore, backup_source, decryptor, model)
+                restaged = True
+                result = restore.load_model(model)
             outcomes = restore.verify_model(model)
         metadata = load_metadata(result)
         metadata["attempt"] = context.retry_number + 1
+        metadata["restaged"] = restaged
         checks = check_results(key, outcomes)
         metadata["failed_checks"] = dg.MetadataValue.json(
             [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR])
@@ -173,6 +197,36 @@ def _build_model_asset(model: str, spec: dg.AssetSpec, manifest: Manifest,
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     return _load
+
+
+def staging_emptied(restore: Restore) -> bool:
+    """Whether the import's staging table exists but lost its rows (an UNLOGGED table after a server
+    crash is reset to empty, not dropped), although the parse stage recorded rows for it."""
+    staged = restore.staged_result()
+    if staged is None or not any(staged.rows_per_model.values()):
+        return False
+    with restore.connect() as conn:
+        if not staging_exists(conn, restore.import_id):
+            return False
+        return not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+            staging_ident(restore.import_id))).fetchone()[0]
+
+
+def restage(context: dg.AssetExecutionContext, restore: Restore, source: BackupSourceResource,
+            decryptor: DecryptorResource | Decryptor, model: str) -> None:
+    """Stage the run's backup again (its staging is gone) and prepare the import (idempotent)."""
+    from backup_assets.stages import open_run_backup
+
+    with engine_errors(f"{model}: re-staging"):
+        if restore.is_staged():  # another step staged it meanwhile
+            return
+        backup = open_run_backup(context, source, decryptor)
+        with Stopwatch() as sw:
+            staged = restore.stage(backup)
+            restore.prepare()
+    context.log.warning(f"{model}: the staging of import {restore.import_id} was gone; staged the backup again "
+                        f"({staged.rows} rows in {sw.seconds:.2f}s). It is dropped when restore_complete "
+                        "is materialized.")
 
 
 def _not_in_plan(key: dg.AssetKey, scope: str) -> dg.MaterializeResult:
@@ -192,8 +246,9 @@ def build_restore_assets(manifest: Manifest, translator: SentryRestoreTranslator
     """One asset per relocatable model of ``manifest``, in dependency order.
 
     Required resources: ``target`` (:class:`~resources.postgres.PostgresTargetResource`),
-    ``import_settings`` (:class:`~backup_assets.settings_resource.ImportSettingsResource`) and
-    ``staging`` (:class:`~resources.staging.StagingResource`).
+    ``import_settings`` (:class:`~backup_assets.settings_resource.ImportSettingsResource`),
+    ``staging`` (:class:`~resources.staging.StagingResource`), and ``backup_source`` /
+    ``decryptor`` (used only to stage the backup again when its staging is gone).
     """
     return [_build_model_asset(m, spec, manifest, partitions_def, retry_policy, pool)
             for m, spec in model_asset_specs(manifest, translator).items()]

@@ -1,9 +1,15 @@
 """What every step of the restore graph does around the engine: build the ``Restore`` of the run's
 partition, and turn engine errors into the right kind of Dagster failure.
 
-* A transient database error (``psycopg.OperationalError`` anywhere in the exception chain: a
-  connection cut, a server restart, a serialization failure) is re-raised as it is, so the asset's
-  ``RetryPolicy`` retries the step; the engine makes a retried step idempotent.
+* A transient database error is retried by the asset's ``RetryPolicy``: ``psycopg.OperationalError``
+  anywhere in the exception chain (a connection cut, a server restart, a serialization failure, a
+  deadlock), including the target's ``statement_timeout`` / ``lock_timeout`` being hit (``QueryCanceled``,
+  ``LockNotAvailable``: the lock or the load is likely free on the next attempt). It becomes
+  ``dagster.Failure(allow_retries=True)`` naming the model or stage, so the step's log and the run's
+  final error say which load it was; the engine makes a retried step idempotent.
+* Resource exhaustion is not transient (:data:`EXHAUSTED`: disk full, out of memory, a configured
+  limit such as ``temp_file_limit``, a program limit): retrying would fail the same way, so it fails
+  at once with a message that says what ran out and that nothing of the step was committed.
 * A :class:`~backup_assets.core.errors.BackupAssetsError` says the input or the configuration is
   wrong: retrying cannot help, so it becomes ``dagster.Failure(allow_retries=False)`` with the
   engine's message (which names the model, row and field).
@@ -27,16 +33,44 @@ from resources.postgres import PostgresTargetResource
 from resources.staging import StagingResource
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` or an exception it was raised from is a PostgreSQL operational error."""
+#: SQLSTATEs (or their two-character classes) of exhausted resources: retrying cannot help.
+EXHAUSTED: dict[str, str] = {
+    "53100": "the target database ran out of disk space",
+    "53200": "the target database ran out of memory",
+    "53400": "a configured limit of the target database was reached",
+    "54": "a program limit of the target database was reached",
+}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
-        if isinstance(e, psycopg.OperationalError):
-            return True
         seen.add(id(e))
+        yield e
         e = e.__cause__ or e.__context__
-    return False
+
+
+def _operational(exc: BaseException) -> psycopg.OperationalError | None:
+    return next((e for e in _chain(exc) if isinstance(e, psycopg.OperationalError)), None)
+
+
+def exhausted(exc: BaseException) -> str | None:
+    """What ran out, when ``exc`` (or its chain) is a resource-exhaustion error of PostgreSQL."""
+    op = _operational(exc)
+    state = (op.sqlstate or "") if op is not None else ""
+    return EXHAUSTED.get(state) or (EXHAUSTED.get(state[:2]) if state else None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a PostgreSQL operational error worth
+    retrying (any ``OperationalError`` but resource exhaustion)."""
+    return _operational(exc) is not None and exhausted(exc) is None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextmanager
@@ -48,7 +82,15 @@ def engine_errors(what: str) -> Iterator[None]:
         raise
     except Exception as e:
         if is_transient(e):
-            raise
+            op = _operational(e)
+            raise dg.Failure(description=f"{what}: transient database error, retried by policy: "
+                                         f"{type(op).__name__}: {_one_line(op)}", allow_retries=True) from e
+        ran_out = exhausted(e)
+        if ran_out:
+            op = _operational(e)
+            raise dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {_one_line(op)}); nothing of "
+                                         "this step was committed: free the resource, then re-materialize",
+                             allow_retries=False) from e
         kind = "" if isinstance(e, BackupAssetsError) else "unexpected error: "
         raise dg.Failure(description=f"{what}: {kind}{type(e).__name__}: {e}", allow_retries=False) from e
 
