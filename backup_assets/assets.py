@@ -24,14 +24,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
-from psycopg import sql
 
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.errors import StagingMissingError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import CheckOutcome, LoadResult
-from backup_assets.core.staging import staging_exists, staging_ident
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
 from backup_assets.execution import Stopwatch, engine_errors, open_restore
 from backup_assets.partitions import backups_partitions
@@ -178,8 +176,6 @@ def _build_model_asset(model: str, spec: dg.AssetSpec, manifest: Manifest,
             if model not in restore.plan():
                 return _not_in_plan(key, restore.settings.scope)
             try:
-                if restore.load_result(model) is None and staging_emptied(restore):
-                    restore.discard_staging()  # a crash emptied the UNLOGGED table: treat it as gone
                 result = restore.load_model(model)
             except StagingMissingError:
                 restage(context, restore, backup_source, decryptor, model)
@@ -199,30 +195,15 @@ def _build_model_asset(model: str, spec: dg.AssetSpec, manifest: Manifest,
     return _load
 
 
-def staging_emptied(restore: Restore) -> bool:
-    """Whether the import's staging table exists but lost its rows (an UNLOGGED table after a server
-    crash is reset to empty, not dropped), although the parse stage recorded rows for it."""
-    staged = restore.staged_result()
-    if staged is None or not any(staged.rows_per_model.values()):
-        return False
-    with restore.connect() as conn:
-        if not staging_exists(conn, restore.import_id):
-            return False
-        return not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-            staging_ident(restore.import_id))).fetchone()[0]
-
-
 def restage(context: dg.AssetExecutionContext, restore: Restore, source: BackupSourceResource,
             decryptor: DecryptorResource | Decryptor, model: str) -> None:
     """Stage the run's backup again (its staging is gone) and prepare the import (idempotent)."""
     from backup_assets.stages import open_run_backup
 
     with engine_errors(f"{model}: re-staging"):
-        if restore.is_staged():  # another step staged it meanwhile
-            return
         backup = open_run_backup(context, source, decryptor)
         with Stopwatch() as sw:
-            staged = restore.stage(backup)
+            staged = restore.stage(backup, if_missing=True)  # once, if several steps find it gone
             restore.prepare()
     context.log.warning(f"{model}: the staging of import {restore.import_id} was gone; staged the backup again "
                         f"({staged.rows} rows in {sw.seconds:.2f}s). It is dropped when restore_complete "

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-import psycopg
 import pytest
 
 from backup_assets.core.errors import BackupFormatError, ExportParseError, MissingParentError, TargetError

@@ -10,7 +10,7 @@ from backup_assets.core.settings import ImportSettings
 from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.partitions import backups_partitions
 from backup_assets.run import materialize_restore
-from backup_assets.verification import ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset
+from backup_assets.verification import build_rollback_job, build_round_trip_asset
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource

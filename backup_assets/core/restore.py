@@ -80,15 +80,33 @@ class Restore:
         return [m for m in self.manifest.relocatable() if self.manifest[m].in_scope(self.settings.scope)]
 
     def is_staged(self) -> bool:
+        """Whether the import's staged rows are there to load from."""
         with self.connect() as conn:
-            return staging_exists(conn, self.import_id)
+            return self._staging_usable(conn)
+
+    def _staging_usable(self, conn: psycopg.Connection) -> bool:
+        """The staging table exists and, when the parse recorded rows, still holds some: a server crash
+        resets an UNLOGGED table to empty rather than dropping it, and an empty staging must not pass
+        for a backup without rows."""
+        if not staging_exists(conn, self.import_id):
+            return False
+        if any(self._staged_counts(conn).values()):
+            return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                staging_ident(self.import_id))).fetchone()[0]
+        return True
 
     # -- stages --------------------------------------------------------------------------------------
-    def stage(self, backup, progress: ProgressFn | None = None) -> StageResult:
+    def stage(self, backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
         """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
-        transaction: on any error nothing is staged."""
+        transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
+        already usable is left as it is (several steps finding it gone stage it once)."""
         with self.connect() as conn, conn.transaction():
             self._import_lock(conn)
+            self._counts = None
+            if if_missing and self._staging_usable(conn):
+                staged = self.staged_result()
+                if staged is not None:
+                    return staged
             total = _plaintext_estimate(backup)
 
             def report(done: int, rows: int) -> None:
@@ -171,9 +189,10 @@ class Restore:
             if done is not None:
                 done.already_loaded = True
                 return done
-            if not staging_exists(conn, self.import_id):
-                raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone; "
-                                          "stage the backup again")
+            if not self._staging_usable(conn):
+                raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone (the "
+                                          "restore finished or failed, or a server crash emptied them); stage "
+                                          "the backup again")
             staged = self._staged_counts(conn).get(model, 0)
             emit("load", model, 0, staged)
             result = loader.load_model(conn, ctx, spec, rules_for(spec, self.settings, self.manifest))

@@ -17,7 +17,6 @@ import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BackupFormatError, EncryptionError
