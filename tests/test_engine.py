@@ -316,3 +316,19 @@ def test_create_mode_adds_the_columns_a_table_created_from_no_rows_lacks(pg_dsn,
                      scope="users")
     assert result.loads["t.user"].skipped_fields == []
     assert pg_conn.execute("SELECT username, is_active FROM t_user").fetchall() == [("zed", True)]
+
+
+def test_the_types_seen_while_parsing_are_the_types_the_staged_rows_call_for(pg_dsn, pg_conn, tmp_path):
+    """Create mode takes column types from what the parse saw; reading the staged rows back says the same."""
+    from backup_assets.core.schema import infer_field_types
+    from backup_assets.core.staging import staging_ident
+
+    rows = [row("t.user", 1, username="a", n=1, big=2 ** 62, f=1.5, when="2023-06-22T22:59:55.531Z", mixed=1,
+                s="x", obj={"a": 1}, lst=[1], flag=True, nothing=None, mostly_dates="2023-06-22T22:59:55Z"),
+            row("t.user", 2, username="b", n=-2, big=3, f=2, when="2023-06-22T22:59:55Z", mixed="1", s=None,
+                obj=None, lst=[], flag=False, nothing=None, mostly_dates="not a date")]
+    r = Restore(pg_dsn, MANIFEST, "types", ImportSettings(create_schema=True))
+    staged = r.stage(open_backup(write(tmp_path, rows)))
+    from_sql = infer_field_types(pg_conn, staging_ident("types"), "t.user")
+    assert staged.fields["t.user"] == from_sql
+    assert from_sql["big"] == "bigint" and from_sql["f"] == "numeric" and from_sql["mostly_dates"] == "text" and from_sql["obj"] == "jsonb"

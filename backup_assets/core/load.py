@@ -46,6 +46,7 @@ class LoadContext:
     import_id: str
     staging: sql.Composable           #: the import's staging table
     plan: list[str]                   #: every model of this import, in dependency order
+    fields: list[str] | None = None   #: the model's field names as the parse saw them (None: read the staging)
 
 
 def lock_key(import_id: str, model: str) -> str:
@@ -114,7 +115,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     model = sql.Literal(spec.name)
     staged = sql.SQL("{staging} s").format(staging=ctx.staging)
 
-    present = {r[0] for r in conn.execute(sql.SQL(
+    present = set(ctx.fields) if ctx.fields is not None else {r[0] for r in conn.execute(sql.SQL(
         "SELECT DISTINCT jsonb_object_keys(s.fields) FROM {staged} WHERE s.model = {model}").format(
         staged=staged, model=model))}
     fk_columns = {fk.column for fk in spec.foreign_keys}
@@ -145,7 +146,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                              "AND {m}.old_pk = (s.fields ->> {f})::bigint").format(
             pk_map=PK_MAP, m=m, id=sql.Literal(ctx.import_id), target=sql.Literal(fk.model), f=sql.Literal(fk.field)))
     conn.execute(sql.SQL(
-        "CREATE TEMP TABLE _cand ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, false AS expected, "
+        "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, false AS expected, "
         "NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} WHERE s.model = {model}").format(
         cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")

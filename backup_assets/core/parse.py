@@ -18,6 +18,7 @@ from psycopg import sql
 
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
+from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
 from .settings import StageResult
 from .staging import create_staging, index_staging
 
@@ -147,6 +148,7 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     model_bytes = {name: name.encode() for name in known}  # manifest names: no tab, newline or backslash
     lines: list[bytes] = []
     last_pos = 0
+    stats: dict[str, dict[str, int]] = {}
     ident = create_staging(conn, import_id, unlogged=unlogged)
     index = -1
     try:
@@ -199,6 +201,28 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
                     encoded = encoded.replace(b"\\", b"\\\\")
                 per_model[model] = per_model.get(model, 0) + 1
                 last_pos = reader.pos
+                seen = stats.get(model)
+                if seen is None:
+                    seen = stats[model] = {}
+                for k, v in fields.items():  # what each field's values are, for create mode and the load
+                    t = type(v)
+                    prev = seen.get(k, 0)
+                    if t is str:
+                        if prev & TEXT:
+                            continue
+                        bit = DATETIME if DATETIME_RE.match(v) else TEXT
+                    elif v is None:
+                        bit = NULL
+                    elif t is bool:
+                        bit = BOOL
+                    elif t is int:
+                        bit = INT if _INT64[0] <= v <= _INT64[1] else NUMBER
+                    elif t is float:
+                        bit = NUMBER
+                    else:
+                        bit = JSON
+                    if not prev & bit:
+                        seen[k] = prev | bit
                 if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
                     if lines:
                         copy.write(b"".join(lines))
@@ -226,6 +250,8 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
                                offset=reader.pos) from None
     result.rows = index + 1
     result.bytes = reader.pos
+    result.fields = {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
+                     for model, seen in stats.items()}
     try:
         with conn.transaction():
             index_staging(conn, import_id)

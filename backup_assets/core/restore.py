@@ -46,6 +46,7 @@ class Restore:
         self.unlogged_staging = unlogged_staging
         self._conn: psycopg.Connection | None = None
         self._counts: dict[str, int] | None = None
+        self._fields: dict[str, dict[str, str]] | None = None
 
     @contextmanager
     def session(self) -> Iterator["Restore"]:
@@ -159,7 +160,8 @@ class Restore:
             if self.settings.scope == "global":
                 replace_existing_data(conn, self.manifest, confirmed=self.settings.replace_existing)
             if self.settings.create_schema:
-                ensure_tables(conn, self.manifest, plan, staging)
+                self._counts = None
+                ensure_tables(conn, self.manifest, plan, staging, self._stage_info(conn)[1])
             self._check_kept_keys(conn, plan, staging)
             conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
                          (self.import_id,))
@@ -193,18 +195,26 @@ class Restore:
                 raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone (the "
                                           "restore finished or failed, or a server crash emptied them); stage "
                                           "the backup again")
-            staged = self._staged_counts(conn).get(model, 0)
+            counts, fields = self._stage_info(conn)
+            staged = counts.get(model, 0)
+            if fields is not None:
+                ctx.fields = list(fields.get(model, {}))
             emit("load", model, 0, staged)
             result = loader.load_model(conn, ctx, spec, rules_for(spec, self.settings, self.manifest))
             emit("load", model, result.rows_read, staged, finished=True)
             return result
 
-    def _staged_counts(self, conn: psycopg.Connection) -> dict[str, int]:
+    def _stage_info(self, conn: psycopg.Connection) -> tuple[dict[str, int], dict[str, dict[str, str]] | None]:
+        """Rows staged per model, and per model the fields (and their value types) the parse saw."""
         if self._counts is None:
-            row = conn.execute(sql.SQL("SELECT stage -> 'rows_per_model' FROM {} WHERE import_id = %s").format(IMPORT),
-                               (self.import_id,)).fetchone()
+            row = conn.execute(sql.SQL("SELECT stage -> 'rows_per_model', stage -> 'fields' FROM {} "
+                                       "WHERE import_id = %s").format(IMPORT), (self.import_id,)).fetchone()
             self._counts = (row[0] if row else None) or {}
-        return self._counts
+            self._fields = row[1] if row else None
+        return self._counts, self._fields
+
+    def _staged_counts(self, conn: psycopg.Connection) -> dict[str, int]:
+        return self._stage_info(conn)[0]
 
     def load_result(self, model: str) -> LoadResult | None:
         with self.connect() as conn:

@@ -7,8 +7,9 @@ at most 63 characters, as every Django field name is; any other field is reporte
 """
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -25,9 +26,13 @@ INTERNAL_SCHEMA = "backup_assets"
 def describe_name(name: str) -> str:
     """How an export's field name is reported: itself when it is a plain identifier, else a description,
     so that an odd name (quotes, semicolons, 10,000 characters) is never sent anywhere, not even as data."""
-    if SAFE_NAME.match(name) or re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", name):
+    if SAFE_NAME.match(name) or re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", name) or _DESCRIBED.match(name):
         return name
-    return f"<unusual field name of {len(name)} characters>"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"<unusual field name of {len(name)} characters, sha256 {digest}>"
+
+
+_DESCRIBED = re.compile(r"^<unusual field name of \d+ characters, sha256 [0-9a-f]{8}>$")
 
 
 @dataclass(frozen=True)
@@ -101,14 +106,27 @@ def require_table(conn: psycopg.Connection, spec: ModelSpec) -> TableInfo:
 
 # -- create mode -----------------------------------------------------------------------------------------
 
-_DATETIME_RE = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)?$"
 
 
-@dataclass
-class FieldTypes:
-    """What a model's staged values look like, per field, for create mode."""
+# What a field's values were seen to be, as bits (collected while parsing, one pass, no SQL)
+NULL, BOOL, INT, NUMBER, TEXT, DATETIME, JSON = 1, 2, 4, 8, 16, 32, 64
+DATETIME_RE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)?$")
 
-    types: dict[str, str] = field(default_factory=dict)   #: field -> SQL type
+
+def type_for(seen: int) -> str:
+    """The column type for a field whose values had the kinds in ``seen`` (bits above), as
+    :func:`infer_field_types` decides it: one JSON kind -> its SQL type, several (or objects) -> jsonb."""
+    kinds = [k for k, bits in (("number", INT | NUMBER), ("boolean", BOOL), ("string", TEXT | DATETIME),
+                               ("json", JSON)) if seen & bits]
+    if not kinds:
+        return "text"
+    if len(kinds) > 1 or kinds == ["json"]:
+        return "jsonb"
+    if kinds == ["number"]:
+        return "numeric" if seen & NUMBER else "bigint"
+    if kinds == ["boolean"]:
+        return "boolean"
+    return "text" if seen & TEXT else "timestamptz"
 
 
 def infer_field_types(conn: psycopg.Connection, staging: sql.Composable, model: str) -> dict[str, str]:
@@ -127,7 +145,7 @@ def infer_field_types(conn: psycopg.Connection, staging: sql.Composable, model: 
         FROM {staging} s, jsonb_each(s.fields) AS e(key, value)
         WHERE s.model = %s GROUP BY e.key""").format(staging=staging)
     out = {}
-    for key, kinds, all_dates, all_ints in conn.execute(q, (_DATETIME_RE, model)):
+    for key, kinds, all_dates, all_ints in conn.execute(q, (DATETIME_RE.pattern, model)):
         kinds = set(kinds or ())
         if not kinds:
             out[key] = "text"
@@ -183,18 +201,26 @@ _TYPES = {"text": "text", "jsonb": "jsonb", "bigint": "bigint", "numeric": "nume
           "timestamptz": "timestamp with time zone"}
 
 
-def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str], staging: sql.Composable) -> None:
-    """Create mode: create every missing table of ``models`` (in dependency order) from the staged rows."""
+def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str], staging: sql.Composable,
+                  field_types: dict[str, dict[str, str]] | None = None) -> None:
+    """Create mode: create every missing table of ``models`` (in dependency order) from the staged rows.
+
+    ``field_types`` (model -> field -> type) is what the parse saw; without it the staged rows are read."""
     created: dict[str, str] = {}
     for model in models:
         spec = manifest[model]
         existing = find_table(conn, spec.table_name)
-        has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
-                                (model,)).fetchone()[0]
+        if field_types is not None:
+            types = field_types.get(model, {})
+        elif conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
+                          (model,)).fetchone()[0]:
+            types = infer_field_types(conn, staging, model)
+        else:
+            types = {}
         if existing is None:
-            create_table(conn, spec, infer_field_types(conn, staging, model) if has_rows else {}, created)
-        elif has_rows:  # a table an earlier import created, maybe from no rows: add the fields it lacks
-            add_columns(conn, spec, existing, infer_field_types(conn, staging, model))
+            create_table(conn, spec, types, created)
+        elif types:  # a table an earlier import created, maybe from no rows: add the fields it lacks
+            add_columns(conn, spec, existing, types)
         created[model] = spec.table_name
 
 

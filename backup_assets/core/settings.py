@@ -76,6 +76,9 @@ class StageResult:
     excluded_models: dict[str, int] = field(default_factory=dict) #: rows skipped: models whose scope is Excluded
     bytes: int = 0                                                #: plaintext bytes parsed
     seconds: float = 0.0
+    #: model -> field -> the SQL type its values call for (see ``schema.type_for``); fields whose names
+    #: cannot be columns appear under a description, never verbatim
+    fields: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
