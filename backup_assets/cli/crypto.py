@@ -53,7 +53,7 @@ def decrypt(dest: Path, src: Path, private_key: Path) -> None:
     click.echo(f"Decrypted {src} -> {dest}", err=True)
 
 
-def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
+def write_key_file(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Write ``data`` to ``path`` with ``mode`` (also when it replaces a file: via a temp file + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -93,8 +93,8 @@ def keygen(private: Path, public: Path, bits: str, force: bool) -> None:
                 raise click.ClickException(f"{p} already exists; pass --force to overwrite it")
     private_pem, public_pem = keys.generate_key_pair(int(bits))
     try:
-        _write_new(private, private_pem, 0o600, force)
-        _write_new(public, public_pem, 0o644, force)
+        write_key_file(private, private_pem, 0o600, force)
+        write_key_file(public, public_pem, 0o644, force)
     except FileExistsError as e:
         raise click.ClickException(f"{e.filename2 or e.filename} already exists; pass --force to overwrite it") from None
     except OSError as e:

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
 import click
 
 from ..core import keys, synthetic
-from ..core.decryptors import PemDecryptor, PemEncryptor
+from ..core.decryptors import LocalFileDecryptor, PemEncryptor
 from ..core.manifest import Manifest
 from ..core.postgres import embedded_default, ensure_database, resolve_dsn
 from ..core.settings import ImportSettings
 from ..core.source import encrypt_export
 from . import main
 from .common import dsn_option, project_errors
+from .crypto import write_key_file
 from .imports import _restore, _summary
 
 
@@ -29,9 +31,10 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
     """Restore a demo backup into the embedded PostgreSQL, through the whole asset graph.
 
     Generates a Sentry-format export (organizations, users, teams, projects, keys, options...),
-    encrypts it the way `sentry export --encrypt-with` does with a fresh RSA key that stays in memory,
-    writes the tarball to FOLDER, and restores it in global scope into the database `sentry` of the
-    embedded PostgreSQL (or --dsn), replacing what a previous demo left there.
+    encrypts it the way `sentry export --encrypt-with` does for a fresh demo key pair (written beside
+    it as demo-key.pem / demo-key.pub), writes the tarball to FOLDER, and restores it in global scope
+    into the database `sentry` of the embedded PostgreSQL (or --dsn), replacing what a previous demo
+    left there.
 
     \b
     Example:
@@ -39,9 +42,11 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
       backup-assets demo --scale 30 --dsn postgresql://localhost/scratch
     """
     folder.mkdir(parents=True, exist_ok=True)
-    tar = folder / "demo-sentry-export.tar"
-    rows = synthetic.demo_rows() if scale == 1 else synthetic.generate_rows(scale=scale)
+    tar, key_file, pub_file = (folder / n for n in ("demo-sentry-export.tar", "demo-key.pem", "demo-key.pub"))
+    rows = map(_as_sentry_writes_it, synthetic.demo_rows() if scale == 1 else synthetic.generate_rows(scale=scale))
     private_pem, public_pem = keys.generate_key_pair()
+    write_key_file(key_file, private_pem, 0o600, force=True)  # the demo's own pair, for the next steps
+    write_key_file(pub_file, public_pem, 0o644, force=True)
     # the JSON streams through a pipe into the encryption: no plaintext file, constant memory
     read_end, write_end = os.pipe()
     written: list[int] = []
@@ -58,18 +63,29 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
     with open(read_end, "rb") as plain:
         encrypt_export(plain, tar, PemEncryptor(public_pem))
     producer.join()
-    click.echo(f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written[0]:,} bytes of JSON, encrypted with a one-time "
-               "RSA key that is not kept)", err=True)
+    click.echo(f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written[0]:,} bytes of JSON), encrypted for the demo key "
+               f"pair {key_file} (mode 0600) / {pub_file}", err=True)
     target = resolve_dsn(dsn)
     settings = ImportSettings(scope="global", create_schema=True, replace_existing=True)
-    result = _restore(tar, PemDecryptor(private_pem, source="the demo key"), target, Manifest.builtin(), settings,
-                      None, silent=False)
+    result = _restore(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings, None, silent=False)
     _summary(result)
     click.echo(f"\nRestored into {target}\n"
                f"Try:\n"
                f"  psql {target} -c 'SELECT slug, name FROM sentry_organization'\n"
                f"  backup-assets export global demo-roundtrip.json --dsn {target}\n"
-               f"  dagster dev            # the asset graph, sensors and checks in the UI", err=True)
+               f"  backup-assets backup compare {tar} demo-roundtrip.json --decrypt-left-with {key_file}\n"
+               f"  BACKUP_ASSETS_PRIVATE_KEY_PATH={key_file} dagster dev   # the asset graph, sensor and checks",
+               err=True)
+
+
+_NO_MILLIS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z$")
+
+
+def _as_sentry_writes_it(row: dict) -> dict:
+    """Timestamps with milliseconds, as a current `sentry export` writes them (the generator also makes
+    older exports' spelling, which a round-trip compare would rightly report)."""
+    fields = {k: (_NO_MILLIS.sub(r"\1.000Z", v) if isinstance(v, str) else v) for k, v in row["fields"].items()}
+    return {**row, "fields": fields}
 
 
 @main.group()
