@@ -100,7 +100,12 @@ def embedded() -> None:
 
 @embedded.command("start")
 def embedded_start() -> None:
-    """Start the embedded server (if it is not running) and print the DSN of its `sentry` database."""
+    """Start the embedded server (if it is not running) and print the DSN of its `sentry` database.
+
+    \b
+    Example:
+      psql "$(backup-assets embedded start)" -c 'SELECT count(*) FROM sentry_project'
+    """
     server = embedded_default().start()
     ensure_database(server.dsn("postgres"), "sentry")
     click.echo(server.dsn("sentry"))
@@ -108,14 +113,27 @@ def embedded_start() -> None:
 
 @embedded.command("stop")
 def embedded_stop() -> None:
-    """Stop the embedded server (its data stays in $BACKUP_ASSETS_HOME/postgres)."""
+    """Stop the embedded server (its data stays in $BACKUP_ASSETS_HOME/postgres).
+
+    \b
+    Example:
+      backup-assets embedded stop
+    """
     embedded_default().stop()
 
 
 @embedded.command("status")
 def embedded_status() -> None:
-    """Say whether the embedded server is running, and where."""
+    """Say whether the embedded server is running, and where.
+
+    \b
+    Example:
+      backup-assets embedded status
+    """
     server = embedded_default()
     port = server.running_port()
-    click.echo(f"running on 127.0.0.1:{port} ({server.data_dir}); DSN {server.dsn('sentry').replace(str(server.port), str(port))}"
-               if port else f"not running ({server.data_dir})")
+    if not port:
+        click.echo(f"not running ({server.data_dir})")
+        return
+    server.port = port
+    click.echo(f"running on 127.0.0.1:{port} ({server.data_dir}); DSN {server.dsn('sentry')}")
