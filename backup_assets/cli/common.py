@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
 from ..core.errors import BackupAssetsError
+from ..core.findings import Finding, InstanceID, write_findings
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -59,3 +61,15 @@ def filter_flags(verb: str, scope: str, usernames: str | None, usernames_file: P
     if scope != "organizations" and org_slugs is not None:
         raise click.UsageError(f"--filter-org-slugs is only available for `{verb} organizations`")
     return split_list(usernames), split_list(org_slugs)
+
+
+@contextmanager
+def findings_on_error(findings_file: Path | None, finding: type[Finding]) -> Iterator[None]:
+    """Sentry's --findings-file on failure: the error as one finding (its kind the error type), then re-raised."""
+    try:
+        yield
+    except BackupAssetsError as e:
+        if findings_file:
+            write_findings([finding(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
+                                    reason=str(e))], findings_file)
+        raise

@@ -7,13 +7,14 @@ import click
 import psycopg
 
 from ..core.decryptors import LocalFileEncryptor
-from ..core.errors import BackupAssetsError, ConfigurationError
+from ..core.errors import ConfigurationError
 from ..core.export import export_rows, export_to
-from ..core.findings import InstanceID, RpcExportError, write_findings
+from ..core.findings import RpcExportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
 from . import main
-from .common import EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, manifest_option, project_errors
+from .common import (EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, findings_on_error, manifest_option,
+                     project_errors)
 
 #: What each scope exports (the scopes of ``sentry export``).
 SCOPE_HELP = {"users": "Export users (with their emails and options) only.",
@@ -59,14 +60,8 @@ def _scope_command(scope: str) -> None:
                 findings_file: Path | None, silent: bool, dsn: str | None, manifest: Path | None) -> None:
         usernames, org_slugs = filter_flags("export", scope, filter_usernames, filter_usernames_file,
                                             filter_org_slugs)
-        try:
-            counts = _export(scope, dest, encrypt_with, usernames, org_slugs, indent,
-                             dsn, manifest)
-        except BackupAssetsError as e:
-            if findings_file:
-                write_findings([RpcExportError(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
-                                               reason=str(e))], findings_file)
-            raise
+        with findings_on_error(findings_file, RpcExportError):
+            counts = _export(scope, dest, encrypt_with, usernames, org_slugs, indent, dsn, manifest)
         if findings_file:
             write_findings([], findings_file)
         if not silent:

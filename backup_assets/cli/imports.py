@@ -15,7 +15,8 @@ from ..core.restore import Restore
 from ..core.settings import ImportSettings, RestoreResult, StageResult, new_import_id
 from ..core.source import open_backup
 from . import main
-from .common import EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, manifest_option, project_errors
+from .common import (EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, findings_on_error, manifest_option,
+                     project_errors)
 from .display import restore_progress
 
 SCOPE_HELP = {
@@ -76,13 +77,8 @@ def _scope_command(scope: str) -> None:
                                   filter_usernames=usernames, filter_org_slugs=org_slugs,
                                   preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
-        try:
+        with findings_on_error(findings_file, RpcImportError):
             result = _restore(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id, silent)
-        except BackupAssetsError as e:
-            if findings_file:
-                write_findings([RpcImportError(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
-                                               reason=str(e))], findings_file)
-            raise
         if findings_file:
             write_findings(_drop_findings(result), findings_file)
         if not silent:
