@@ -70,6 +70,6 @@ def findings_on_error(findings_file: Path | None, finding: type[Finding]) -> Ite
         yield
     except BackupAssetsError as e:
         if findings_file:
-            write_findings([finding(kind=type(e).__name__, on=InstanceID(getattr(e, "model", None) or "*"),
-                                    reason=str(e))], findings_file)
+            write_findings([finding(kind=getattr(e, "kind", None) or type(e).__name__,
+                                    on=InstanceID(getattr(e, "model", None) or "*"), reason=str(e))], findings_file)
         raise

@@ -1,6 +1,7 @@
 """``backup-assets import users|organizations|config|global SRC``: Sentry's ``sentry import``, into PostgreSQL."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -121,7 +122,12 @@ def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest
 
 
 class ImportFailed(BackupAssetsError):
-    """The restore run failed; the message holds one line per failed step."""
+    """The restore run failed; the message holds one line per failed step, ``kind`` the first error's type."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        found = re.search(r"\b([A-Z]\w*Error)\b", message)
+        self.kind = found.group(1) if found else "ImportFailed"
 
 
 def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
