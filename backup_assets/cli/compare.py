@@ -45,7 +45,11 @@ def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_wi
         for path, key in ((left, decrypt_left_with), (right, decrypt_right_with)):
             source = open_backup(path, LocalFileDecryptor(key) if key else None)
             streams.append(iter_export(stack.enter_context(source.open_plaintext()), str(path)))
-        findings = compare_exports(*streams, models, names=(str(left), str(right)))
+        skipped: dict[str, tuple[int, int]] = {}
+        findings = compare_exports(*streams, models, names=(str(left), str(right)), skipped=skipped)
+    if skipped:
+        click.echo("Not compared (models the manifest does not know): " + ", ".join(
+            f"{m} ({n} left, {k} right)" for m, (n, k) in sorted(skipped.items())), err=True)
     if findings_file is not None:
         try:
             write_findings(findings, findings_file)

@@ -614,16 +614,25 @@ def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFin
 
 def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manifest,
             comparators: Mapping[str, list[Comparator]] | None = None, *,
-            names: tuple[str, str] = ("left", "right")) -> list[ComparatorFinding]:
+            names: tuple[str, str] = ("left", "right"),
+            skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
     """Compare two exports' rows (left: the original, right: the copy) and return the differences.
 
     ``comparators`` maps a model to its comparators (default: :func:`default_comparators`); foreign-key
     and datetime comparators are added automatically. ``names`` label the sides in error messages.
+    Rows of models the manifest does not know are not compared, as Sentry's validator only knows the
+    models of its dependency graph (an old export's ``sites.site``, say); ``skipped`` receives their
+    counts (model -> (left rows, right rows)).
     Raises :class:`ExportParseError` for a row that is not ``{"model": str, "pk": int, "fields": {...}}``.
     """
     table = default_comparators() if comparators is None else comparators
     sides = (_group(left_rows, names[0]), _group(right_rows, names[1]))
-    models = list(dict.fromkeys([*sides[0], *sides[1]]))
+    models = []
+    for model in dict.fromkeys([*sides[0], *sides[1]]):
+        if model in manifest:
+            models.append(model)
+        elif skipped is not None:
+            skipped[model] = (len(sides[0].get(model, ())), len(sides[1].get(model, ())))
 
     findings: list[ComparatorFinding] = []
     ordered: tuple[dict[str, list[_Row]], dict[str, list[_Row]]] = ({}, {})
