@@ -8,10 +8,12 @@ Everything is set-based SQL in the target database (no per-row round trips):
 
 1. ``_cand`` (a temporary table): one row per staged row of the model, with each foreign key resolved
    through the persisted primary-key maps of the parent models (a LEFT JOIN per foreign key).
-2. Rows whose non-null foreign key has no imported target are dropped, with a reason: the parent is
-   not in the export, was dropped itself, or was filtered. Self-references are resolved to a fixed point.
-3. Sentry's rules (``semantics.py``): filters, NULL-if-missing keys, merged parents, existing rows matched
-   by a unique key, values renamed on collision.
+2. Rows are dropped, with a reason: first by Sentry's filters and scope (``semantics.py``), then where a
+   non-null foreign key has no imported target (the parent is not in the export, was dropped itself, or
+   was filtered; NULL-if-missing keys are set NULL instead, rows of merged users go). Self-references
+   are resolved to a fixed point.
+3. The rest of Sentry's rules: existing rows matched by a unique key (merged or overwritten), rows
+   repeating an earlier row's key, values renamed or regenerated on collision.
 4. New ids from the table's sequence, in the order of the old pks (``nextval`` over the sorted rows),
    or the old pks themselves where they are kept; the pk map is written.
 5. ``INSERT ... SELECT`` of the new rows (and ``UPDATE`` of overwritten ones, their previous values kept
@@ -158,14 +160,14 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     result.rows_read = conn.execute("SELECT count(*) FROM _cand").fetchone()[0]
     where = Where(ctx.staging, ctx.import_id)
 
-    # 2a. Sentry's rules: filters and scope (before missing parents, so a row out of scope is counted as such)
+    # 2a. Sentry's filters and scope (before missing parents, so a row out of scope is counted as such)
     for drop in rules.drops:
         conn.execute(sql.SQL("UPDATE _cand c SET reason = {why}, expected = {exp} FROM {staged} "
                              "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND ({cond})").format(
             why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
             cond=drop.sql(where)))
 
-    # 2. rows whose parents were not imported
+    # 2b. rows whose parents were not imported
     nulled: dict[str, int] = {}
     for i, fk in enumerate(fks):
         has, fkv, kind = (sql.Identifier(f"{p}{i}") for p in ("has", "fk", "k"))
@@ -190,7 +192,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     if nulled:
         result.resets.update({f"{f} (target not imported: set NULL)": n for f, n in nulled.items()})
 
-    # 3. self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
+    # 2c. self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
     for fk in self_fks:
         f = sql.Literal(fk.field)
         while conn.execute(sql.SQL(
@@ -201,7 +203,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                 model=model, f=f)).rowcount:
             pass
 
-    # existing rows matched on a unique key: merged (E) or overwritten in place (O)
+    # 3. existing rows matched on a unique key: merged (E) or overwritten in place (O)
     key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
     if key and len(key) == len(rules.match_columns):
         match = sql.SQL(" AND ").join(sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=v)

@@ -48,9 +48,10 @@ class RollbackResult:
 def rollback(dsn: str, import_id: str, manifest: Manifest | None = None) -> RollbackResult:
     """Undo import ``import_id`` in the database at ``dsn`` (see the module docstring).
 
-    ``manifest`` gives the dependency order and tables (default: the import's own recorded plan, then
-    the built-in manifest). Raises :class:`TargetError` for an unknown import, for an import whose data
-    a later global import replaced, or when rows outside the import still refer to rows it inserted.
+    ``manifest`` gives the dependency order and tables (default: the built-in manifest); models it does
+    not know are taken from the import's recorded plan. Raises :class:`TargetError` for an unknown
+    import, for an import whose data a later global import replaced, or when rows outside the import
+    still refer to rows it inserted.
     """
     check_import_id(import_id)
     try:

@@ -7,8 +7,8 @@ relocatable models in the import's scope, less the rows the import did not write
 dropped, F filtered, and E mapped onto an existing row, which a re-export of the import's rows cannot
 contain). The right side is :func:`backup_assets.core.export.export_rows` restricted to the import
 (``pk_map`` kinds I and O). Fields the import sets to fixed values by Sentry's rules (``is_staff`` of
-users outside a global import, for example: :func:`reset_fields`) are left out of both sides. Both go through :func:`backup_assets.core.compare.compare`, so pks may
-differ, foreign keys are compared through the rows they point at, and Sentry's comparators apply.
+users outside a global import, for example: :func:`reset_fields`) are left out of both sides. Both go
+through :func:`backup_assets.core.compare.compare`, so pks may differ, foreign keys are compared through the rows they point at, and Sentry's comparators apply.
 
 One normalisation on both sides: a string that is a complete ISO-8601 datetime is rewritten in the
 format exports use today (UTC, three millisecond digits, ``Z``). Exports made before Sentry 23.7.1

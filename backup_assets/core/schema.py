@@ -106,8 +106,6 @@ def require_table(conn: psycopg.Connection, spec: ModelSpec) -> TableInfo:
 
 # -- create mode -----------------------------------------------------------------------------------------
 
-
-
 # What a field's values were seen to be, as bits (collected while parsing, one pass, no SQL)
 NULL, BOOL, INT, NUMBER, TEXT, DATETIME, JSON = 1, 2, 4, 8, 16, 32, 64
 DATETIME_RE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)?$")
