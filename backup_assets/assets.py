@@ -12,12 +12,12 @@ adds the stage assets before them and ``restore_complete`` after them, which is 
   ``sequence_past_max`` (the id sequence is past max(id)) and ``no_rows_dropped``. A failed check is
   an ERROR, except rows dropped by a filter or the scope, which the engine reports as a WARN.
 
-A model asset whose import is no longer staged (``restore_complete`` dropped the staging, a server
-crash emptied the UNLOGGED staging table: it is then dropped first, a failed run was cleaned up) stages the backup again from
-the ``backup_source`` and ``decryptor`` resources, then loads: a subset or a backfill of models never
-loaded for an already finished partition works. Staging is idempotent per import (the same backup
-gives the same staged rows) and loads already recorded are never repeated. The re-created staging
-stays until ``restore_complete`` is materialized again, which drops it.
+A model asset whose import is no longer staged (``restore_complete`` dropped the staging, a failed
+run was cleaned up, or a server crash emptied the UNLOGGED staging table, which is then dropped
+first) stages the backup again from the ``backup_source`` and ``decryptor`` resources, then loads:
+a subset or a backfill of models never loaded for an already finished partition works. Staging is
+idempotent per import (the same backup gives the same staged rows) and loads already recorded are
+never repeated. The re-created staging stays until ``restore_complete`` is materialized again, which drops it.
 """
 
 from collections.abc import Mapping, Sequence

@@ -13,8 +13,8 @@ A ``defs.yaml`` in a project's defs folder::
       standby_dsn_env: BACKUP_ASSETS_STANDBY_DSN
 
 yields the same definitions as the classic code location (:mod:`backup_assets.definitions`): one
-asset per relocatable model plus the stage assets, the restore and drill jobs, the backup folder
-sensor and the restore drill schedule (both off until started), and the resources they need.
+asset per relocatable model plus the stage assets and the round trip, the restore, drill, verify and
+rollback jobs, the backup folder sensor and the restore drill schedule (both off until started), and the resources they need.
 
 Secrets are named, never inlined: ``target_dsn_env`` and ``private_key_env`` hold variable names that
 Dagster reads when a run starts (``EnvVar``), so neither the DSN's password nor the key ends up in

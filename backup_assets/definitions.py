@@ -12,8 +12,10 @@ Environment, read when the code location loads:
 ``BACKUP_ASSETS_DRILL_CRON`` cron of the restore drill schedule (default 04:00 daily; the schedule is off
                             until started)
 
-Besides the restore job: ``restore_drill_job`` and its schedule (:mod:`backup_assets.schedules`), and
-the backup folder sensor (:mod:`backup_assets.sensors`, off until started).
+Besides ``restore_backup_job`` (every asset but ``sentry_backup/round_trip``): ``restore_drill_job``
+and its schedule (:mod:`backup_assets.schedules`), ``verify_restore_job`` (the round trip) and
+``rollback_import_job`` (:mod:`backup_assets.verification`), and the backup folder sensor
+(:mod:`backup_assets.sensors`, off until started).
 
 Runs execute in-process by default: the multiprocess executor would start a process per model step
 (see dagster-notes). Parallelism comes from runs, one per backup partition, capped in ``dagster.yaml``.

@@ -14,7 +14,7 @@ the scope dropped on purpose) do not fail it.
 
 The standby DSN is never put into run configuration: the run config names an environment variable
 (``{"env": "BACKUP_ASSETS_STANDBY_DSN"}`` by default) that Dagster reads where the run executes.
-Each backup is drilled once (the run key is the partition key): a later drill of the same backup
+Each backup is drilled once (the run key is ``drill:<partition key>``): a later drill of the same backup
 into the same standby would find the import recorded there and prove nothing new.
 
 The schedule is off by default (``DefaultScheduleStatus.STOPPED``): turn it on in the UI or with

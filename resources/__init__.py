@@ -1,4 +1,5 @@
 """Dagster resources of backup-assets: thin ConfigurableResource wrappers over the pure core.
 
-Resources never import the Dagster layer of ``backup_assets`` (definitions, assets, sensors), only its core.
+Resources import only the core of ``backup_assets`` and its lowest Dagster floor,
+:mod:`backup_assets.partitions`; never definitions, assets, stages or sensors.
 """

@@ -12,8 +12,9 @@ steps share nothing but that database:
 * One large backup's model loads can therefore spread over several machines (one step per model),
   and several backups (partitions) run as independent runs, one import id each.
 * ``unlogged`` staging tables skip PostgreSQL's write-ahead log: staging is faster and produces no
-  WAL for replicas, but a crash of the database server empties them. That is harmless: the parse stage
-  is simply materialized again (``is_staged()`` turns false). Keep ``unlogged`` off when the target
+  WAL for replicas, but a crash of the database server empties them. That is harmless: a model asset
+  that finds its import's staging gone stages the backup again before loading (see
+  :mod:`backup_assets.assets`). Keep ``unlogged`` off when the target
   is a primary whose replicas must be able to take over mid-restore.
 
 The staged rows hold decrypted export data: they are as sensitive as the target database itself, and

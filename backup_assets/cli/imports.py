@@ -94,8 +94,10 @@ for _scope in SCOPE_HELP:
 
 def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
              settings: ImportSettings, import_id: str | None, silent: bool) -> RestoreResult:
-    """Run the restore asset graph in-process (the code path of the Dagster UI), then read what it did
-    back from the engine's records."""
+    """Restore through the asset graph in-process (the code path of the Dagster UI): the two runs of
+    :func:`backup_assets.run.restore_backup` (the stages, then the models with staged rows and
+    ``restore_complete``), then read what they did back from the engine's records. On a failed run
+    the import's staging is discarded and :class:`ImportFailed` raised."""
     from ..partitions import partition_key_for_file
     from ..run import failure_message, restore_backup
 
