@@ -49,13 +49,12 @@ from .decryptors import Encryptor
 from .errors import ConfigurationError, TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
+from .staging import PK_MAP
 
 __all__ = ["export_rows", "export_to", "export_plan", "format_datetime", "iter_json"]
 
 #: Foreign keys that never keep a row out of an export (Sentry's exporter makes this one exception).
 NEVER_FILTERS = frozenset({("sentry.organizationmember", "inviter_id")})
-
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
 
 _names = itertools.count(1)
 

@@ -29,13 +29,10 @@ from psycopg import sql
 
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
-from .schema import INTERNAL_SCHEMA, Column, TableInfo, describe_name, require_table, value_sql
+from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
 from .settings import LoadResult
-
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
-LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
-OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
+from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP
 SAMPLE = 20
 #: Rows a model must have for its load to refresh the pk map's planner statistics.
 ANALYZE_AFTER = 2000

@@ -26,14 +26,12 @@ from .errors import ConfigurationError, StagingMissingError, TargetError
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
-from .schema import INTERNAL_SCHEMA, ensure_tables, find_table
+from .schema import ensure_tables, find_table
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
                        new_import_id)
-from .staging import drop_staging, ensure_state, staging_exists, staging_ident
+from .staging import IMPORT, drop_staging, ensure_state, lock_import, staging_exists, staging_ident
 from .verify import verify_model
-
-IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
 
 
 class Restore:
@@ -73,9 +71,6 @@ class Restore:
             ensure_state(conn)
             yield conn
 
-    def _import_lock(self, conn: psycopg.Connection) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"backup-assets:{self.import_id}",))
-
     def plan(self) -> list[str]:
         """The models this import loads: relocatable, in the import's scope, in dependency order."""
         return [m for m in self.manifest.relocatable() if self.manifest[m].in_scope(self.settings.scope)]
@@ -102,7 +97,7 @@ class Restore:
         transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
         already usable is left as it is (several steps finding it gone stage it once)."""
         with self.connect() as conn, conn.transaction():
-            self._import_lock(conn)
+            lock_import(conn, self.import_id)
             self._counts = None
             if if_missing and self._staging_usable(conn):
                 staged = self.staged_result()
@@ -147,7 +142,7 @@ class Restore:
         (create mode) and check that kept primary keys are free. Idempotent; destructive steps run once
         per import."""
         with self.connect() as conn, conn.transaction():
-            self._import_lock(conn)
+            lock_import(conn, self.import_id)
             self._check_settings(conn)
             row = conn.execute(sql.SQL("SELECT prepared_at FROM {} WHERE import_id = %s").format(IMPORT),
                                (self.import_id,)).fetchone()

@@ -22,12 +22,8 @@ from .errors import ConfigurationError, TargetError
 from .manifest import Manifest
 from .schema import INTERNAL_SCHEMA, find_table
 from .settings import check_import_id
-from .staging import drop_staging, ensure_state
+from .staging import IMPORT, LOAD_RECORD, OVERWRITTEN, PK_MAP, drop_staging, ensure_state, lock_import
 
-IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
-LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
-OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 ROLLBACK = sql.Identifier(INTERNAL_SCHEMA, "rollback")
 
 _DDL = sql.SQL("CREATE TABLE IF NOT EXISTS {} (import_id text PRIMARY KEY, rolled_back_at timestamptz NOT NULL "
@@ -62,7 +58,7 @@ def rollback(dsn: str, import_id: str, manifest: Manifest | None = None) -> Roll
         ensure_state(conn)
         conn.execute(_DDL)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"backup-assets:{import_id}",))
+            lock_import(conn, import_id)
             return _rollback(conn, import_id, manifest)
 
 

@@ -33,6 +33,7 @@ from .manifest import IMPORT_SCOPES, Manifest
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
+from .staging import IMPORT, PK_MAP
 
 __all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
 
@@ -75,8 +76,8 @@ def import_settings(conn: psycopg.Connection, import_id: str) -> ImportSettings:
     """The settings an import ran with, as recorded in the target."""
     if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.import",)).fetchone()[0]:
         raise TargetError(f"import {import_id}: no import was ever recorded in this database")
-    row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(
-        sql.Identifier(INTERNAL_SCHEMA, "import")), (import_id,)).fetchone()
+    row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT),
+                       (import_id,)).fetchone()
     if row is None:
         raise TargetError(f"import {import_id} is not recorded in this database")
     return ImportSettings.from_json(row[0])
@@ -107,8 +108,8 @@ def _without(rows: Iterable[Any], fields: Mapping[str, frozenset[str]]) -> Itera
 def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int]]:
     """(model, old pk) of the backup's rows this import did not write (dropped, filtered or merged)."""
     return {(m, pk) for m, pk in conn.execute(sql.SQL(
-        "SELECT model, old_pk FROM {} WHERE import_id = %s AND kind IN ('D', 'F', 'E')").format(
-        sql.Identifier(INTERNAL_SCHEMA, "pk_map")), (import_id,))}
+        "SELECT model, old_pk FROM {} WHERE import_id = %s AND kind IN ('D', 'F', 'E')").format(PK_MAP),
+        (import_id,))}
 
 
 def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> list[Finding]:

@@ -40,8 +40,7 @@ from .errors import TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
 from .settings import ImportSettings
-
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
+from .staging import PK_MAP
 
 #: Foreign keys Sentry sets to NULL (keeping the row) when their target was not imported.
 NULL_IF_MISSING = {("sentry.organizationmember", "inviter_id")}

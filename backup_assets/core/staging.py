@@ -50,6 +50,12 @@ _STATE_DDL = [
         PRIMARY KEY (import_id, model, id))""",
 ]
 
+#: The tables :func:`ensure_state` creates, for SQL composed with :mod:`psycopg.sql`.
+IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
+PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
+LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
+OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
+
 _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the internal schema
 
 
@@ -62,6 +68,12 @@ def ensure_state(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_SCHEMA,))
         for ddl in _STATE_DDL:
             conn.execute(ddl)
+
+
+def lock_import(conn: psycopg.Connection, import_id: str) -> None:
+    """Take the import's advisory lock until the end of the current transaction: staging, preparing and
+    rolling back one import are serialised by it."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"backup-assets:{import_id}",))
 
 
 def staging_table_name(import_id: str) -> str:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from .load import PK_MAP
 from .manifest import Manifest, ModelSpec
 from .schema import find_table
 from .settings import CheckOutcome, LoadResult
+from .staging import PK_MAP
 
 CHECKS = ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped")
 
