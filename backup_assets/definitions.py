@@ -30,7 +30,7 @@ import dagster as dg
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
 from backup_assets.schedules import build_restore_drill_schedule, drill_job
-from backup_assets.sensors import build_backup_sensor
+from backup_assets.sensors import RESTORE_JOB_NAME, build_backup_sensor
 from backup_assets.settings_resource import ImportSettingsResource
 from backup_assets.verification import ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset, verify_job
 from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
@@ -43,7 +43,7 @@ BACKUPS_ENV = "BACKUP_ASSETS_BACKUPS"
 GLOB_ENV = "BACKUP_ASSETS_GLOB"
 KEY_PATH_ENV = "BACKUP_ASSETS_PRIVATE_KEY_PATH"
 KEY_PEM_ENV = "BACKUP_ASSETS_PRIVATE_KEY"
-JOB_NAME = "restore_backup_job"
+JOB_NAME = RESTORE_JOB_NAME
 
 
 def load_manifest() -> Manifest:

@@ -37,7 +37,7 @@ from resources.postgres import PostgresTargetResource
 DEFAULT_SENSOR_NAME = "backup_folder_sensor"
 DEFAULT_MAX_RUNS_PER_TICK = 2
 DEFAULT_INTERVAL_SECONDS = 30
-#: The job a sensor or schedule requests by default (``backup_assets.definitions.JOB_NAME``).
+#: The job the sensor requests by default (``backup_assets.definitions.JOB_NAME`` is this name).
 RESTORE_JOB_NAME = "restore_backup_job"
 
 

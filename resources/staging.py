@@ -25,7 +25,10 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-STAGING_SCHEMA = "backup_assets"
+from backup_assets.core.schema import INTERNAL_SCHEMA
+
+#: The engine's internal schema, which holds the staging tables.
+STAGING_SCHEMA = INTERNAL_SCHEMA
 
 
 class StagingResource(dg.ConfigurableResource):

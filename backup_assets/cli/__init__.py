@@ -5,7 +5,6 @@ Each command group lives in a module of its own and registers itself on :data:`m
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -37,7 +36,3 @@ for _name in ("crypto", "imports", "exports", "compare", "rollback", "demo"):
     except ModuleNotFoundError as e:  # a module not written yet
         if e.name != f"{__name__}.{_name}":
             raise
-
-
-def run() -> None:  # pragma: no cover - console entry point
-    sys.exit(main())
