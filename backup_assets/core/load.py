@@ -79,7 +79,7 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
                          (ctx.import_id, spec.name, psycopg.types.json.Jsonb(result.to_json())))
             return result
     except psycopg.errors.UniqueViolation as e:
-        raise _unique_error(conn, spec, e) from None
+        raise _unique_error(spec, e) from None
     except psycopg.errors.NotNullViolation as e:
         raise LoadError(spec.name, f"column {e.diag.column_name!r} of table {spec.table_name!r} is NOT NULL, "
                                    f"but a row has no value for it") from None
@@ -402,7 +402,7 @@ def _advance_sequence(conn: psycopg.Connection, table: TableInfo) -> None:
         seq_name=sql.Literal(table.sequence), table=table.ident, seq=table.sequence_ident))
 
 
-def _unique_error(conn: psycopg.Connection, spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
+def _unique_error(spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
     detail = e.diag.message_detail or ""
     # "Key (slug)=(acme) already exists."
     fields: tuple[str, ...] = ()
