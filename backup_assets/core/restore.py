@@ -86,7 +86,7 @@ class Restore:
         for a backup without rows."""
         if not staging_exists(conn, self.import_id):
             return False
-        if any(self._staged_counts(conn).values()):
+        if any(self._stage_info(conn)[0].values()):
             return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
                 staging_ident(self.import_id))).fetchone()[0]
         return True
@@ -114,12 +114,13 @@ class Restore:
                 result = stage_export(conn, self.import_id, stream, self.manifest, unlogged=self.unlogged_staging,
                                       progress=report)
             emit("parse", "export", result.bytes, result.bytes, finished=True)
-            emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in self.plan()))
+            plan = self.plan()
+            emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))
             conn.execute(sql.SQL(
                 "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
                 "DO UPDATE SET stage = EXCLUDED.stage").format(IMPORT),
                 (self.import_id, Jsonb(self.settings.to_json()),
-                 Jsonb({m: self.manifest[m].table_name for m in self.plan()}), Jsonb(result.to_json())))
+                 Jsonb({m: self.manifest[m].table_name for m in plan}), Jsonb(result.to_json())))
             self._check_settings(conn)
         return result
 
@@ -207,9 +208,6 @@ class Restore:
             self._counts = (row[0] if row else None) or {}
             self._fields = row[1] if row else None
         return self._counts, self._fields
-
-    def _staged_counts(self, conn: psycopg.Connection) -> dict[str, int]:
-        return self._stage_info(conn)[0]
 
     def load_result(self, model: str) -> LoadResult | None:
         with self.connect() as conn:
