@@ -52,5 +52,6 @@ class ImportSettingsResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: ImportSettings) -> "ImportSettingsResource":
+        """The resource configured as ``settings`` (what ``run.materialize_restore`` hands a run)."""
         d = settings.to_json()
         return cls(**d)

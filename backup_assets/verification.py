@@ -27,6 +27,7 @@ FINDINGS_SHOWN = 50
 
 def build_round_trip_asset(manifest: Manifest,
                            partitions_def: dg.PartitionsDefinition | None = backups_partitions) -> dg.AssetsDefinition:
+    """``sentry_backup/round_trip`` for ``manifest``, with its check ``round_trip_clean`` (see the module doc)."""
     @dg.asset(key=ROUND_TRIP_KEY, deps=[RESTORE_COMPLETE_KEY], group_name=STAGE_GROUP, partitions_def=partitions_def,
               kinds={"postgres"}, check_specs=[dg.AssetCheckSpec("round_trip_clean", asset=ROUND_TRIP_KEY,
                                                                  description="The re-export equals the backup.")],
@@ -53,6 +54,7 @@ def build_round_trip_asset(manifest: Manifest,
 
 
 def verify_job() -> "dg.UnresolvedAssetJobDefinition":
+    """``verify_restore_job``: the round trip of one partition, in-process."""
     return dg.define_asset_job("verify_restore_job", selection=dg.AssetSelection.assets(ROUND_TRIP_KEY),
                                executor_def=dg.in_process_executor,
                                description="Re-export a restored backup (a partition) and compare it with the backup.")

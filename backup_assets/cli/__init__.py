@@ -26,7 +26,13 @@ def main() -> None:
 
 @main.group()
 def backup() -> None:
-    """Work with backup files: encrypt, decrypt, compare."""
+    """Work with backup files: encrypt, decrypt, compare.
+
+    \b
+    Examples:
+      backup-assets backup encrypt backup.tar --src export.json --encrypt-with public.pem
+      backup-assets backup compare before.json after.json
+    """
 
 
 # Command modules register themselves on `main` / `backup` when imported.

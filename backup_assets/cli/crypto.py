@@ -10,17 +10,15 @@ from ..core import keys
 from ..core.decryptors import LocalFileDecryptor, LocalFileEncryptor
 from ..core.source import decrypt_backup, encrypt_export
 from . import backup, main
-from .common import EXISTING_FILE as _existing
-from .common import NEW_FILE as _path
-from .common import project_errors as _project_errors
+from .common import EXISTING_FILE, NEW_FILE, project_errors
 
 
 @backup.command("encrypt")
-@click.argument("dest", type=_path)
-@click.option("--src", required=True, type=_existing, help="The plain JSON export to encrypt.")
-@click.option("--encrypt-with", "public_key", required=True, type=_existing,
+@click.argument("dest", type=NEW_FILE)
+@click.option("--src", required=True, type=EXISTING_FILE, help="The plain JSON export to encrypt.")
+@click.option("--encrypt-with", "public_key", required=True, type=EXISTING_FILE, metavar="PUBLIC.pem",
               help="The RSA public key (PEM) to encrypt for.")
-@_project_errors
+@project_errors
 def encrypt(dest: Path, src: Path, public_key: Path) -> None:
     """Encrypt a JSON export into a tarball that `sentry import --decrypt-with` accepts.
 
@@ -35,11 +33,11 @@ def encrypt(dest: Path, src: Path, public_key: Path) -> None:
 
 
 @backup.command("decrypt")
-@click.argument("dest", type=_path)
-@click.option("--src", required=True, type=_existing, help="The encrypted export tarball.")
-@click.option("--decrypt-with", "private_key", required=True, type=_existing,
+@click.argument("dest", type=NEW_FILE)
+@click.option("--src", required=True, type=EXISTING_FILE, help="The encrypted export tarball.")
+@click.option("--decrypt-with", "private_key", required=True, type=EXISTING_FILE, metavar="PRIVATE.pem",
               help="The RSA private key (unencrypted PEM) the tarball was encrypted for.")
-@_project_errors
+@project_errors
 def decrypt(dest: Path, src: Path, private_key: Path) -> None:
     """Decrypt an export tarball to its plain JSON.
 
@@ -72,12 +70,12 @@ def write_key_file(path: Path, data: bytes, mode: int, force: bool) -> None:
 
 
 @main.command("keygen")
-@click.argument("private", type=_path)
-@click.argument("public", type=_path)
+@click.argument("private", type=NEW_FILE)
+@click.argument("public", type=NEW_FILE)
 @click.option("--bits", type=click.Choice(["2048", "4096"]), default="2048", show_default=True,
               help="RSA key size.")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
-@_project_errors
+@project_errors
 def keygen(private: Path, public: Path, bits: str, force: bool) -> None:
     """Generate an RSA key pair for encrypted exports (PKCS8 private key, mode 0600; SPKI public key).
 

@@ -37,7 +37,7 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
     left there.
 
     \b
-    Example:
+    Examples:
       backup-assets demo
       backup-assets demo --scale 30 --dsn postgresql://localhost/scratch
     """
