@@ -290,7 +290,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         if expected:
             result.dropped_by_filter += n
     result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
-        f"SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT {SAMPLE}")]
+        "SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT %s", (SAMPLE,))]
     result.rows_merged = conn.execute("SELECT count(*) FROM _cand WHERE kind = 'E'").fetchone()[0]
     _record_changes(conn, result, rules, staged, model, reset_columns, rewrites, table)
     result.rows_overwritten = overwritten
