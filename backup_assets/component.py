@@ -25,7 +25,6 @@ pyproject.toml): :func:`defs` loads the defs folder ``backup_assets/defs``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -69,8 +68,7 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def resources(self) -> dict[str, object]:
         """The resources, secrets through ``EnvVar`` (see the module doc)."""
-        target = (PostgresTargetResource(dsn=dg.EnvVar(self.target_dsn_env)) if os.environ.get(self.target_dsn_env)
-                  else PostgresTargetResource())
+        target = PostgresTargetResource.from_env(self.target_dsn_env)
         if self.private_key_path:
             decryptor = DecryptorResource(private_key_path=self.private_key_path)
         else:

@@ -49,6 +49,11 @@ def primary_scope(model_spec: ModelSpec) -> str:
     return "Excluded"
 
 
+def scopes_text(model_spec: ModelSpec) -> str:
+    """The model's relocation scopes, comma-separated in Sentry's enum order."""
+    return ", ".join(s for s in SCOPES if s in model_spec.relocation_scopes)
+
+
 @dataclass(frozen=True)
 class SentryRestoreTranslator:
     """Turns manifest models into asset specs. Every piece has its own overridable method, but
@@ -77,7 +82,7 @@ class SentryRestoreTranslator:
 
     def get_description(self, model_spec: ModelSpec) -> str:
         fks = ", ".join(f"`{fk.column}` -> {fk.model}" for fk in model_spec.foreign_keys) or "none"
-        scopes = ", ".join(s for s in SCOPES if s in model_spec.relocation_scopes)
+        scopes = scopes_text(model_spec)
         return (f"Rows of Sentry model `{model_spec.name}` restored into table `{model_spec.table_name}`, "
                 f"primary keys remapped and foreign keys rewritten through the parents' key maps.\n\n"
                 f"Relocation scope: {scopes}. Foreign keys: {fks}.")
@@ -90,7 +95,7 @@ class SentryRestoreTranslator:
             "foreign_keys": dg.MetadataValue.json(
                 [{"field": fk.field, "column": fk.column, "model": fk.model, "nullable": fk.nullable}
                  for fk in model_spec.foreign_keys]),
-            "relocation_scopes": ", ".join(s for s in SCOPES if s in model_spec.relocation_scopes),
+            "relocation_scopes": scopes_text(model_spec),
             "uniques": dg.MetadataValue.json([list(u) for u in model_spec.uniques]),
         }
 

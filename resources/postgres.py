@@ -25,7 +25,8 @@ class PostgresTargetResource(dg.ConfigurableResource):
         return resolve_dsn(self.dsn)
 
     @classmethod
-    def from_env(cls) -> "PostgresTargetResource":
-        """The resource as ``definitions.py`` wires it: ``EnvVar(BACKUP_ASSETS_DSN)`` when that variable is
-        set where the code location loads, else unset (run-time environment, then embedded server)."""
-        return cls(dsn=dg.EnvVar(DSN_ENV)) if os.environ.get(DSN_ENV) else cls()
+    def from_env(cls, var: str = DSN_ENV) -> "PostgresTargetResource":
+        """The resource as ``definitions.py`` (and the Component, with its own ``var``) wires it:
+        ``EnvVar(var)`` when that variable is set where the code location loads, else unset (run-time
+        ``$BACKUP_ASSETS_DSN``, then the embedded server)."""
+        return cls(dsn=dg.EnvVar(var)) if os.environ.get(var) else cls()
