@@ -100,7 +100,7 @@ class Restore:
             lock_import(conn, self.import_id)
             self._counts = None
             if if_missing and self._staging_usable(conn):
-                staged = self.staged_result()
+                staged = self._read_stage(conn)
                 if staged is not None:
                     return staged
             total = _plaintext_estimate(backup)
@@ -132,9 +132,13 @@ class Restore:
                                      "use a new import id for different settings")
 
     def staged_result(self) -> StageResult | None:
+        """What the staging of this import recorded (None before it is staged)."""
         with self.connect() as conn:
-            row = conn.execute(sql.SQL("SELECT stage FROM {} WHERE import_id = %s").format(IMPORT),
-                               (self.import_id,)).fetchone()
+            return self._read_stage(conn)
+
+    def _read_stage(self, conn: psycopg.Connection) -> StageResult | None:
+        row = conn.execute(sql.SQL("SELECT stage FROM {} WHERE import_id = %s").format(IMPORT),
+                           (self.import_id,)).fetchone()
         return StageResult(**row[0]) if row and row[0] else None
 
     def prepare(self) -> None:
