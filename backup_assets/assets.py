@@ -34,6 +34,7 @@ from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
 from backup_assets.execution import Stopwatch, engine_errors, open_restore
 from backup_assets.partitions import backups_partitions
 from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.stages import build_restore_complete_asset, build_stage_assets, open_run_backup
 from backup_assets.translator import MODEL_METADATA_KEY, SentryRestoreTranslator, default_model_key
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource
@@ -198,8 +199,6 @@ def _build_model_asset(model: str, spec: dg.AssetSpec, manifest: Manifest,
 def restage(context: dg.AssetExecutionContext, restore: Restore, source: BackupSourceResource,
             decryptor: DecryptorResource | Decryptor, model: str) -> None:
     """Stage the run's backup again (its staging is gone) and prepare the import (idempotent)."""
-    from backup_assets.stages import open_run_backup
-
     with engine_errors(f"{model}: re-staging"):
         backup = open_run_backup(context, source, decryptor)
         with Stopwatch() as sw:
@@ -240,8 +239,6 @@ def build_restore_graph(manifest: Manifest, translator: SentryRestoreTranslator 
                         retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
                         pool: str | None = DEFAULT_POOL) -> list[dg.AssetsDefinition]:
     """The whole graph of one import: the stage assets, one asset per model, and ``restore_complete``."""
-    from backup_assets.stages import build_restore_complete_asset, build_stage_assets
-
     models = build_restore_assets(manifest, translator, partitions_def, retry_policy, pool)
     model_keys = {a.key: a.metadata_by_key[a.key][MODEL_METADATA_KEY] for a in models}
     return [*build_stage_assets(manifest, partitions_def), *models,

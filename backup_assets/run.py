@@ -11,9 +11,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from backup_assets.assets import build_restore_graph, model_asset_specs
 from backup_assets.core.postgres import resolve_dsn
-from backup_assets.core.restore import Restore
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.restore import Restore
 from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.settings_resource import ImportSettingsResource

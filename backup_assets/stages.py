@@ -12,7 +12,7 @@ returned, persisted or logged; the parse stage unwraps it again in memory (each 
 another process or on another machine).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -21,6 +21,7 @@ from backup_assets.core import keys
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.errors import BackupFormatError, DecryptionError
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.settings import StageResult
 from backup_assets.core.source import Backup, open_backup
 from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
 from backup_assets.execution import Stopwatch, engine_errors, import_id_of, open_restore
@@ -75,7 +76,7 @@ def open_run_backup(context: dg.AssetExecutionContext, source: BackupSourceResou
         return open_backup(bf.path, None if plain else _decryptor(decryptor, bf))
 
 
-def _stage(fn, key: dg.AssetKey, deps: list[dg.AssetKey], description: str,
+def _stage(fn: Callable[..., dg.MaterializeResult], key: dg.AssetKey, deps: list[dg.AssetKey], description: str,
            partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     return dg.asset(key=key, deps=deps, description=description, group_name=STAGE_GROUP,
                     partitions_def=partitions_def, kinds={"sentry"})(fn)
@@ -143,7 +144,7 @@ def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefiniti
     ]
 
 
-def _stage_metadata(staged: Any, seconds: float) -> dict[str, Any]:
+def _stage_metadata(staged: StageResult, seconds: float) -> dict[str, Any]:
     per_model = dg.MetadataValue.table(
         records=[dg.TableRecord({"model": m, "rows": n}) for m, n in sorted(staged.rows_per_model.items())],
         schema=dg.TableSchema(columns=[dg.TableColumn("model", "string"), dg.TableColumn("rows", "int")]))
