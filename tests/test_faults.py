@@ -4,6 +4,7 @@ duplicates, no orphans (or a clear error with nothing committed)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -25,11 +26,17 @@ PARSE_STEP = "sentry_backup__parsed_export"
 
 
 @pytest.fixture(scope="module")
-def own_server(tmp_path_factory):
-    """A PostgreSQL server of this module alone: it is restarted, crashed and given a full tablespace."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("faults-pg") / "data", durable=False)
+def own_server():
+    """A PostgreSQL server of this module alone: it is restarted, crashed and given a full tablespace.
+
+    Its data lives in a folder of its own under the system temp dir, not under pytest's: pytest makes
+    its base folder private (mode 0700) at the start of every session, and the server runs as another
+    user, who would then lose the way to its data directory when any other session starts."""
+    root = Path(tempfile.mkdtemp(prefix="ba-faults-pg-"))
+    server = EmbeddedPostgres(root / "data", durable=False)
     yield server.start()
     server.destroy()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
