@@ -421,8 +421,9 @@ def _unique_error(spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
 
 
 def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, e: psycopg.Error) -> LoadError:
-    """Find the field and row whose value the column type refused (slow path, only after a failure):
-    each typed column is converted over all staged rows; the failing one is bisected by row index."""
+    """Find the field and row whose value the column type refused (slow path, only after a failure): a
+    string too long for its varchar(n) is looked up directly; otherwise each typed column is converted
+    over all staged rows and the failing one is bisected by row index."""
     base = e.diag.message_primary or str(e)
 
     def fails(conv: sql.Composable, lo: int, hi: int) -> bool:
@@ -441,6 +442,18 @@ def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: Mode
             ctx.staging, sql.Literal(spec.name))).fetchone()
         if lo is None:
             return LoadError(spec.name, f"a value does not fit its column: {base}")
+        if isinstance(e, psycopg.errors.StringDataRightTruncation):  # a string longer than its varchar(n)
+            for col in table.columns.values():
+                if col.type_name != "varchar" or col.max_length is None:
+                    continue
+                long = conn.execute(sql.SQL("SELECT s.row_index, s.pk, char_length(s.fields ->> {k}) FROM {staging} s "
+                                            "WHERE s.model = {m} AND char_length(s.fields ->> {k}) > %s "
+                                            "ORDER BY s.row_index LIMIT 1").format(
+                    k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)), (col.max_length,)).fetchone()
+                if long:
+                    return LoadError(spec.name, f"row {long[0]} (pk {long[1]}): field {col.name!r}: a string of {long[2]} "
+                                                f"characters does not fit {col.type_sql} ({base}); nothing of {spec.name} "
+                                                "was written")
         for col in table.columns.values():
             if col.is_json or col.category == "S" or col.name == "id":
                 continue

@@ -1,0 +1,20 @@
+"""A load refused by a column type names the model, the row and the field at fault."""
+from __future__ import annotations
+
+import pytest
+
+from backup_assets.core.errors import LoadError
+from backup_assets.core.restore import run_restore
+from backup_assets.core.settings import ImportSettings
+from backup_assets.core.source import open_backup
+from tests.test_engine import MANIFEST, row, write
+
+
+def test_a_string_too_long_for_its_varchar_names_row_pk_and_field(pg_dsn, pg_conn, tmp_path):
+    pg_conn.execute("CREATE TABLE t_org (id bigserial PRIMARY KEY, slug varchar(5), name varchar(40))")
+    rows = [row("t.org", pk, slug=f"s{pk}", name="n") for pk in range(1, 30)]
+    rows.insert(17, row("t.org", 99, slug="far-too-long", name="n"))
+    with pytest.raises(LoadError, match=r"^t\.org: row 17 \(pk 99\): field 'slug': a string of 12 characters "
+                                        r"does not fit character varying\(5\)"):
+        run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
+    assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
