@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from backup_assets.assets import build_restore_graph, model_asset_specs
 from backup_assets.core.postgres import resolve_dsn
 from backup_assets.core.decryptors import Decryptor
+from backup_assets.core.errors import TargetError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import ImportSettings, check_import_id
@@ -103,7 +105,10 @@ def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: Impo
     first = materialize_restore(path, selection=list(STAGE_KEYS), **common)
     if not first.success:
         return [first]
-    staged = Restore(resolve_dsn(dsn), manifest, key, settings or ImportSettings()).staged_result()
+    try:
+        staged = Restore(resolve_dsn(dsn), manifest, key, settings or ImportSettings()).staged_result()
+    except psycopg.Error as e:
+        raise TargetError(f"cannot read what import {key} staged: {str(e).strip()}") from None
     rows = staged.rows_per_model if staged else {}
     selection = [spec.key for m, spec in model_asset_specs(manifest).items() if rows.get(m)]
     selection.append(RESTORE_COMPLETE_KEY)

@@ -102,7 +102,12 @@ def scan_folder(source: BackupSourceResource, previous: Mapping[str, FileState],
         state = files[path.name] = FileState(before.size, before.mtime_ns, before.sha256, before.requested)
         if state.requested:
             continue
-        state.sha256 = state.sha256 or file_sha256(path)
+        try:
+            state.sha256 = state.sha256 or file_sha256(path)
+        except OSError:  # removed or unreadable since it was listed: look again next tick
+            files.pop(path.name, None)
+            waiting.append(path.name)
+            continue
         key = partition_key(path.name, state.sha256)
         if existing_key(key):
             state.requested = True  # a partition of these bytes exists (an earlier name, or added by hand)

@@ -17,7 +17,7 @@ from ..core.source import encrypt_export
 from . import main
 from .common import dsn_option, project_errors
 from .crypto import write_key_file
-from .imports import _restore, _summary
+from .imports import print_summary, restore_file
 
 
 @main.command()
@@ -67,8 +67,8 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
                f"pair {key_file} (mode 0600) / {pub_file}", err=True)
     target = resolve_dsn(dsn)
     settings = ImportSettings(scope="global", create_schema=True, replace_existing=True)
-    result = _restore(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings, None, silent=False)
-    _summary(result)
+    result = restore_file(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings, None, silent=False)
+    print_summary(result)
     click.echo(f"\nRestored into {target}\n"
                f"Try:\n"
                f"  psql {target} -c 'SELECT slug, name FROM sentry_organization'\n"
@@ -99,6 +99,7 @@ def embedded() -> None:
 
 
 @embedded.command("start")
+@project_errors
 def embedded_start() -> None:
     """Start the embedded server (if it is not running) and print the DSN of its `sentry` database.
 
@@ -112,6 +113,7 @@ def embedded_start() -> None:
 
 
 @embedded.command("stop")
+@project_errors
 def embedded_stop() -> None:
     """Stop the embedded server (its data stays in $BACKUP_ASSETS_HOME/postgres).
 
@@ -123,6 +125,7 @@ def embedded_stop() -> None:
 
 
 @embedded.command("status")
+@project_errors
 def embedded_status() -> None:
     """Say whether the embedded server is running, and where.
 

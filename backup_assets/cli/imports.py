@@ -79,11 +79,12 @@ def _scope_command(scope: str) -> None:
                                   preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
         with findings_on_error(findings_file, RpcImportError):
-            result = _restore(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id, silent)
+            result = restore_file(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id,
+                                  silent)
         if findings_file:
             write_findings(_drop_findings(result), findings_file)
         if not silent:
-            _summary(result)
+            print_summary(result)
 
     command.__name__ = f"import_{scope}"
 
@@ -92,7 +93,7 @@ for _scope in SCOPE_HELP:
     _scope_command(_scope)
 
 
-def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
+def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
              settings: ImportSettings, import_id: str | None, silent: bool) -> RestoreResult:
     """Restore through the asset graph in-process (the code path of the Dagster UI): the two runs of
     :func:`backup_assets.run.restore_backup` (the stages, then the models with staged rows and
@@ -111,7 +112,10 @@ def _restore(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest
     restore = Restore(dsn, manifest, import_id, settings)
     problem = failure_message(runs[-1])
     if problem:
-        restore.discard_staging()
+        try:
+            restore.discard_staging()
+        except Exception as e:  # noqa: BLE001 - the run's failure is the news; say the cleanup failed too
+            problem += f"\n(and the staging of import {import_id} could not be dropped: {str(e).strip()})"
         raise ImportFailed(problem)
     with restore.session():
         stage = restore.staged_result()
@@ -143,7 +147,7 @@ def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
     return out
 
 
-def _summary(result: RestoreResult) -> None:
+def print_summary(result: RestoreResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
