@@ -18,3 +18,13 @@ def test_a_string_too_long_for_its_varchar_names_row_pk_and_field(pg_dsn, pg_con
                                         r"does not fit character varying\(5\)"):
         run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
     assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
+
+
+def test_a_null_for_a_not_null_column_names_row_pk_and_field(pg_dsn, pg_conn, tmp_path):
+    pg_conn.execute("CREATE TABLE t_org (id bigserial PRIMARY KEY, slug text NOT NULL, name text)")
+    rows = [row("t.org", pk, slug=f"s{pk}", name="n") for pk in range(1, 10)]
+    rows.insert(4, row("t.org", 42, slug=None, name="n"))
+    with pytest.raises(LoadError, match=r"^t\.org: column 'slug' of table 't_org' is NOT NULL, but a row has no value "
+                                        r"for it \(row 4, pk 42: field 'slug' is null or missing\); nothing of t\.org"):
+        run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
+    assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0

@@ -81,8 +81,7 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
     except psycopg.errors.UniqueViolation as e:
         raise _unique_error(spec, e) from None
     except psycopg.errors.NotNullViolation as e:
-        raise LoadError(spec.name, f"column {e.diag.column_name!r} of table {spec.table_name!r} is NOT NULL, "
-                                   f"but a row has no value for it") from None
+        raise _not_null_error(conn, ctx, spec, e.diag.column_name) from None
     except psycopg.errors.ForeignKeyViolation as e:
         raise LoadError(spec.name, f"a foreign key does not hold: {e.diag.message_detail or e.diag.message_primary}") \
             from None
@@ -418,6 +417,21 @@ def _unique_error(spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
                                 f"unique key ({', '.join(fields)}) collides: "
                                 f"{', '.join(f'{f}={v!r}' for f, v in zip(fields, values))} "
                                 f"(constraint {e.diag.constraint_name}); nothing of {spec.name} was written")
+
+
+def _not_null_error(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, column: str | None) -> LoadError:
+    """A NOT NULL column got no value: name the first staged row whose field is null or missing, if any."""
+    message = f"column {column!r} of table {spec.table_name!r} is NOT NULL, but a row has no value for it"
+    field = next((fk.field for fk in spec.foreign_keys if fk.column == column), column)
+    try:
+        first = conn.execute(sql.SQL("SELECT s.row_index, s.pk FROM {staging} s WHERE s.model = {m} "
+                                     "AND s.fields ->> {k} IS NULL ORDER BY s.row_index LIMIT 1").format(
+            staging=ctx.staging, m=sql.Literal(spec.name), k=sql.Literal(field))).fetchone() if field else None
+    except psycopg.Error:
+        first = None
+    if first is not None:
+        message += f" (row {first[0]}, pk {first[1]}: field {field!r} is null or missing)"
+    return LoadError(spec.name, f"{message}; nothing of {spec.name} was written")
 
 
 def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, e: psycopg.Error) -> LoadError:
