@@ -78,7 +78,7 @@ class Where:
     import_id: str
 
     def kept(self, model: str, old_pk: sql.Composable) -> sql.Composable:
-        """True when ``old_pk`` of ``model`` was imported (inserted or merged) by this import."""
+        """True when ``old_pk`` of ``model`` was imported (inserted, merged or overwritten) by this import."""
         return sql.SQL("EXISTS (SELECT 1 FROM {pk} m WHERE m.import_id = {id} AND m.model = {model} "
                        "AND m.old_pk = {old} AND m.kind IN ('I', 'E', 'O'))").format(
             pk=PK_MAP, id=sql.Literal(self.import_id), model=sql.Literal(model), old=old_pk)
