@@ -69,10 +69,9 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
     def resources(self) -> dict[str, object]:
         """The resources, secrets through ``EnvVar`` (see the module doc)."""
         target = PostgresTargetResource.from_env(self.target_dsn_env)
-        if self.private_key_path:
-            decryptor = DecryptorResource(private_key_path=self.private_key_path)
-        else:
-            decryptor = DecryptorResource(private_key_env=self.private_key_env or None)
+        # the resource takes at most one of the two and says so when given both
+        decryptor = DecryptorResource(private_key_path=self.private_key_path or None,
+                                      private_key_env=self.private_key_env or None)
         return {
             "target": target,
             "backup_source": BackupSourceResource(folder=self.backups_folder, glob=self.glob),

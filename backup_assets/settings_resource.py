@@ -43,12 +43,8 @@ class ImportSettingsResource(dg.ConfigurableResource):
 
     def to_settings(self) -> ImportSettings:
         """The core's :class:`ImportSettings` (validated: raises ConfigurationError when contradictory)."""
-        return ImportSettings(
-            scope=self.scope, merge_users=self.merge_users, overwrite_configs=self.overwrite_configs,
-            hide_organizations=self.hide_organizations,
-            filter_usernames=None if self.filter_usernames is None else frozenset(self.filter_usernames),
-            filter_org_slugs=None if self.filter_org_slugs is None else frozenset(self.filter_org_slugs),
-            preserve_pks=self.preserve_pks, create_schema=self.create_schema, replace_existing=self.replace_existing)
+        # every field, by name: a field added to ImportSettings cannot be dropped on the way
+        return ImportSettings.from_json({name: getattr(self, name) for name in ImportSettings.__dataclass_fields__})
 
     @classmethod
     def from_settings(cls, settings: ImportSettings) -> "ImportSettingsResource":
