@@ -28,3 +28,20 @@ def test_a_null_for_a_not_null_column_names_row_pk_and_field(pg_dsn, pg_conn, tm
                                         r"for it \(row 4, pk 42: field 'slug' is null or missing\); nothing of t\.org"):
         run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
     assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
+
+
+def test_a_unique_violation_names_model_fields_and_values_even_with_commas(pg_dsn, pg_conn, tmp_path):
+    from backup_assets.core.errors import UniqueViolationError
+
+    pg_conn.execute("CREATE TABLE t_org (id bigserial PRIMARY KEY, slug text, name text, UNIQUE (name, slug))")
+    rows = [row("t.org", 1, slug="a", name="Acme"), row("t.org", 2, slug="b, c", name="Beta, Inc"),
+            row("t.org", 3, slug="b, c", name="Beta, Inc")]
+    with pytest.raises(UniqueViolationError, match=r"^t\.org: unique key \(name, slug\) collides: "
+                                                   r"\(name, slug\)=\(Beta, Inc, b, c\) .*nothing of t\.org was written"):
+        run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
+    assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
+    pg_conn.execute("TRUNCATE t_org")
+    rows[2] = row("t.org", 3, slug="b", name="Beta")
+    rows.append(row("t.org", 4, slug="b", name="Beta"))
+    with pytest.raises(UniqueViolationError, match=r"collides: name='Beta', slug='b' "):
+        run_restore(pg_dsn, open_backup(write(tmp_path, rows, "second.json")), MANIFEST, ImportSettings())

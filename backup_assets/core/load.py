@@ -406,6 +406,7 @@ def _unique_error(spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
     # "Key (slug)=(acme) already exists."
     fields: tuple[str, ...] = ()
     values: tuple = ()
+    vals = ""
     if detail.startswith("Key (") and ")=(" in detail:
         names, _, rest = detail[5:].partition(")=(")
         vals = rest.rsplit(")", 1)[0]
@@ -413,9 +414,12 @@ def _unique_error(spec: ModelSpec, e: psycopg.Error) -> UniqueViolationError:
         values = tuple(v.strip() for v in vals.split(",")) if len(fields) > 1 else (vals,)
     by_column = {fk.column: fk.field for fk in spec.foreign_keys}
     fields = tuple(by_column.get(f, f) for f in fields)
+    if len(values) == len(fields):
+        shown = ", ".join(f"{f}={v!r}" for f, v in zip(fields, values))
+    else:  # a value holds a comma: the server's own words, rather than a wrong split
+        values, shown = (vals,), f"({', '.join(fields)})=({vals})"
     return UniqueViolationError(spec.name, fields or (e.diag.constraint_name or "?",), values,
-                                f"unique key ({', '.join(fields)}) collides: "
-                                f"{', '.join(f'{f}={v!r}' for f, v in zip(fields, values))} "
+                                f"unique key ({', '.join(fields)}) collides: {shown} "
                                 f"(constraint {e.diag.constraint_name}); nothing of {spec.name} was written")
 
 
