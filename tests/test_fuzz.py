@@ -226,3 +226,25 @@ def test_the_fuzzers_start_from_valid_inputs(conn) -> None:
     assert read_tarball(io.BytesIO(fix_checksums(TAR))).export_size == len(PARTS.token)
     assert decrypt(PARTS.token, PARTS.fernet_key, 64, [7, 1, 300]) == PLAIN
     assert stage(conn, PLAIN) and stage(conn, json.dumps(corpus.valid_rows()).encode())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40), st.lists(
+    st.integers(min_value=1, max_value=17), min_size=1, max_size=8), st.booleans())
+def test_surrogate_guard_passes_pairs_and_stops_lone_halves(text, sizes, lone):
+    """Escaped text (astral characters become surrogate pairs) fed in any chunking passes; the same text
+    with a lone half spliced in is caught, wherever the chunks cut it."""
+    from backup_assets.core.parse import _SurrogateGuard
+
+    data = json.dumps(text).encode()          # ensure_ascii: every non-ASCII character escaped
+    if lone:
+        data = data[:-1] + b"\\udc01" + data[-1:]
+    guard, i, k, found = _SurrogateGuard(), 0, 0, None
+    while i < len(data) and found is None:
+        n = sizes[k % len(sizes)]
+        found, i, k = guard.feed(data[i:i + n]), i + n, k + 1
+    if found is None:
+        found = guard.feed(b"")
+    assert (found is not None) == lone
+    if lone:
+        assert data[found:found + 6] == b"\\udc01"

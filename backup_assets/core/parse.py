@@ -85,6 +85,56 @@ class _DepthGuard:
         return True
 
 
+class _SurrogateGuard:
+    """Finds UTF-16 surrogate escapes that are not a high-low pair (``\\ud800`` alone), which ijson's C
+    backend would silently turn into ``?``: JSON text escapes are walked chunk by chunk, an escape cut by
+    a chunk's end (or a high surrogate waiting for its low half) carried into the next chunk."""
+
+    _ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self.seen = 0  # bytes fed before the carry (for offsets)
+
+    def feed(self, data: bytes) -> int | None:
+        """Account for ``data`` (b"" at the end); the byte offset of a lone surrogate escape, or None."""
+        buf = self._carry + data
+        base = self.seen - len(self._carry)
+        self.seen += len(data)
+        self._carry = b""
+        if b"\\" not in buf:
+            return None
+        final = not data
+        limit = len(buf) - 12  # a pair of escapes is 12 bytes: what starts later may be cut, so waits
+        pending: re.Match | None = None  # a high surrogate waiting for its low half
+        last_end = 0
+        for m in self._ESCAPE.finditer(buf):
+            if pending is not None and m.start() != pending.end():
+                return base + pending.start()  # a high half not followed by anything
+            if not final and m.start() >= limit:
+                self._carry = buf[(pending or m).start():]
+                return None
+            last_end = m.end()
+            code = int(m.group(1), 16) if m.group(1) else None
+            if pending is not None:
+                if code is not None and 0xDC00 <= code <= 0xDFFF:
+                    pending = None
+                    continue
+                return base + pending.start()  # a high half followed by another escape
+            if code is not None and 0xD800 <= code <= 0xDBFF:
+                pending = m
+            elif code is not None and 0xDC00 <= code <= 0xDFFF:
+                return base + m.start()  # a low half alone
+        if pending is not None:
+            if final or len(buf) - pending.end() > 1 or buf[pending.end():] not in (b"", b"\\"):
+                return base + pending.start()
+            self._carry = buf[pending.start():]  # the low half may start the next chunk
+            return None
+        if not final and last_end < len(buf) and buf.endswith(b"\\"):
+            self._carry = b"\\"  # an escape cut right after its backslash
+        return None
+
+
 class _CountingReader:
     """A read-only wrapper that counts the bytes handed to the parser (for error offsets) and refuses
     nesting deeper than :data:`MAX_DEPTH` before the parser sees it."""
@@ -94,6 +144,7 @@ class _CountingReader:
         self.pos = 0
         self._head = b""
         self._depth = _DepthGuard()
+        self._surrogates = _SurrogateGuard()
 
     def peek_start(self) -> int | None:
         """The first byte that is not whitespace or a UTF-8 BOM, without consuming it."""
@@ -116,6 +167,10 @@ class _CountingReader:
         if not self._depth.feed(data):
             raise ExportParseError(f"arrays or objects are nested more than {self._depth.limit} levels deep "
                                    "(a Sentry export nests a few)", offset=self.pos)
+        lone = self._surrogates.feed(data)
+        if lone is not None:
+            raise ExportParseError("a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is not a "
+                                   "character; the parser would alter the value", offset=lone)
         self.pos += len(data)
         return data
 
