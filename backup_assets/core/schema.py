@@ -41,8 +41,6 @@ class Column:
     type_sql: str       #: format_type() of the column, e.g. "timestamp with time zone", "character varying(128)"
     type_name: str      #: pg_type.typname, e.g. "timestamptz", "varchar", "_text" for text[]
     category: str       #: pg_type.typcategory: A array, B boolean, D datetime, N numeric, S string, U user (json...)
-    not_null: bool
-    has_default: bool
     max_length: int | None  #: for character varying(n)
 
     @property
@@ -77,13 +75,12 @@ def find_table(conn: psycopg.Connection, table: str) -> TableInfo | None:
         return None
     oid, schema = row
     cols = {}
-    for name, type_sql, typname, cat, notnull, hasdef, typmod in conn.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.attnotnull,
-                      a.atthasdef OR a.attidentity <> '', a.atttypmod
+    for name, type_sql, typname, cat, typmod in conn.execute(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.atttypmod
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,)):
         max_len = typmod - 4 if typname in ("varchar", "bpchar") and typmod > 4 else None
-        cols[name] = Column(name, type_sql, typname, cat, notnull, hasdef, max_len)
+        cols[name] = Column(name, type_sql, typname, cat, max_len)
     seq = conn.execute(
         """SELECT sn.nspname, s.relname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname) FROM pg_depend d
            JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'

@@ -51,11 +51,11 @@ NULL_IF_MISSING = {("sentry.organizationmember", "inviter_id")}
 MERGED_USER_DATA = ("sentry.useremail", "sentry.userpermission", "sentry.useroption", "sentry.userip",
                     "sentry.authenticator", "sentry.userroleuser")
 
-#: Per-row relocation scope: model -> (fields that make a row Global when any is set, the other scope).
+#: Per-row relocation scope: model -> the fields that make a row Global when any is set (else its other scope).
 ROW_SCOPE = {
-    "sentry.apitoken": (("application",), "Config"),
-    "sentry.apiauthorization": (("application",), "Config"),
-    "sentry.notificationaction": (("integration_id", "sentry_app_id"), "Organization"),
+    "sentry.apitoken": ("application",),
+    "sentry.apiauthorization": ("application",),
+    "sentry.notificationaction": ("integration_id", "sentry_app_id"),
 }
 
 #: Maximum lengths Sentry's columns have, used when the target column has no declared length.
@@ -172,7 +172,7 @@ def _scope_drops(spec: ModelSpec, settings: ImportSettings, manifest: Manifest |
     allowed = IMPORT_SCOPES[settings.scope]
     drops = []
     if spec.name in ROW_SCOPE and "Global" not in allowed:
-        fields, _other = ROW_SCOPE[spec.name]
+        fields = ROW_SCOPE[spec.name]
         drops.append(Drop(sql.SQL(" OR ").join(_has(f) for f in fields),
                           f"filtered: scope: rows with {' or '.join(fields)} set are Global, "
                           f"outside the {settings.scope} scope"))
