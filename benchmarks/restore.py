@@ -8,10 +8,15 @@ memory and reaches the child processes through an environment variable), then me
 fresh subprocess against a fresh database of one embedded PostgreSQL (fsync off):
 
 * **ours** - ``run_restore`` of the tarball: authenticate + decrypt + ijson parse + stage + per-model
-  load with pk remapping, FK rewrite and checks (create mode, built-in manifest);
-* **raw COPY** (the limit) - the same tables (schema copied with ``pg_dump -s`` from the restored
-  database, same FKs and uniques) filled by ``COPY`` from the rows already shaped (ids final, FKs
-  rewritten), in dependency order;
+  load with pk remapping, FK rewrite and checks (create mode, built-in manifest), independent models
+  loading two at a time (the default on 2+ cores); and **ours, 1 worker**: the same, one model at a time
+  (what a Dagster run with the in-process executor does);
+* **raw COPY** (the limit the issue names) - the same tables (schema copied with ``pg_dump -s`` from the
+  restored database, same FKs and uniques) filled by ``COPY`` from the rows already shaped (ids final,
+  FKs rewritten), in dependency order, in one transaction;
+* **raw COPY, constraints after** - the same COPY into the tables without their unique and foreign-key
+  constraints, which are added afterwards (``pg_dump --section=pre-data``, data, ``--section=post-data``:
+  what ``pg_restore`` does, and what create mode does per model);
 * **naive** (Sentry-style) - the whole file decrypted with ``Fernet.decrypt`` and parsed with
   ``json.loads`` in memory, one ``INSERT ... RETURNING id`` per row, a commit every 20 rows, the pk map
   in a dict (on the small export only: it is slow).
@@ -50,7 +55,7 @@ OURS = textwrap.dedent("""
     from backup_assets.core.source import open_backup
     t = time.perf_counter()
     r = run_restore(sys.argv[1], open_backup(sys.argv[2], PemDecryptor.from_env("%s")), Manifest.builtin(),
-                    ImportSettings(create_schema=True))
+                    ImportSettings(create_schema=True), workers=int(sys.argv[3]))
     secs = time.perf_counter() - t
     assert all(c.passed or c.severity != "ERROR" for cs in r.checks.values() for c in cs
                if c.name != "no_rows_dropped"), r.checks
@@ -62,6 +67,7 @@ OURS = textwrap.dedent("""
 RAW_COPY = textwrap.dedent("""
     import json, resource, sys, time, psycopg
     src, dst, tables, folder = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    post = open(sys.argv[5]).read() if len(sys.argv) > 5 else None  # constraints to add after the data
     with psycopg.connect(dst, autocommit=True) as conn:
         t = time.perf_counter()
         n = 0
@@ -72,6 +78,8 @@ RAW_COPY = textwrap.dedent("""
                         while chunk := f.read(1 << 20):
                             copy.write(chunk)
                     n += conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            if post:
+                conn.execute(post)
         secs = time.perf_counter() - t
     print(json.dumps({"seconds": secs, "rows": n,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -170,11 +178,12 @@ def main() -> None:
     try:
         for size in sorted({a.small, a.rows}):
             tar, _ = make_backup(work, size, public_pem)
-            db = f"ours_{size}"
-            ensure_database(server.dsn(), db)
-            ours = child(OURS, server.dsn(db), str(tar), env=env)
-            results.append(("ours", size, ours, tar.stat().st_size))
-            print(f"ours {size}: {ours}", file=sys.stderr)
+            for workers in (2, 1):
+                db = f"ours_{size}_{workers}"
+                ensure_database(server.dsn(), db)
+                ours = child(OURS, server.dsn(db), str(tar), str(workers), env=env)
+                results.append(("ours" if workers == 2 else "ours, 1 worker", size, ours, tar.stat().st_size))
+                print(f"ours {size} ({workers} workers): {ours}", file=sys.stderr)
             if size == a.rows:
                 # raw COPY of the same rows, already shaped, into the same schema
                 tables = [r[0] for r in psycopg_rows(server.dsn(db), "SELECT table_name FROM information_schema.tables "
@@ -189,6 +198,17 @@ def main() -> None:
                 raw = child(RAW_COPY, server.dsn(db), server.dsn("rawcopy"), json.dumps(order), str(folder))
                 results.append(("raw COPY", size, raw, None))
                 print(f"raw {size}: {raw}", file=sys.stderr)
+                # pg_restore-style: tables first, data, then the indexes and constraints
+                ensure_database(server.dsn(), "rawafter")
+                load_schema(server.dsn("rawafter"), pg_tool(server, "pg_dump", "-s", "-n", "public",
+                                                            "--section=pre-data", server.dsn(db)))
+                post = work / "post-data.sql"
+                post.write_text(pg_tool(server, "pg_dump", "-s", "-n", "public", "--section=post-data",
+                                        server.dsn(db)))
+                after = child(RAW_COPY, server.dsn(db), server.dsn("rawafter"), json.dumps(order), str(folder),
+                              str(post))
+                results.append(("raw COPY, constraints after", size, after, None))
+                print(f"raw, constraints after {size}: {after}", file=sys.stderr)
             if size == a.naive_rows:
                 ensure_database(server.dsn(), "naive")
                 schema = pg_tool(server, "pg_dump", "-s", "-n", "public", server.dsn(db))

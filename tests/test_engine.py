@@ -49,9 +49,9 @@ def write(tmp_path, rows, name="export.json", indent=None):
     return p
 
 
-def restore(dsn, path, manifest=MANIFEST, **settings):
+def restore(dsn, path, manifest=MANIFEST, workers=None, **settings):
     settings.setdefault("create_schema", True)
-    return run_restore(dsn, open_backup(path), manifest, ImportSettings(**settings))
+    return run_restore(dsn, open_backup(path), manifest, ImportSettings(**settings), workers=workers)
 
 
 def table(conn, name, order="id"):
@@ -332,3 +332,104 @@ def test_the_types_seen_while_parsing_are_the_types_the_staged_rows_call_for(pg_
     from_sql = infer_field_types(pg_conn, staging_ident("types"), "t.user")
     assert staged.fields["t.user"] == from_sql
     assert from_sql["big"] == "bigint" and from_sql["f"] == "numeric" and from_sql["mostly_dates"] == "text" and from_sql["obj"] == "jsonb"
+
+
+def constraints_of(conn, table):
+    """(kind, columns, referenced table) of every unique and foreign-key constraint of ``table``."""
+    return sorted(conn.execute(
+        "SELECT c.contype::text, array_agg(a.attname::text ORDER BY a.attnum), c.confrelid::regclass::text "
+        "FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
+        "WHERE c.conrelid = %s::regclass AND c.contype IN ('u', 'f') GROUP BY c.oid, c.contype, c.confrelid",
+        (table,)).fetchall())
+
+
+def test_create_mode_builds_the_manifests_constraints_once_the_rows_are_in(pg_dsn, pg_conn, tmp_path):
+    """Tables with rows get their uniques and FKs after the insert (in its transaction); tables without
+    rows get them at once; nothing stays pending."""
+    result = restore(pg_dsn, write(tmp_path, BASIC))
+    assert all(c.passed for cs in result.checks.values() for c in cs), result.checks
+    assert constraints_of(pg_conn, "t_org") == [("u", ["slug"], "-")]
+    assert constraints_of(pg_conn, "t_user") == [("u", ["username"], "-")]
+    assert constraints_of(pg_conn, "t_project") == [("f", ["organization_id"], "t_org"),
+                                                    ("f", ["template_id"], "t_template")]
+    assert constraints_of(pg_conn, "t_template") == [("f", ["organization_id"], "t_org")]   # no rows: at once
+    assert constraints_of(pg_conn, "t_node") == [("f", ["organization_id"], "t_org"), ("f", ["parent_id"], "t_node")]
+    assert pg_conn.execute("SELECT count(*) FROM backup_assets.pending_constraint").fetchone()[0] == 0
+    # they hold: the database refuses what the manifest forbids
+    import psycopg
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        pg_conn.execute("INSERT INTO t_org (slug) VALUES ('acme')")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        pg_conn.execute("INSERT INTO t_key (project_id) VALUES (999999)")
+
+
+def test_a_duplicate_found_by_a_deferred_unique_fails_its_model_and_writes_nothing_of_it(pg_dsn, pg_conn, tmp_path):
+    from backup_assets.core.errors import UniqueViolationError
+
+    rows = [row("t.org", 1, slug="same"), row("t.org", 2, slug="same"), row("t.project", 3, organization=1)]
+    r = Restore(pg_dsn, MANIFEST, "dup", ImportSettings(create_schema=True))
+    r.stage(open_backup(write(tmp_path, rows)))
+    r.prepare()
+    with pytest.raises(UniqueViolationError, match=r"t\.org: unique key \(slug\) collides: slug='same'"):
+        r.load_model("t.org")
+    assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
+    assert pg_conn.execute("SELECT count(*) FROM backup_assets.pk_map WHERE model = 't.org'").fetchone()[0] == 0
+    # the constraint still waits for a load of t_org that succeeds
+    assert pg_conn.execute("SELECT kind::text, columns FROM backup_assets.pending_constraint "
+                           "WHERE table_name = 't_org'").fetchall() == [("u", ["slug"])]
+    assert constraints_of(pg_conn, "t_org") == []
+
+
+def _dump(dsn, manifest):
+    """Every restored table's rows, in id order, by table name."""
+    import psycopg
+    with psycopg.connect(dsn) as conn:
+        out = {}
+        for model in manifest.relocatable():
+            t = manifest[model].table_name
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{t}"',)).fetchone()[0]:
+                out[t] = conn.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall()
+        return out
+
+
+def test_models_loaded_concurrently_give_exactly_the_rows_of_one_at_a_time(pg_server, tmp_path):
+    """Independent models load at once (two workers, each its own connection); the tables end up identical,
+    ids included, to a restore loading one model at a time."""
+    from backup_assets.core import synthetic
+    from backup_assets.core.postgres import ensure_database
+
+    manifest = Manifest.builtin()
+    path = tmp_path / "synthetic.json"
+    synthetic.write_export(path, synthetic.generate_rows(scale=3))
+    results = {}
+    for workers in (1, 2):
+        name = f"conc_{os.getpid()}_{workers}"
+        ensure_database(pg_server.dsn("postgres"), name)
+        dsn = pg_server.dsn(name)
+        results[workers] = (run_restore(dsn, open_backup(path), manifest, ImportSettings(create_schema=True),
+                                        workers=workers), _dump(dsn, manifest))
+    (one, rows_one), (two, rows_two) = results[1], results[2]
+    assert sum(r.rows_written for r in two.loads.values()) == two.stage.rows > 400
+    assert list(two.loads) == list(one.loads)  # results in plan order, whatever the finishing order
+    assert {m: (r.rows_read, r.rows_written, r.dropped) for m, r in two.loads.items()} == \
+        {m: (r.rows_read, r.rows_written, r.dropped) for m, r in one.loads.items()}
+    assert rows_two == rows_one
+    assert all(c.passed for cs in two.checks.values() for c in cs), two.checks
+
+
+def test_a_failing_model_stops_the_concurrent_loads_and_is_raised(pg_dsn, pg_conn, tmp_path):
+    """t.user fails (a duplicate username); t.org and its descendants do not depend on it. The failure is
+    raised once the running loads finish, no load starts after it, and the staging is gone."""
+    from backup_assets.core.errors import UniqueViolationError
+
+    rows = [row("t.user", 1, username="same"), row("t.user", 2, username="same"),
+            row("t.org", 1, slug="a"), row("t.project", 2, organization=1), row("t.key", 3, project=2),
+            row("t.member", 4, organization=1, user_id=1)]
+    with pytest.raises(UniqueViolationError, match=r"t\.user: unique key \(username\) collides"):
+        restore(pg_dsn, write(tmp_path, rows), workers=2)
+    assert pg_conn.execute("SELECT count(*) FROM t_user").fetchone()[0] == 0
+    assert pg_conn.execute("SELECT count(*) FROM t_member").fetchone()[0] == 0   # waits for t.user: never started
+    loaded = {r[0] for r in pg_conn.execute("SELECT model FROM backup_assets.load_record")}
+    assert "t.user" not in loaded and "t.member" not in loaded
+    assert pg_conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' "
+                           "AND tablename LIKE 'stage%'").fetchone()[0] == 0

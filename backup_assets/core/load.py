@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import psycopg
 from psycopg import sql
 
+from . import constraints
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
@@ -46,6 +47,7 @@ class LoadContext:
     staging: sql.Composable           #: the import's staging table
     plan: list[str]                   #: every model of this import, in dependency order
     fields: list[str] | None = None   #: the model's field names as the parse saw them (None: read the staging)
+    staged_rows: int | None = None    #: the model's staged rows as the parse counted them (None: ask the staging)
 
 
 def lock_key(import_id: str, model: str) -> str:
@@ -69,15 +71,24 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
                 done.already_loaded = True
                 return done
             _check_parents(conn, ctx, spec)
-            if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(ctx.staging),
-                            (spec.name,)).fetchone()[0]:
+            if ctx.staged_rows is not None:
+                staged = ctx.staged_rows > 0
+            else:
+                staged = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(
+                    ctx.staging), (spec.name,)).fetchone()[0]
+            if staged:
+                conn.execute("SET LOCAL work_mem = '64MB'")  # the sorts by old pk stay in memory
                 result = _load(conn, ctx, spec, rules, require_table(conn, spec))
             else:  # nothing staged: nothing to write, and the table need not even exist
                 result = LoadResult(model=spec.name, table=spec.table_name)
             result.seconds = round(time.monotonic() - started, 3)
             conn.execute(sql.SQL("INSERT INTO {} (import_id, model, result) VALUES (%s, %s, %s)").format(LOAD_RECORD),
                          (ctx.import_id, spec.name, psycopg.types.json.Jsonb(result.to_json())))
-            return result
+        if result.rows_read >= ANALYZE_AFTER:
+            # keep the planner's picture of the pk maps true for the children's joins; after the commit, so that
+            # loads running at once do not queue behind each other's ANALYZE (it holds its lock to the end)
+            conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
+        return result
     except psycopg.errors.UniqueViolation as e:
         raise _unique_error(spec, e) from None
     except psycopg.errors.NotNullViolation as e:
@@ -131,7 +142,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             raise TargetError(f"{spec.name}: table {spec.table_name!r} has no column {fk.column!r} "
                               f"for the foreign key {fk.field!r}")
 
-    # 1. candidates, with every foreign key resolved through the parents' pk maps
+    # 1. candidates, with every foreign key resolved through the parents' pk maps, and the reason a row
+    #    goes when a parent was not imported. When no other rule decides which rows are inserted (filters,
+    #    matches on a unique key, self-references), the new ids are drawn in this same pass.
     cols = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
     joins = []
     for i, fk in enumerate(fks):
@@ -143,10 +156,29 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.import_id = {id} AND {m}.model = {target} "
                              "AND {m}.old_pk = (s.fields ->> {f})::bigint").format(
             pk_map=PK_MAP, m=m, id=sql.Literal(ctx.import_id), target=sql.Literal(fk.model), f=sql.Literal(fk.field)))
-    conn.execute(sql.SQL(
-        "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, false AS expected, "
-        "NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} WHERE s.model = {model}").format(
-        cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
+    key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
+    matching = bool(key) and len(key) == len(rules.match_columns)
+    if not rules.keep_pks and table.sequence_ident is None:
+        raise TargetError(f"{spec.name}: table {spec.table_name!r} has no sequence behind 'id' to number new rows "
+                          "(use --preserve-pks to keep the export's keys)")
+    reason, expected = _missing_parent_reason(spec, fks, rules)
+    one_pass = not rules.drops and not self_fks and not matching
+    if one_pass:  # reason as computed; kept rows numbered in old-pk order (the sequence is read in that order)
+        new_id = sql.SQL("y.old_pk") if rules.keep_pks else sql.SQL("nextval({})").format(sql.Literal(table.sequence))
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT y.*, "
+            "CASE WHEN y.reason IS NULL THEN {new_id} END AS new_pk, "
+            "CASE WHEN y.reason IS NULL THEN 'I' END::\"char\" AS kind FROM (SELECT x.*, {reason} AS reason, "
+            "{expected} AS expected FROM (SELECT {cols} FROM {staged} {joins} WHERE s.model = {model} "
+            "ORDER BY s.pk OFFSET 0) x) y").format(
+            new_id=new_id, cols=sql.SQL(", ").join(cols), reason=reason, expected=expected, staged=staged,
+            joins=sql.SQL(" ").join(joins), model=model))
+    else:
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, "
+            "false AS expected, NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} "
+            "WHERE s.model = {model}").format(
+            cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
     conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
     for j, _rw, _col in rewrites:
@@ -163,28 +195,17 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
             cond=drop.sql(where)))
 
-    # 2b. rows whose parents were not imported
+    # 2b. rows whose parents were not imported (already decided in the one-pass case)
+    if not one_pass and fks:
+        conn.execute(sql.SQL("UPDATE _cand SET reason = {reason}, expected = {expected} "
+                             "WHERE reason IS NULL AND {reason} IS NOT NULL").format(reason=reason, expected=expected))
     nulled: dict[str, int] = {}
     for i, fk in enumerate(fks):
-        has, fkv, kind = (sql.Identifier(f"{p}{i}") for p in ("has", "fk", "k"))
         if fk.field in rules.null_if_missing:
             n = conn.execute(sql.SQL("SELECT count(*) FROM _cand WHERE {has} AND {fk} IS NULL").format(
-                has=has, fk=fkv)).fetchone()[0]
+                has=sql.Identifier(f"has{i}"), fk=sql.Identifier(f"fk{i}"))).fetchone()[0]
             if n:
                 nulled[fk.field] = n
-            continue
-        what = f"{fk.model} ({fk.field})"
-        conn.execute(sql.SQL(
-            "UPDATE _cand SET reason = CASE WHEN {kind} = 'F' THEN {filtered} WHEN {kind} = 'D' THEN {dropped} "
-            "ELSE {absent} END, expected = ({kind} = 'F') WHERE reason IS NULL AND {has} AND {fk} IS NULL").format(
-            kind=kind, has=has, fk=fkv, filtered=sql.Literal(f"filtered: parent {what} was filtered"),
-            dropped=sql.Literal(f"missing parent: {what} was dropped"),
-            absent=sql.Literal(f"missing parent: {what} is not in the import")))
-        if fk.field in rules.drop_if_parent_kind:
-            k, why = rules.drop_if_parent_kind[fk.field]
-            conn.execute(sql.SQL("UPDATE _cand SET reason = {why}, expected = true "
-                                 "WHERE reason IS NULL AND {kind} = {k}").format(
-                why=sql.Literal(why), kind=kind, k=sql.Literal(k)))
     if nulled:
         result.resets.update({f"{f} (target not imported: set NULL)": n for f, n in nulled.items()})
 
@@ -200,8 +221,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             pass
 
     # 3. existing rows matched on a unique key: merged (E) or overwritten in place (O)
-    key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
-    if key and len(key) == len(rules.match_columns):
+    if matching:
         match = sql.SQL(" AND ").join(sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=v)
                                       for c, v in key)
         conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
@@ -224,24 +244,22 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     for j, rw, col in rewrites:
         _rewrite(conn, spec, table, ctx.staging, model, j, rw, col)
 
-    # 4. new ids, in the order of the old pks
-    if rules.keep_pks:
+    # 4. new ids, in the order of the old pks (drawn with the candidates in the one-pass case)
+    if one_pass:
+        pass
+    elif rules.keep_pks:
         conn.execute("UPDATE _cand SET new_pk = old_pk, kind = 'I' WHERE reason IS NULL AND kind IS NULL")
     else:
-        if table.sequence_ident is None:
-            raise TargetError(f"{spec.name}: table {spec.table_name!r} has no sequence behind 'id' to number new rows "
-                              "(use --preserve-pks to keep the export's keys)")
         conn.execute(sql.SQL(
             "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
             "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "
             "WHERE a.old_pk = c.old_pk").format(seq=sql.Literal(table.sequence)))
-    conn.execute("UPDATE _cand c SET new_pk = f.new_pk FROM _cand f WHERE c.dup_of = f.old_pk")
+    if matching and rules.dedupe:
+        conn.execute("UPDATE _cand c SET new_pk = f.new_pk FROM _cand f WHERE c.dup_of = f.old_pk")
     conn.execute(sql.SQL(
         "INSERT INTO {pk_map} (import_id, model, old_pk, new_pk, kind) SELECT {id}, {model}, old_pk, new_pk, "
         "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
         pk_map=PK_MAP, id=sql.Literal(ctx.import_id), model=model))
-    if result.rows_read >= ANALYZE_AFTER:  # keep the planner's picture of the pk maps true for the children's joins
-        conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
 
     # 5. write
     targets = [sql.Identifier("id")]
@@ -280,6 +298,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                 table=table.ident, sets=sql.SQL(", ").join(sets),
                 source=sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
                     staged=staged, model=model))).rowcount
+    constraints.apply_pending(conn, table.schema, table.name)  # create mode: built now that the rows are in
     _advance_sequence(conn, table)
 
     # 6. what happened
@@ -290,13 +309,41 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
             result.dropped_by_filter += n
     result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
         "SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT %s", (SAMPLE,))]
-    result.rows_merged = conn.execute("SELECT count(*) FROM _cand WHERE kind = 'E'").fetchone()[0]
+    result.rows_merged, result.new_id_min, result.new_id_max = conn.execute(
+        "SELECT count(*) FILTER (WHERE kind = 'E'), min(new_pk) FILTER (WHERE kind = 'I'), "
+        "max(new_pk) FILTER (WHERE kind = 'I') FROM _cand").fetchone()
     _record_changes(conn, result, rules, staged, model, reset_columns, rewrites, table)
     result.rows_overwritten = overwritten
     result.rows_written = inserted + overwritten
-    result.new_id_min, result.new_id_max = conn.execute(
-        "SELECT min(new_pk), max(new_pk) FROM _cand WHERE kind = 'I'").fetchone()
     return result
+
+
+def _missing_parent_reason(spec: ModelSpec, fks: list, rules: ModelRules) -> tuple[sql.Composable, sql.Composable]:
+    """Why a candidate goes for want of a parent, and whether that was asked for (a filter), as SQL over the
+    candidate's columns ``hasN`` (the row names a parent), ``fkN`` (its new id) and ``kN`` (its pk map kind).
+    The first foreign key at fault names the reason; NULL when every parent was imported."""
+    reasons, expected = [], []
+    for i, fk in enumerate(fks):
+        if fk.field in rules.null_if_missing:  # kept, with the key set NULL
+            continue
+        has, fkv, kind = (sql.Identifier(f"{p}{i}") for p in ("has", "fk", "k"))
+        what = f"{fk.model} ({fk.field})"
+        missing = sql.SQL("{} AND {} IS NULL").format(has, fkv)
+        reasons.append(sql.SQL("WHEN {missing} THEN CASE {kind} WHEN 'F' THEN {filtered} WHEN 'D' THEN {dropped} "
+                               "ELSE {absent} END").format(
+            missing=missing, kind=kind, filtered=sql.Literal(f"filtered: parent {what} was filtered"),
+            dropped=sql.Literal(f"missing parent: {what} was dropped"),
+            absent=sql.Literal(f"missing parent: {what} is not in the import")))
+        expected.append(sql.SQL("WHEN {missing} THEN {kind} IS NOT DISTINCT FROM 'F'").format(missing=missing, kind=kind))
+        if fk.field in rules.drop_if_parent_kind:
+            k, why = rules.drop_if_parent_kind[fk.field]
+            reasons.append(sql.SQL("WHEN {kind} = {k} THEN {why}").format(kind=kind, k=sql.Literal(k),
+                                                                         why=sql.Literal(why)))
+            expected.append(sql.SQL("WHEN {kind} = {k} THEN true").format(kind=kind, k=sql.Literal(k)))
+    if not reasons:
+        return sql.SQL("NULL::text"), sql.SQL("false")
+    return (sql.SQL("(CASE {} END)").format(sql.SQL(" ").join(reasons)),
+            sql.SQL("(CASE {} ELSE false END)").format(sql.SQL(" ").join(expected)))
 
 
 def _key_value(column: str, table: TableInfo, fks: list, rules: ModelRules) -> sql.Composable:
@@ -335,18 +382,20 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     staged = sql.SQL("{} s").format(staging)
     fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
                col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
-    conn.execute(sql.SQL(
+    marked = conn.execute(sql.SQL(
         "UPDATE _cand u SET {flag} = true, {rw} = {fresh} FROM (SELECT c.old_pk, {text} AS v, "
         "row_number() OVER (PARTITION BY {text} ORDER BY c.old_pk) AS n, "
         "EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = {typed}) AS taken "
         "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
-        "WHERE c.reason IS NULL AND c.kind IS NULL AND {text} IS NOT NULL) d "
-        "WHERE u.old_pk = d.old_pk AND (d.taken OR d.n > 1)").format(**fmt))
+        "WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I' AND {text} IS NOT NULL) d "
+        "WHERE u.old_pk = d.old_pk AND (d.taken OR d.n > 1)").format(**fmt)).rowcount
+    if not marked:  # no value taken: nothing was rewritten, nothing to re-draw
+        return
     # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken
     reroll = sql.SQL(
         "WITH f AS (SELECT c.old_pk, c.{flag} AS rewritten, CASE WHEN c.{flag} THEN c.{rw} ELSE {text} END AS v "
         "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
-        "WHERE c.reason IS NULL AND c.kind IS NULL), "
+        "WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I'), "
         "twice AS (SELECT v FROM f WHERE v IS NOT NULL GROUP BY v HAVING count(*) > 1), "
         "bad AS (SELECT f.old_pk FROM f WHERE f.rewritten AND f.v IS NOT NULL AND (f.v IN (SELECT v FROM twice) "
         "OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.v::{t}))) "

@@ -14,6 +14,9 @@ step each); what they share lives in the target database (schema ``backup_assets
 from __future__ import annotations
 
 import json
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -21,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import load as loader
+from . import constraints, load as loader
 from .errors import ConfigurationError, StagingMissingError, TargetError
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
@@ -42,34 +45,44 @@ class Restore:
         self.import_id = check_import_id(import_id)
         self.settings = settings or ImportSettings()
         self.unlogged_staging = unlogged_staging
-        self._conn: psycopg.Connection | None = None
+        self._local = threading.local()  # the session connection of each thread (see :meth:`session`)
         self._counts: dict[str, int] | None = None
         self._fields: dict[str, dict[str, str]] | None = None
 
     @contextmanager
     def session(self) -> Iterator["Restore"]:
-        """Share one connection between the calls made inside this block (one process doing every stage)."""
+        """Share one connection between the calls this thread makes inside this block (one process doing
+        every stage); other threads open sessions of their own."""
         with self.connect() as conn:
-            self._conn = conn
+            self._local.conn = conn
             try:
                 yield self
             finally:
-                self._conn = None
+                self._local.conn = None
 
     # -- plumbing ------------------------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        """A connection to the target: the session's (see :meth:`session`), else a new one for this call."""
-        if self._conn is not None and not self._conn.closed:
-            yield self._conn
+        """A connection to the target: this thread's session's (see :meth:`session`), else a new one for this call."""
+        shared = getattr(self._local, "conn", None)
+        if shared is not None and not shared.closed:
+            yield shared
             return
+        with self.open_connection() as conn:
+            yield conn
+
+    def open_connection(self) -> psycopg.Connection:
+        """A new autocommit connection to the target, the project's state schema ensured."""
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, application_name="backup-assets")
         except psycopg.OperationalError as e:
             raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
-        with conn:
+        try:
             ensure_state(conn)
-            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def plan(self) -> list[str]:
         """The models this import loads: relocatable, in the import's scope, in dependency order."""
@@ -161,7 +174,12 @@ class Restore:
                 replace_existing_data(conn, self.manifest, confirmed=self.settings.replace_existing)
             if self.settings.create_schema:
                 self._counts = None
-                ensure_tables(conn, self.manifest, plan, staging, self._stage_info(conn)[1])
+                counts, fields = self._stage_info(conn)
+                for model, (table, wanted) in ensure_tables(conn, self.manifest, plan, staging, fields).items():
+                    if counts.get(model):  # built after the model's rows are in, by its load
+                        constraints.defer(conn, table.schema, table.name, wanted)
+                    else:
+                        constraints.add(conn, table.schema, table.name, wanted)
             self._check_kept_keys(conn, plan, staging)
             conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
                          (self.import_id,))
@@ -199,6 +217,7 @@ class Restore:
             staged = counts.get(model, 0)
             if fields is not None:
                 ctx.fields = list(fields.get(model, {}))
+                ctx.staged_rows = staged
             emit("load", model, 0, staged)
             result = loader.load_model(conn, ctx, spec, rules_for(spec, self.settings, self.manifest))
             emit("load", model, result.rows_read, staged, finished=True)
@@ -248,15 +267,22 @@ def _plaintext_estimate(backup) -> int | None:
 LoadHook = Callable[[str, LoadResult], None]
 
 
+def default_workers() -> int:
+    """Model loads run at once by :func:`run_restore`: two, or one on a single-core machine. Each is one
+    server backend at work (the client only waits), so more than the server's cores gains nothing."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings | None = None,
                 import_id: str | None = None, progress: ProgressFn | None = None,
-                on_load: LoadHook | None = None) -> RestoreResult:
+                on_load: LoadHook | None = None, workers: int | None = None) -> RestoreResult:
     """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
-    whether the restore succeeded or failed."""
+    whether the restore succeeded or failed. Up to ``workers`` models load at once (each on its own
+    connection, a model only after the models it depends on; default :func:`default_workers`)."""
     restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
     try:
         with restore.session():
-            return _run(restore, backup, progress, on_load)
+            return _run(restore, backup, progress, on_load, workers or default_workers())
     except BaseException:
         try:
             restore.discard_staging()
@@ -265,14 +291,71 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
         raise
 
 
-def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None) -> RestoreResult:
+def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None,
+         workers: int) -> RestoreResult:
     stage = restore.stage(backup, progress=progress)
     restore.prepare()
     out = RestoreResult(import_id=restore.import_id, stage=stage)
-    for model in restore.plan():
-        out.loads[model] = restore.load_model(model)
-        out.checks[model] = restore.verify_model(model)
-        if on_load:
-            on_load(model, out.loads[model])
+    plan = restore.plan()
+    done: dict[str, tuple[LoadResult, list[CheckOutcome]]] = {}
+
+    def load(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
+        return restore.load_model(model), restore.verify_model(model)
+
+    if workers <= 1:
+        for model in plan:
+            done[model] = load(model)
+            if on_load:
+                on_load(model, done[model][0])
+    else:
+        _load_concurrently(restore, plan, load, workers, done, on_load)
+    for model in plan:
+        out.loads[model], out.checks[model] = done[model]
     restore.finish()
     return out
+
+
+def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], tuple[LoadResult, list[CheckOutcome]]],
+                       workers: int, done: dict, on_load: LoadHook | None) -> None:
+    """Load the plan's models on ``workers`` threads, each with its own session, a model as soon as every
+    model of the plan it depends on is loaded (in plan order among those ready). The first failure stops
+    new loads; the running ones finish, then it is raised."""
+    waits_for = {m: {d for d in restore.manifest[m].dependencies if d in plan and d != m} for m in plan}
+    connections: list[psycopg.Connection] = []
+
+    def work(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
+        if getattr(restore._local, "conn", None) is None:  # one connection per worker thread, for all its loads
+            restore._local.conn = restore.open_connection()
+            connections.append(restore._local.conn)
+        return load(model)
+
+    pending = list(plan)
+    running: dict[Future, str] = {}
+    failure: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-assets-load")
+    try:
+        while pending or running:
+            if failure is None:
+                for model in [m for m in pending if not waits_for[m] - done.keys()]:
+                    if len(running) >= workers:
+                        break
+                    pending.remove(model)
+                    running[pool.submit(work, model)] = model
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                model = running.pop(future)
+                try:
+                    done[model] = future.result()
+                except BaseException as e:  # noqa: BLE001 - re-raised below, once the running loads finish
+                    failure = failure or e
+                    continue
+                if on_load:
+                    on_load(model, done[model][0])
+        if failure is not None:
+            raise failure
+    finally:
+        pool.shutdown(wait=True)
+        for conn in connections:
+            conn.close()

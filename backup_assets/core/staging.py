@@ -30,8 +30,8 @@ _STATE_DDL = [
         prepared_at timestamptz,
         finished_at timestamptz)""",
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pk_map (
-        import_id text NOT NULL,
-        model text NOT NULL,
+        import_id text COLLATE "C" NOT NULL,   -- "C": keys compared byte-wise, whatever the database's locale
+        model text COLLATE "C" NOT NULL,
         old_pk bigint NOT NULL,
         new_pk bigint,                -- NULL when the row was not imported (kind D or F)
         kind "char" NOT NULL,         -- I inserted, E existing (merged), O overwritten, D dropped, F filtered
@@ -48,6 +48,15 @@ _STATE_DDL = [
         id bigint NOT NULL,
         previous jsonb NOT NULL,      -- the row as it was before the import overwrote it
         PRIMARY KEY (import_id, model, id))""",
+    # create mode builds a table's unique and foreign-key constraints after its rows are in (as pg_restore
+    # does: one index build and one validating join instead of a check per inserted row)
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pending_constraint (
+        table_schema text NOT NULL,
+        table_name text NOT NULL,
+        kind "char" NOT NULL,         -- u: UNIQUE (columns), f: FOREIGN KEY (columns) REFERENCES ref_table (id)
+        columns text[] NOT NULL,
+        ref_table text,
+        PRIMARY KEY (table_schema, table_name, kind, columns))""",
 ]
 
 #: The tables :func:`ensure_state` creates, for SQL composed with :mod:`psycopg.sql`.
@@ -55,13 +64,14 @@ IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
 PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
+PENDING_CONSTRAINT = sql.Identifier(INTERNAL_SCHEMA, "pending_constraint")
 
 _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the internal schema
 
 
 def ensure_state(conn: psycopg.Connection) -> None:
     """Create the project's own schema (pk maps, load records, staging) if missing. Safe under concurrency."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{INTERNAL_SCHEMA}.overwritten",)).fetchone()[0]
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint",)).fetchone()[0]
     if exists:
         return
     with conn.transaction():

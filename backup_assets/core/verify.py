@@ -27,14 +27,29 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
     table = find_table(conn, spec.table_name)
     outcomes = []
 
-    # counts
+    # counts, and dangling foreign keys: one pass over the rows this import wrote
     kinds = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE import_id = %s AND model = %s "
                                       "GROUP BY kind").format(PK_MAP), (import_id, spec.name)).fetchall())
     in_table = 0
+    dangling: dict[str, int] = {}
     if table is not None:
-        in_table = conn.execute(sql.SQL(
-            "SELECT count(*) FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
-            "AND m.kind IN ('I', 'O')").format(t=table.ident, m=PK_MAP), (import_id, spec.name)).fetchone()[0]
+        checked, counts, joins = [], [sql.SQL("count(*)")], []
+        for fk in spec.foreign_keys:
+            parent = manifest[fk.model] if fk.model in manifest else None
+            parent_table = find_table(conn, parent.table_name) if parent else None
+            if fk.column not in table.columns or parent_table is None:
+                continue
+            p, col = sql.Identifier(f"p{len(checked)}"), sql.Identifier(fk.column)
+            checked.append(fk.field)
+            counts.append(sql.SQL("count(*) FILTER (WHERE t.{col} IS NOT NULL AND {p}.id IS NULL)").format(col=col, p=p))
+            joins.append(sql.SQL("LEFT JOIN {parent} {p} ON {p}.id = t.{col}").format(
+                parent=parent_table.ident, p=p, col=col))
+        in_table, *missing = conn.execute(sql.SQL(
+            "SELECT {counts} FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
+            "AND m.kind IN ('I', 'O') {joins}").format(counts=sql.SQL(", ").join(counts), t=table.ident, m=PK_MAP,
+                                                       joins=sql.SQL(" ").join(joins)),
+            (import_id, spec.name)).fetchone()
+        dangling = {f: n for f, n in zip(checked, missing) if n}
     written = kinds.get("I", 0) + kinds.get("O", 0)
     dropped = kinds.get("D", 0) + kinds.get("F", 0)
     ok = (result.rows_read == result.rows_written + result.rows_merged + result.rows_dropped
@@ -47,22 +62,6 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
         metadata={"rows_read": result.rows_read, "rows_written": result.rows_written, "rows_merged": result.rows_merged,
                   "rows_dropped": result.rows_dropped, "rows_in_table": in_table, "pk_map_written": written}))
 
-    # dangling foreign keys
-    dangling: dict[str, int] = {}
-    if table is not None:
-        for fk in spec.foreign_keys:
-            parent = manifest[fk.model] if fk.model in manifest else None
-            parent_table = find_table(conn, parent.table_name) if parent else None
-            if fk.column not in table.columns or parent_table is None:
-                continue
-            n = conn.execute(sql.SQL(
-                "SELECT count(*) FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
-                "AND m.kind IN ('I', 'O') WHERE t.{col} IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM {p} p WHERE p.id = t.{col})").format(
-                t=table.ident, m=PK_MAP, col=sql.Identifier(fk.column), p=parent_table.ident),
-                (import_id, spec.name)).fetchone()[0]
-            if n:
-                dangling[fk.field] = n
     outcomes.append(CheckOutcome(
         "no_dangling_fk", not dangling,
         "every foreign key of the imported rows points at an existing row" if not dangling
