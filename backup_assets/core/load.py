@@ -35,7 +35,7 @@ from .semantics import ModelRules, Rewrite, Where
 from .settings import LoadResult
 from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP
 SAMPLE = 20
-#: Rows a model must have for its load to refresh the pk map's planner statistics.
+#: Rows a model must have for its load to gather planner statistics (its candidates, then the pk map).
 ANALYZE_AFTER = 2000
 RENAMED_SAMPLE = 1000   #: renames listed in a LoadResult (all are counted in ``resets``)
 REROLLS = 20            #: attempts to find a free value for a rewritten unique value
@@ -184,8 +184,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     for j, _rw, _col in rewrites:
         conn.execute(sql.SQL("ALTER TABLE _cand ADD COLUMN {} text, ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
             sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")))
-    conn.execute("ANALYZE _cand")
     result.rows_read = conn.execute("SELECT count(*) FROM _cand").fetchone()[0]
+    if result.rows_read >= ANALYZE_AFTER:  # the planner's estimates matter for the joins that follow
+        conn.execute("ANALYZE _cand")
     where = Where(ctx.staging, ctx.import_id)
 
     # 2a. Sentry's filters and scope (before missing parents, so a row out of scope is counted as such)
@@ -382,13 +383,14 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     staged = sql.SQL("{} s").format(staging)
     fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
                col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
+    # a value is taken when the table holds it, or an earlier row (by old pk) of the export has it
     marked = conn.execute(sql.SQL(
-        "UPDATE _cand u SET {flag} = true, {rw} = {fresh} FROM (SELECT c.old_pk, {text} AS v, "
-        "row_number() OVER (PARTITION BY {text} ORDER BY c.old_pk) AS n, "
-        "EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = {typed}) AS taken "
-        "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
-        "WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I' AND {text} IS NOT NULL) d "
-        "WHERE u.old_pk = d.old_pk AND (d.taken OR d.n > 1)").format(**fmt)).rowcount
+        "WITH f AS (SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
+        "AND s.pk = c.old_pk WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I' AND {text} IS NOT NULL), "
+        "firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
+        "UPDATE _cand u SET {flag} = true, {rw} = {fresh} FROM (SELECT f.old_pk, f.v FROM f LEFT JOIN firsts "
+        "ON firsts.v = f.v WHERE f.old_pk > firsts.first OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.tv)) d "
+        "WHERE u.old_pk = d.old_pk").format(**fmt)).rowcount
     if not marked:  # no value taken: nothing was rewritten, nothing to re-draw
         return
     # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken

@@ -318,9 +318,12 @@ def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHoo
 def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], tuple[LoadResult, list[CheckOutcome]]],
                        workers: int, done: dict, on_load: LoadHook | None) -> None:
     """Load the plan's models on ``workers`` threads, each with its own session, a model as soon as every
-    model of the plan it depends on is loaded (in plan order among those ready). The first failure stops
-    new loads; the running ones finish, then it is raised."""
+    model of the plan it depends on is loaded; among the models ready, the one with the most staged rows
+    first (the big loads start early, so the small ones fill the gaps). The first failure stops new loads;
+    the running ones finish, then it is raised."""
     waits_for = {m: {d for d in restore.manifest[m].dependencies if d in plan and d != m} for m in plan}
+    with restore.connect() as conn:
+        staged = restore._stage_info(conn)[0]
     connections: list[psycopg.Connection] = []
 
     def work(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
@@ -336,7 +339,8 @@ def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], 
     try:
         while pending or running:
             if failure is None:
-                for model in [m for m in pending if not waits_for[m] - done.keys()]:
+                ready = [m for m in pending if not waits_for[m] - done.keys()]
+                for model in sorted(ready, key=lambda m: -staged.get(m, 0)):  # stable: plan order among equals
                     if len(running) >= workers:
                         break
                     pending.remove(model)
