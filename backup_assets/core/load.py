@@ -15,9 +15,13 @@ Everything is set-based SQL in the target database (no per-row round trips):
 3. The rest of Sentry's rules: existing rows matched by a unique key (merged or overwritten), rows
    repeating an earlier row's key, values renamed or regenerated on collision.
 4. New ids from the table's sequence, in the order of the old pks (``nextval`` over the sorted rows),
-   or the old pks themselves where they are kept; the pk map is written.
+   or the old pks themselves where they are kept; the pk map is written. For a model where no filter,
+   unique-key match or self-reference decides which rows stay (most of them), steps 1, 2 and 4 are one
+   pass: the candidates are created with their drop reasons and new ids.
 5. ``INSERT ... SELECT`` of the new rows (and ``UPDATE`` of overwritten ones, their previous values kept
-   for rollback); the id sequence is moved past ``max(id)``; the load record is written.
+   for rollback); in create mode the table's unique and foreign-key constraints are built now that its
+   rows are in (``constraints.py``); the id sequence is moved past ``max(id)``; the load record is
+   written. After the commit, the pk map's planner statistics are refreshed for the children's joins.
 """
 from __future__ import annotations
 
@@ -384,20 +388,23 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
                col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
     # a value is taken when the table holds it, or an earlier row (by old pk) of the export has it
-    marked = conn.execute(sql.SQL(
-        "WITH f AS (SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
-        "AND s.pk = c.old_pk WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I' AND {text} IS NOT NULL), "
-        "firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
+    values = sql.SQL("SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
+                     "AND s.pk = c.old_pk WHERE c.reason IS NULL AND (c.kind IS NULL OR c.kind = 'I') "
+                     "AND {text} IS NOT NULL").format(**fmt)
+    if not conn.execute(sql.SQL(  # the usual case, decided with two hash operations: no value is taken
+            "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
+            "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)").format(values=values, **fmt)).fetchone()[0]:
+        return
+    conn.execute(sql.SQL(
+        "WITH f AS ({values}), firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
         "UPDATE _cand u SET {flag} = true, {rw} = {fresh} FROM (SELECT f.old_pk, f.v FROM f LEFT JOIN firsts "
         "ON firsts.v = f.v WHERE f.old_pk > firsts.first OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.tv)) d "
-        "WHERE u.old_pk = d.old_pk").format(**fmt)).rowcount
-    if not marked:  # no value taken: nothing was rewritten, nothing to re-draw
-        return
+        "WHERE u.old_pk = d.old_pk").format(values=values, **fmt))
     # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken
     reroll = sql.SQL(
         "WITH f AS (SELECT c.old_pk, c.{flag} AS rewritten, CASE WHEN c.{flag} THEN c.{rw} ELSE {text} END AS v "
         "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
-        "WHERE c.reason IS NULL AND coalesce(c.kind, 'I') = 'I'), "
+        "WHERE c.reason IS NULL AND (c.kind IS NULL OR c.kind = 'I')), "
         "twice AS (SELECT v FROM f WHERE v IS NOT NULL GROUP BY v HAVING count(*) > 1), "
         "bad AS (SELECT f.old_pk FROM f WHERE f.rewritten AND f.v IS NOT NULL AND (f.v IN (SELECT v FROM twice) "
         "OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.v::{t}))) "

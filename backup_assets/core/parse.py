@@ -208,7 +208,7 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     index = -1
     try:
         with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN").format(ident)) as copy:
+                sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
             for index, row in enumerate(ijson.items(reader, "item", use_float=True, buf_size=256 * 1024)):
                 if type(row) is not dict:
                     raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=reader.pos)

@@ -6,6 +6,7 @@ in-process, where the engine is called from inside Dagster steps and cannot be h
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -22,6 +23,7 @@ class ProgressEvent:
 
 Listener = Callable[[ProgressEvent], None]
 _listeners: list[Listener] = []
+_lock = threading.Lock()  # loads running at once (run_restore's workers) report from their own threads
 
 
 @contextmanager
@@ -36,5 +38,6 @@ def listening(listener: Listener) -> Iterator[None]:
 def emit(stage: str, name: str, done: int, total: int | None, finished: bool = False) -> None:
     if _listeners:
         event = ProgressEvent(stage, name, done, total, finished)
-        for listener in list(_listeners):
-            listener(event)
+        with _lock:  # one event at a time: a listener need not be thread-safe
+            for listener in list(_listeners):
+                listener(event)

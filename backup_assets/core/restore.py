@@ -9,7 +9,9 @@
     restore.finish()                 # drop the staging area
 
 Every method opens its own connection, so each may run in a different process or machine (a Dagster
-step each); what they share lives in the target database (schema ``backup_assets``).
+step each); what they share lives in the target database (schema ``backup_assets``). Models that do not
+depend on each other may load at the same time: :func:`run_restore` loads two at once (each load is one
+server backend at work, so the second core does the second load).
 """
 from __future__ import annotations
 
