@@ -433,3 +433,24 @@ def test_a_failing_model_stops_the_concurrent_loads_and_is_raised(pg_dsn, pg_con
     assert "t.user" not in loaded and "t.member" not in loaded
     assert pg_conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' "
                            "AND tablename LIKE 'stage%'").fetchone()[0] == 0
+
+
+def test_concurrent_loads_ride_out_a_tight_lock_timeout(pg_server, tmp_path):
+    """With the target's lock_timeout at 1 ms, two loads adding foreign keys to the same parent at once make
+    one of them time out; it rolls back whole and is tried again, and the restore completes exactly."""
+    import psycopg
+
+    from backup_assets.core import synthetic
+    from backup_assets.core.postgres import ensure_database
+
+    manifest = Manifest.builtin()
+    path = tmp_path / "synthetic.json"
+    synthetic.write_export(path, synthetic.generate_rows(scale=4))
+    name = f"locks_{os.getpid()}"
+    ensure_database(pg_server.dsn("postgres"), name)
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET lock_timeout = \'1ms\'')
+    result = run_restore(pg_server.dsn(name), open_backup(path), manifest, ImportSettings(create_schema=True),
+                         workers=2)
+    assert sum(r.rows_written for r in result.loads.values()) == result.stage.rows
+    assert all(c.passed for cs in result.checks.values() for c in cs), result.checks

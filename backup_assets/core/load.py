@@ -91,7 +91,10 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
         if result.rows_read >= ANALYZE_AFTER:
             # keep the planner's picture of the pk maps true for the children's joins; after the commit, so that
             # loads running at once do not queue behind each other's ANALYZE (it holds its lock to the end)
-            conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
+            try:
+                conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
+            except psycopg.errors.LockNotAvailable:  # lock_timeout while another load analyzes: theirs will do
+                pass
         return result
     except psycopg.errors.UniqueViolation as e:
         raise _unique_error(spec, e) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -269,6 +270,10 @@ def _plaintext_estimate(backup) -> int | None:
 LoadHook = Callable[[str, LoadResult], None]
 
 
+#: Pauses (s) before a concurrent load that hit the target's ``lock_timeout`` is tried again.
+LOCK_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)
+
+
 def default_workers() -> int:
     """Model loads run at once by :func:`run_restore`: two, or one on a single-core machine. Each is one
     server backend at work (the client only waits), so more than the server's cores gains nothing."""
@@ -321,8 +326,9 @@ def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], 
                        workers: int, done: dict, on_load: LoadHook | None) -> None:
     """Load the plan's models on ``workers`` threads, each with its own session, a model as soon as every
     model of the plan it depends on is loaded; among the models ready, the one with the most staged rows
-    first (the big loads start early, so the small ones fill the gaps). The first failure stops new loads;
-    the running ones finish, then it is raised."""
+    first (the big loads start early, so the small ones fill the gaps). A load that hit the target's
+    ``lock_timeout`` (waiting for the other load) is tried again after a pause (:data:`LOCK_RETRIES`). The
+    first failure stops new loads; the running ones finish, then it is raised."""
     waits_for = {m: {d for d in restore.manifest[m].dependencies if d in plan and d != m} for m in plan}
     with restore.connect() as conn:
         staged = restore._stage_info(conn)[0]
@@ -332,6 +338,13 @@ def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], 
         if getattr(restore._local, "conn", None) is None:  # one connection per worker thread, for all its loads
             restore._local.conn = restore.open_connection()
             connections.append(restore._local.conn)
+        for wait in LOCK_RETRIES:
+            try:
+                return load(model)
+            except psycopg.errors.LockNotAvailable:
+                # the target's lock_timeout, hit while the other load held a lock this one needs (two loads
+                # adding foreign keys to one parent): the load rolled back whole; it is tried again
+                time.sleep(wait)
         return load(model)
 
     pending = list(plan)
