@@ -14,6 +14,7 @@ import pytest
 from backup_assets.core.errors import BackupFormatError, ExportParseError, MissingParentError, TargetError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore, run_restore
+from backup_assets.core.schema import Constraint
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
 
@@ -343,10 +344,38 @@ def constraints_of(conn, table):
         (table,)).fetchall())
 
 
-def test_create_mode_builds_the_manifests_constraints_once_the_rows_are_in(pg_dsn, pg_conn, tmp_path):
-    """Tables with rows get their uniques and FKs after the insert (in its transaction); tables without
-    rows get them at once; nothing stays pending."""
+@pytest.fixture
+def defer_from_one_row(monkeypatch):
+    """Constraints after the rows for every table with rows (by default only for thousands of rows)."""
+    from backup_assets.core import restore as restore_module
+    monkeypatch.setattr(restore_module, "DEFER_CONSTRAINTS_AT", 1)
+
+
+@pytest.mark.parametrize("deferred", [True, False], ids=["after the rows", "with the table"])
+def test_create_mode_builds_the_manifests_constraints_once_the_rows_are_in(pg_dsn, pg_conn, tmp_path, deferred,
+                                                                           monkeypatch):
+    """Tables with many rows get their uniques and FKs after the insert (in its transaction), tables with
+    few rows or none get them with the table; either way the same constraints, and nothing stays pending."""
+    from backup_assets.core import constraints as constraints_module
+    from backup_assets.core import restore as restore_module
+
+    monkeypatch.setattr(restore_module, "DEFER_CONSTRAINTS_AT", 1 if deferred else 10 ** 9)
+    built_after = []
+    original = constraints_module.apply_pending
+
+    def apply_pending(conn, schema, table):
+        added = original(conn, schema, table)
+        built_after.extend((table, c) for c in added)
+        return added
+
+    monkeypatch.setattr(constraints_module, "apply_pending", apply_pending)
     result = restore(pg_dsn, write(tmp_path, BASIC))
+    if deferred:
+        assert ("t_org", Constraint("u", ("slug",))) in built_after
+        assert ("t_key", Constraint("f", ("project_id",), "t_project")) in built_after
+        assert not any(table == "t_template" for table, _ in built_after)  # no rows: with the table
+    else:
+        assert built_after == []
     assert all(c.passed for cs in result.checks.values() for c in cs), result.checks
     assert constraints_of(pg_conn, "t_org") == [("u", ["slug"], "-")]
     assert constraints_of(pg_conn, "t_user") == [("u", ["username"], "-")]
@@ -363,7 +392,8 @@ def test_create_mode_builds_the_manifests_constraints_once_the_rows_are_in(pg_ds
         pg_conn.execute("INSERT INTO t_key (project_id) VALUES (999999)")
 
 
-def test_a_duplicate_found_by_a_deferred_unique_fails_its_model_and_writes_nothing_of_it(pg_dsn, pg_conn, tmp_path):
+def test_a_duplicate_found_by_a_deferred_unique_fails_its_model_and_writes_nothing_of_it(pg_dsn, pg_conn, tmp_path,
+                                                                                         defer_from_one_row):
     from backup_assets.core.errors import UniqueViolationError
 
     rows = [row("t.org", 1, slug="same"), row("t.org", 2, slug="same"), row("t.project", 3, organization=1)]
@@ -392,9 +422,10 @@ def _dump(dsn, manifest):
         return out
 
 
-def test_models_loaded_concurrently_give_exactly_the_rows_of_one_at_a_time(pg_server, tmp_path):
-    """Independent models load at once (two workers, each its own connection); the tables end up identical,
-    ids included, to a restore loading one model at a time."""
+def test_models_loaded_concurrently_give_exactly_the_rows_of_one_at_a_time(pg_server, tmp_path, defer_from_one_row):
+    """Independent models load at once (two workers, each its own connection, constraints built after the
+    rows: the path where loads lock each other's parents); the tables end up identical, ids included, to a
+    restore loading one model at a time."""
     from backup_assets.core import synthetic
     from backup_assets.core.postgres import ensure_database
 
@@ -435,7 +466,7 @@ def test_a_failing_model_stops_the_concurrent_loads_and_is_raised(pg_dsn, pg_con
                            "AND tablename LIKE 'stage%'").fetchone()[0] == 0
 
 
-def test_concurrent_loads_ride_out_a_tight_lock_timeout(pg_server, tmp_path):
+def test_concurrent_loads_ride_out_a_tight_lock_timeout(pg_server, tmp_path, defer_from_one_row):
     """With the target's lock_timeout at 1 ms, two loads adding foreign keys to the same parent at once make
     one of them time out; it rolls back whole and is tried again, and the restore completes exactly."""
     import psycopg

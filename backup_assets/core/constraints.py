@@ -1,10 +1,11 @@
 """Create mode's unique and foreign-key constraints, built once a table's rows are in.
 
-A table that create mode makes gets its constraints after its model's rows are inserted, in the same
-transaction as the rows, as ``pg_restore`` does: PostgreSQL then builds each unique index once over the
-loaded rows and validates each foreign key with one join, instead of maintaining the index and firing a
-foreign-key trigger for every inserted row. The constraints of a table whose model has rows to load wait
-in ``backup_assets.pending_constraint`` until that load; a table without rows gets them at once.
+A table that create mode makes for a model with many rows (``restore.DEFER_CONSTRAINTS_AT``) gets its
+constraints after the model's rows are inserted, in the same transaction as the rows, as ``pg_restore``
+does: PostgreSQL then builds each unique index once over the loaded rows and validates each foreign key
+with one join, instead of maintaining the index and firing a foreign-key trigger for every inserted row.
+The constraints wait in ``backup_assets.pending_constraint`` until that load; a table of few rows or none
+is created with its constraints.
 
 A violation fails the model's load like any other (a duplicate value is a :class:`UniqueViolationError`
 naming the field and value), and the load's rollback puts the pending constraints back.
@@ -44,11 +45,11 @@ def apply_pending(conn: psycopg.Connection, schema: str, table: str) -> list[Con
         except psycopg.errors.UndefinedTable:
             raise TargetError(f"table {schema}.{table}: a foreign key references one of {', '.join(parents)}, "
                               "which no longer exists") from None
-    add(conn, schema, table, pending)
+    _add(conn, schema, table, pending)
     return pending
 
 
-def add(conn: psycopg.Connection, schema: str, table: str, constraints: list[Constraint]) -> None:
+def _add(conn: psycopg.Connection, schema: str, table: str, constraints: list[Constraint]) -> None:
     """``ALTER TABLE ... ADD`` each constraint (names are PostgreSQL's own: ``<table>_<columns>_key|fkey``)."""
     ident = sql.Identifier(schema, table)
     for c in constraints:

@@ -178,11 +178,9 @@ class Restore:
             if self.settings.create_schema:
                 self._counts = None
                 counts, fields = self._stage_info(conn)
-                for model, (table, wanted) in ensure_tables(conn, self.manifest, plan, staging, fields).items():
-                    if counts.get(model):  # built after the model's rows are in, by its load
-                        constraints.defer(conn, table.schema, table.name, wanted)
-                    else:
-                        constraints.add(conn, table.schema, table.name, wanted)
+                big = {m for m in plan if counts.get(m, 0) >= DEFER_CONSTRAINTS_AT}
+                for table, wanted in ensure_tables(conn, self.manifest, plan, staging, fields, defer=big).values():
+                    constraints.defer(conn, table.schema, table.name, wanted)  # built by the model's load
             self._check_kept_keys(conn, plan, staging)
             conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
                          (self.import_id,))
@@ -269,6 +267,10 @@ def _plaintext_estimate(backup) -> int | None:
 
 LoadHook = Callable[[str, LoadResult], None]
 
+
+#: Staged rows from which a table create mode makes gets its constraints after its rows, not with the table
+#: (below, building them later costs more statements than it saves).
+DEFER_CONSTRAINTS_AT = 1000
 
 #: Pauses (s) before a concurrent load that hit the target's ``lock_timeout`` is tried again.
 LOCK_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)
