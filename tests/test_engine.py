@@ -485,3 +485,27 @@ def test_concurrent_loads_ride_out_a_tight_lock_timeout(pg_server, tmp_path, def
                          workers=2)
     assert sum(r.rows_written for r in result.loads.values()) == result.stage.rows
     assert all(c.passed for cs in result.checks.values() for c in cs), result.checks
+
+
+@pytest.mark.parametrize("deferred", [True, False], ids=["after the rows", "with the table"])
+def test_sentrys_conditional_uniques_become_partial_indexes(pg_dsn, pg_conn, tmp_path, deferred, monkeypatch):
+    """Sentry makes saved-search names unique among global searches only (and the (organization, owner,
+    type) key among pinned ones): created as full uniques they refused a second organization import of the
+    same export. Both are partial unique indexes, and the second import restores its searches."""
+    from backup_assets.core import restore as restore_module
+    from backup_assets.core import synthetic
+
+    monkeypatch.setattr(restore_module, "DEFER_CONSTRAINTS_AT", 1 if deferred else 10 ** 9)
+    manifest = Manifest.builtin()
+    path = tmp_path / "synthetic.json"
+    synthetic.write_export(path, synthetic.generate_rows())
+    run_restore(pg_dsn, open_backup(path), manifest, ImportSettings(create_schema=True))
+    again = run_restore(pg_dsn, open_backup(path), manifest, ImportSettings(scope="organizations"))
+    assert again.loads["sentry.savedsearch"].rows_written == 2   # the organizations' searches, again
+    indexes = {r[0] for r in pg_conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'sentry_savedsearch'")}
+    assert any("(is_global, name) WHERE (is_global = true)" in d for d in indexes), indexes
+    assert any("(organization_id, owner_id, type) WHERE (visibility = 'owner_pinned'" in d for d in indexes), indexes
+    import psycopg
+    with pytest.raises(psycopg.errors.UniqueViolation):  # global names stay unique
+        pg_conn.execute("INSERT INTO sentry_savedsearch (name, is_global, query, type) "
+                        "SELECT name, true, query, type FROM sentry_savedsearch WHERE is_global LIMIT 1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .errors import TargetError
 from .schema import Constraint
@@ -23,19 +24,22 @@ from .staging import PENDING_CONSTRAINT
 def defer(conn: psycopg.Connection, schema: str, table: str, constraints: list[Constraint]) -> None:
     """Record ``constraints`` of ``schema.table`` for :func:`apply_pending` (inside the caller's transaction)."""
     for c in constraints:
-        conn.execute(sql.SQL("INSERT INTO {} (table_schema, table_name, kind, columns, ref_table) "
-                             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(PENDING_CONSTRAINT),
-                     (schema, table, c.kind, list(c.columns), c.ref_table))
+        where_column, where_value = c.where if c.where else (None, None)
+        conn.execute(sql.SQL("INSERT INTO {} (table_schema, table_name, kind, columns, ref_table, where_column, "
+                             "where_value) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(
+            PENDING_CONSTRAINT), (schema, table, c.kind, list(c.columns), c.ref_table, where_column,
+                                  Jsonb(where_value) if where_column else None))
 
 
 def apply_pending(conn: psycopg.Connection, schema: str, table: str) -> list[Constraint]:
     """Add the constraints waiting for ``schema.table`` (none: a cheap no-op); returns them. Runs inside
     the caller's transaction, so a violation leaves them waiting."""
     rows = conn.execute(sql.SQL("DELETE FROM {} WHERE table_schema = %s AND table_name = %s "
-                                "RETURNING kind, columns, ref_table").format(PENDING_CONSTRAINT),
-                        (schema, table)).fetchall()
+                                "RETURNING kind, columns, ref_table, where_column, where_value").format(
+        PENDING_CONSTRAINT), (schema, table)).fetchall()
     # uniques first: a duplicate is the likelier fault, and its message names the values
-    pending = sorted((Constraint(kind, tuple(columns), ref) for kind, columns, ref in rows),
+    pending = sorted((Constraint(kind, tuple(columns), ref, (where_column, where_value) if where_column else None)
+                      for kind, columns, ref, where_column, where_value in rows),
                      key=lambda c: (c.kind != "u", c.columns))
     parents = sorted({c.ref_table for c in pending if c.kind == "f" and c.ref_table != table})
     if parents:  # a foreign key locks its parent table: take them all, in one order for every load, or two
@@ -45,22 +49,6 @@ def apply_pending(conn: psycopg.Connection, schema: str, table: str) -> list[Con
         except psycopg.errors.UndefinedTable:
             raise TargetError(f"table {schema}.{table}: a foreign key references one of {', '.join(parents)}, "
                               "which no longer exists") from None
-    _add(conn, schema, table, pending)
+    for c in pending:  # names are PostgreSQL's own: <table>_<columns>_key|fkey|idx
+        conn.execute(c.ddl(sql.Identifier(schema, table), schema))
     return pending
-
-
-def _add(conn: psycopg.Connection, schema: str, table: str, constraints: list[Constraint]) -> None:
-    """``ALTER TABLE ... ADD`` each constraint (names are PostgreSQL's own: ``<table>_<columns>_key|fkey``)."""
-    ident = sql.Identifier(schema, table)
-    for c in constraints:
-        cols = sql.SQL(", ").join(map(sql.Identifier, c.columns))
-        if c.kind == "u":
-            ddl = sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(ident, cols)
-        else:
-            ddl = sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) REFERENCES {} (id)").format(
-                ident, cols, sql.Identifier(schema, c.ref_table))
-        try:
-            conn.execute(ddl)
-        except psycopg.errors.UndefinedTable:
-            raise TargetError(f"table {schema}.{table}: the foreign key on {', '.join(c.columns)} references "
-                              f"{c.ref_table!r}, which no longer exists") from None

@@ -161,6 +161,28 @@ class Constraint:
     kind: str                      #: "u" UNIQUE (columns), "f" FOREIGN KEY (columns) REFERENCES ref_table (id)
     columns: tuple[str, ...]
     ref_table: str | None = None
+    where: tuple[str, bool | str] | None = None  #: a unique only where column = value: a partial unique index
+
+    def ddl(self, table: sql.Composable, schema: str | None = None) -> sql.Composable:
+        """The statement adding it to ``table`` (its parent table in ``schema``, else the default one)."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        if self.kind == "f":
+            ref = sql.Identifier(schema, self.ref_table) if schema else sql.Identifier(self.ref_table)
+            return sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) REFERENCES {} (id)").format(table, cols, ref)
+        if self.where is None:
+            return sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(table, cols)
+        column, value = self.where
+        return sql.SQL("CREATE UNIQUE INDEX ON {} ({}) WHERE {} = {}").format(
+            table, cols, sql.Identifier(column), sql.Literal(value))
+
+
+#: Uniques that Sentry declares with a condition (a partial unique index) and the manifest's ``uniques``
+#: list without it: (model, fields) -> (field, the value the condition requires). Made full, they would
+#: refuse what Sentry allows (two organizations' saved searches of one name).
+CONDITIONAL_UNIQUES: dict[tuple[str, tuple[str, ...]], tuple[str, bool | str]] = {
+    ("sentry.savedsearch", ("is_global", "name")): ("is_global", True),
+    ("sentry.savedsearch", ("organization", "owner_id", "type")): ("visibility", "owner_pinned"),
+}
 
 
 def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[str, str],
@@ -191,17 +213,26 @@ def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[st
             continue
         defs.append(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_TYPES[typ])))
         columns.add(name)
-    unique = [Constraint("u", cols) for cols in (
-        tuple(spec.fk_by_field[f].column if f in spec.fk_by_field else f for f in u) for u in spec.uniques)
-        if cols and all(c in columns for c in cols)]
-    if not defer:
+    unique = []
+    for fields in spec.uniques:
+        cols = tuple(spec.fk_by_field[f].column if f in spec.fk_by_field else f for f in fields)
+        where = CONDITIONAL_UNIQUES.get((spec.name, tuple(fields)))
+        if cols and all(c in columns for c in cols) and (where is None or where[0] in columns):
+            unique.append(Constraint("u", cols, where=where))
+    later = unique + foreign
+    if not defer:  # declared with the table, but for partial unique indexes, made right after it
         for c in unique + foreign:
-            cols = sql.SQL(", ").join(map(sql.Identifier, c.columns))
-            defs.append(sql.SQL("UNIQUE ({})").format(cols) if c.kind == "u" else
-                        sql.SQL("FOREIGN KEY ({}) REFERENCES {} (id)").format(cols, sql.Identifier(c.ref_table)))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-        sql.Identifier(spec.table_name), sql.SQL(", ").join(defs)))
-    return skipped, (unique + foreign if defer else [])
+            if c.where is None:
+                cols = sql.SQL(", ").join(map(sql.Identifier, c.columns))
+                defs.append(sql.SQL("UNIQUE ({})").format(cols) if c.kind == "u" else
+                            sql.SQL("FOREIGN KEY ({}) REFERENCES {} (id)").format(cols, sql.Identifier(c.ref_table)))
+        later = [c for c in unique if c.where is not None]
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(spec.table_name), sql.SQL(", ").join(defs)))
+    if not defer:
+        for c in later:
+            conn.execute(c.ddl(sql.Identifier(spec.table_name)))
+        later = []
+    return skipped, later
 
 
 _TYPES = {"text": "text", "jsonb": "jsonb", "bigint": "bigint", "numeric": "numeric", "boolean": "boolean",
