@@ -20,6 +20,7 @@ definitions-load benchmark measures those). Results go to the "Dagster overhead"
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def main() -> None:
             results["Sentry detailed.json"] = measure(target, backup, Manifest.load(args.manifest), args.repeat, folder)
     finally:
         target.server.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
     lines = ["| manifest | models | steps | engine `run_restore` (s, baseline) | Dagster graph (s) | ratio | "
              "overhead per step (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():

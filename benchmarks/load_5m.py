@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,8 @@ def main() -> None:
         conc = concurrent_runs(server, folder, args.concurrent, args.concurrent_rows) if args.concurrent else None
     finally:
         server.destroy()
+        if args.workdir is None:  # the generated exports (GBs at 5M rows) and the server's data
+            shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps({"sizes": sizes, "concurrent": conc}, indent=2))
     report(sizes, conc)
