@@ -58,7 +58,10 @@ def _operational(exc: BaseException) -> psycopg.OperationalError | None:
 
 def exhausted(exc: BaseException) -> str | None:
     """What ran out, when ``exc`` (or its chain) is a resource-exhaustion error of PostgreSQL."""
-    op = _operational(exc)
+    return _exhausted(_operational(exc))
+
+
+def _exhausted(op: psycopg.OperationalError | None) -> str | None:
     state = (op.sqlstate or "") if op is not None else ""
     return EXHAUSTED.get(state) or (EXHAUSTED.get(state[:2]) if state else None)
 
@@ -66,7 +69,8 @@ def exhausted(exc: BaseException) -> str | None:
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` or an exception it was raised from is a PostgreSQL operational error worth
     retrying (any ``OperationalError`` but resource exhaustion)."""
-    return _operational(exc) is not None and exhausted(exc) is None
+    op = _operational(exc)
+    return op is not None and _exhausted(op) is None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -81,13 +85,12 @@ def engine_errors(what: str) -> Iterator[None]:
     except dg.Failure:
         raise
     except Exception as e:
-        if is_transient(e):
-            op = _operational(e)
+        op = _operational(e)
+        ran_out = _exhausted(op)
+        if op is not None and not ran_out:  # transient (see is_transient)
             raise dg.Failure(description=f"{what}: transient database error, retried by policy: "
                                          f"{type(op).__name__}: {_one_line(op)}", allow_retries=True) from e
-        ran_out = exhausted(e)
         if ran_out:
-            op = _operational(e)
             raise dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {_one_line(op)}); nothing of "
                                          "this step was committed: free the resource, then re-materialize",
                              allow_retries=False) from e

@@ -10,23 +10,21 @@ from backup_assets.core.source import open_backup
 from tests.test_engine import MANIFEST, row, write
 
 
-def test_a_string_too_long_for_its_varchar_names_row_pk_and_field(pg_dsn, pg_conn, tmp_path):
-    pg_conn.execute("CREATE TABLE t_org (id bigserial PRIMARY KEY, slug varchar(5), name varchar(40))")
-    rows = [row("t.org", pk, slug=f"s{pk}", name="n") for pk in range(1, 30)]
-    rows.insert(17, row("t.org", 99, slug="far-too-long", name="n"))
-    with pytest.raises(LoadError, match=r"^t\.org: row 17 \(pk 99\): field 'slug': a string of 12 characters "
-                                        r"does not fit character varying\(5\)"):
-        run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
-    assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
-
-
-def test_a_null_for_a_not_null_column_names_row_pk_and_field(pg_dsn, pg_conn, tmp_path):
-    pg_conn.execute("CREATE TABLE t_org (id bigserial PRIMARY KEY, slug text NOT NULL, name text)")
-    rows = [row("t.org", pk, slug=f"s{pk}", name="n") for pk in range(1, 10)]
-    rows.insert(4, row("t.org", 42, slug=None, name="n"))
-    with pytest.raises(LoadError, match=r"^t\.org: column 'slug' of table 't_org' is NOT NULL, but a row has no value "
-                                        r"for it \(row 4, pk 42: field 'slug' is null or missing\); nothing of t\.org"):
-        run_restore(pg_dsn, open_backup(write(tmp_path, rows)), MANIFEST, ImportSettings())
+@pytest.mark.parametrize("ddl, rows, bad_at, bad, expected", [
+    pytest.param("slug varchar(5), name varchar(40)", 29, 17, row("t.org", 99, slug="far-too-long", name="n"),
+                 r"^t\.org: row 17 \(pk 99\): field 'slug': a string of 12 characters does not fit "
+                 r"character varying\(5\)", id="string too long for its varchar"),
+    pytest.param("slug text NOT NULL, name text", 9, 4, row("t.org", 42, slug=None, name="n"),
+                 r"^t\.org: column 'slug' of table 't_org' is NOT NULL, but a row has no value for it \(row 4, "
+                 r"pk 42: field 'slug' is null or missing\); nothing of t\.org", id="null for a NOT NULL column"),
+])
+def test_a_value_the_column_refuses_names_row_pk_and_field(pg_dsn, pg_conn, tmp_path, ddl, rows, bad_at, bad,
+                                                           expected):
+    pg_conn.execute(f"CREATE TABLE t_org (id bigserial PRIMARY KEY, {ddl})")
+    export = [row("t.org", pk, slug=f"s{pk}", name="n") for pk in range(1, rows + 1)]
+    export.insert(bad_at, bad)
+    with pytest.raises(LoadError, match=expected):
+        run_restore(pg_dsn, open_backup(write(tmp_path, export)), MANIFEST, ImportSettings())
     assert pg_conn.execute("SELECT count(*) FROM t_org").fetchone()[0] == 0
 
 

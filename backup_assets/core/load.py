@@ -43,6 +43,8 @@ SAMPLE = 20
 ANALYZE_AFTER = 2000
 RENAMED_SAMPLE = 1000   #: renames listed in a LoadResult (all are counted in ``resets``)
 REROLLS = 20            #: attempts to find a free value for a rewritten unique value
+#: A candidate still to be inserted: not dropped, not matched to an existing row (its id drawn or not yet).
+_TO_INSERT = sql.SQL("c.reason IS NULL AND (c.kind IS NULL OR c.kind = 'I')")
 
 
 @dataclass
@@ -170,22 +172,19 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                           "(use --preserve-pks to keep the export's keys)")
     reason, expected = _missing_parent_reason(spec, fks, rules)
     one_pass = not rules.drops and not self_fks and not matching
+    candidates = sql.SQL("SELECT {cols} FROM {staged} {joins} WHERE s.model = {model}").format(
+        cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model)
     if one_pass:  # reason as computed; kept rows numbered in old-pk order (the sequence is read in that order)
         new_id = sql.SQL("y.old_pk") if rules.keep_pks else sql.SQL("nextval({})").format(sql.Literal(table.sequence))
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT y.*, "
-            "CASE WHEN y.reason IS NULL THEN {new_id} END AS new_pk, "
+        select = sql.SQL(
+            "SELECT y.*, CASE WHEN y.reason IS NULL THEN {new_id} END AS new_pk, "
             "CASE WHEN y.reason IS NULL THEN 'I' END::\"char\" AS kind FROM (SELECT x.*, {reason} AS reason, "
-            "{expected} AS expected FROM (SELECT {cols} FROM {staged} {joins} WHERE s.model = {model} "
-            "ORDER BY s.pk OFFSET 0) x) y").format(
-            new_id=new_id, cols=sql.SQL(", ").join(cols), reason=reason, expected=expected, staged=staged,
-            joins=sql.SQL(" ").join(joins), model=model))
-    else:
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS SELECT {cols}, NULL::text AS reason, "
-            "false AS expected, NULL::bigint AS new_pk, NULL::\"char\" AS kind FROM {staged} {joins} "
-            "WHERE s.model = {model}").format(
-            cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model))
+            "{expected} AS expected FROM ({candidates} ORDER BY s.pk OFFSET 0) x) y").format(
+            new_id=new_id, reason=reason, expected=expected, candidates=candidates)
+    else:  # reasons and ids are decided by the steps below
+        select = sql.SQL("SELECT x.*, NULL::text AS reason, false AS expected, NULL::bigint AS new_pk, "
+                         "NULL::\"char\" AS kind FROM ({candidates}) x").format(candidates=candidates)
+    conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS {}").format(select))
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
     conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
     for j, _rw, _col in rewrites:
@@ -253,11 +252,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         _rewrite(conn, spec, table, ctx.staging, model, j, rw, col)
 
     # 4. new ids, in the order of the old pks (drawn with the candidates in the one-pass case)
-    if one_pass:
-        pass
-    elif rules.keep_pks:
+    if not one_pass and rules.keep_pks:
         conn.execute("UPDATE _cand SET new_pk = old_pk, kind = 'I' WHERE reason IS NULL AND kind IS NULL")
-    else:
+    elif not one_pass:
         conn.execute(sql.SQL(
             "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
             "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "
@@ -389,11 +386,11 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     fresh = rw.fresh(sql.SQL("d.v"), max_len)
     staged = sql.SQL("{} s").format(staging)
     fmt = dict(rw=rwc, flag=flag, fresh=fresh, staged=staged, model=model, table=table.ident,
-               col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql))
+               col=sql.Identifier(rw.column), text=text, typed=typed, t=sql.SQL(col.type_sql),
+               to_insert=_TO_INSERT)
     # a value is taken when the table holds it, or an earlier row (by old pk) of the export has it
     values = sql.SQL("SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
-                     "AND s.pk = c.old_pk WHERE c.reason IS NULL AND (c.kind IS NULL OR c.kind = 'I') "
-                     "AND {text} IS NOT NULL").format(**fmt)
+                     "AND s.pk = c.old_pk WHERE {to_insert} AND {text} IS NOT NULL").format(**fmt)
     if not conn.execute(sql.SQL(  # the usual case, decided with two hash operations: no value is taken
             "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
             "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)").format(values=values, **fmt)).fetchone()[0]:
@@ -406,8 +403,7 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken
     reroll = sql.SQL(
         "WITH f AS (SELECT c.old_pk, c.{flag} AS rewritten, CASE WHEN c.{flag} THEN c.{rw} ELSE {text} END AS v "
-        "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk "
-        "WHERE c.reason IS NULL AND (c.kind IS NULL OR c.kind = 'I')), "
+        "FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk WHERE {to_insert}), "
         "twice AS (SELECT v FROM f WHERE v IS NOT NULL GROUP BY v HAVING count(*) > 1), "
         "bad AS (SELECT f.old_pk FROM f WHERE f.rewritten AND f.v IS NOT NULL AND (f.v IN (SELECT v FROM twice) "
         "OR EXISTS (SELECT 1 FROM {table} t WHERE t.{col} = f.v::{t}))) "

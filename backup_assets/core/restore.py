@@ -74,6 +74,14 @@ class Restore:
         with self.open_connection() as conn:
             yield conn
 
+    def bind_thread_connection(self) -> psycopg.Connection | None:
+        """Give this thread a session connection of its own, unless it has one; returns the connection
+        opened (the caller closes it when the thread's work is done), else None."""
+        if getattr(self._local, "conn", None) is not None:
+            return None
+        self._local.conn = self.open_connection()
+        return self._local.conn
+
     def open_connection(self) -> psycopg.Connection:
         """A new autocommit connection to the target, the project's state schema ensured."""
         try:
@@ -337,16 +345,16 @@ def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], 
     connections: list[psycopg.Connection] = []
 
     def work(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
-        if getattr(restore._local, "conn", None) is None:  # one connection per worker thread, for all its loads
-            restore._local.conn = restore.open_connection()
-            connections.append(restore._local.conn)
-        for wait in LOCK_RETRIES:
+        opened = restore.bind_thread_connection()  # one connection per worker thread, for all its loads
+        if opened is not None:
+            connections.append(opened)
+        for pause in LOCK_RETRIES:
             try:
                 return load(model)
             except psycopg.errors.LockNotAvailable:
                 # the target's lock_timeout, hit while the other load held a lock this one needs (two loads
                 # adding foreign keys to one parent): the load rolled back whole; it is tried again
-                time.sleep(wait)
+                time.sleep(pause)
         return load(model)
 
     pending = list(plan)

@@ -229,21 +229,20 @@ def _config_key(spec: ModelSpec) -> tuple[str, ...]:
     return () if any(f in spec.fk_by_field for f in key) else key
 
 
-def _fresh_uuid(field: str) -> sql.Composable:
-    return sql.SQL("CASE WHEN s.fields ->> {f} IS NULL THEN NULL ELSE gen_random_uuid() END").format(
-        f=sql.Literal(field))
+def _fresh(field: str, value: sql.Composable = sql.SQL("gen_random_uuid()")) -> sql.Composable:
+    """``value`` where the staged row has ``field`` set, NULL where it has not."""
+    return sql.SQL("CASE WHEN s.fields ->> {f} IS NULL THEN NULL ELSE {v} END").format(f=sql.Literal(field), v=value)
 
 
 #: Values every import mints anew, as Sentry's does (its validator requires them to differ after a round trip):
 #: identifiers that must stay unique across instances. NULL stays NULL.
 REGENERATED: dict[str, dict[str, sql.Composable]] = {
-    "sentry.monitor": {"guid": _fresh_uuid("guid")},
-    "sentry.incident": {"detection_uuid": _fresh_uuid("detection_uuid")},
-    "sentry.incidentactivity": {"notification_uuid": _fresh_uuid("notification_uuid")},
+    "sentry.monitor": {"guid": _fresh("guid")},
+    "sentry.incident": {"detection_uuid": _fresh("detection_uuid")},
+    "sentry.incidentactivity": {"notification_uuid": _fresh("notification_uuid")},
     # "<dataset id>/<32 hex>": the id before the slash is kept, the hex part is new
-    "sentry.querysubscription": {"subscription_id": sql.SQL(
-        "CASE WHEN s.fields ->> 'subscription_id' IS NULL THEN NULL ELSE split_part(s.fields ->> 'subscription_id', "
-        "'/', 1) || '/' || replace(gen_random_uuid()::text, '-', '') END")},
+    "sentry.querysubscription": {"subscription_id": _fresh("subscription_id", sql.SQL(
+        "split_part(s.fields ->> 'subscription_id', '/', 1) || '/' || replace(gen_random_uuid()::text, '-', '')"))},
 }
 
 
