@@ -183,11 +183,14 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--naive-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2, help="runs of ours and raw COPY per size; the best counts")
+    ap.add_argument("--durable", action="store_true",
+                    help="run the server as PostgreSQL ships (fsync, synchronous_commit, full_page_writes on) "
+                         "instead of fsync off")
     a = ap.parse_args()
     private_pem, public_pem = keys.generate_key_pair()
     env = {KEY_ENV: private_pem.decode()}
     work = Path(tempfile.mkdtemp(prefix="bench-restore-"))
-    server = EmbeddedPostgres(work / "pg", durable=False).start()
+    server = EmbeddedPostgres(work / "pg", durable=a.durable).start()
     best: dict[tuple[str, int], dict] = {}
     runs = iter(range(1_000_000))
 

@@ -265,7 +265,7 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
                     if t is str:
                         if prev & TEXT:
                             continue
-                        bit = DATETIME if DATETIME_RE.match(v) else TEXT
+                        bit = DATETIME if DATETIME_RE.fullmatch(v) else TEXT
                     elif v is None:
                         bit = NULL
                     elif t is bool:
