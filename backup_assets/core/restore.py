@@ -20,8 +20,8 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import BinaryIO, Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -134,9 +134,12 @@ class Restore:
                 if progress is not None:
                     progress(done, rows)
 
-            with backup.open_plaintext() as stream:
-                result = stage_export(conn, self.import_id, stream, self.manifest, unlogged=self.unlogged_staging,
-                                      progress=report)
+            with ExitStack() as opened:
+                def reopen() -> BinaryIO:  # the export from the start, should the parse need a second pass
+                    return opened.enter_context(backup.open_plaintext())
+
+                result = stage_export(conn, self.import_id, reopen(), self.manifest, unlogged=self.unlogged_staging,
+                                      progress=report, reopen=reopen)
             emit("parse", "export", result.bytes, result.bytes, finished=True)
             plan = self.plan()
             emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))

@@ -1,0 +1,146 @@
+"""The two ways the parse reads an export: rows cut out of the bytes and parsed by orjson (the fast path), and
+ijson's streaming parser (the exact path). The fast path must stage exactly what ijson stages, and hand over to
+ijson whenever it is not sure: the same rows, values, types and errors either way."""
+from __future__ import annotations
+
+import io
+import json
+
+import psycopg
+import pytest
+
+from backup_assets.core import parse
+from backup_assets.core.errors import ExportParseError
+from backup_assets.core.parse import stage_export
+from backup_assets.core.staging import ensure_state, staging_table_name
+from tests import corpus
+from tests.corpus import row
+
+
+class OneWay(io.RawIOBase):
+    """A stream that cannot be read twice: the parse then goes straight to ijson."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        chunk = self._data.read(len(b))
+        b[:len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.fixture
+def conn(pg_conn) -> psycopg.Connection:
+    ensure_state(pg_conn)
+    return pg_conn
+
+
+@pytest.fixture
+def passes(monkeypatch) -> list[bool]:
+    """Which passes each staging made: [True] the fast path alone, [True, False] the fast path then ijson."""
+    seen: list[bool] = []
+    real = parse._stage
+
+    def spy(conn, import_id, stream, manifest, fast, *args):
+        seen.append(fast)
+        return real(conn, import_id, stream, manifest, fast, *args)
+
+    monkeypatch.setattr(parse, "_stage", spy)
+    return seen
+
+
+def staged(conn: psycopg.Connection, stream) -> tuple[dict, list[tuple]]:
+    """Stage ``stream`` in a transaction rolled back afterwards: what the result says, and the staged rows."""
+    with conn.transaction(force_rollback=True):
+        result = stage_export(conn, "paths", stream, corpus.MANIFEST)
+        rows = conn.execute("SELECT model, pk, row_index, fields::text FROM backup_assets." +
+                            staging_table_name("paths") + " ORDER BY row_index").fetchall()
+    out = result.to_json()
+    out.pop("seconds")
+    return out, rows
+
+
+def either_way(conn: psycopg.Connection, data: bytes, passes: list[bool]) -> tuple[tuple, list[bool]]:
+    """Stage ``data`` by the fast path (falling back as it decides) and by ijson alone; both must agree."""
+    fast = staged(conn, io.BytesIO(data))
+    taken = list(passes)
+    passes.clear()
+    exact = staged(conn, OneWay(data))
+    assert passes == [False]
+    assert fast == exact
+    return fast, taken
+
+
+def nested_rows() -> list[dict]:
+    """Rows whose bytes hold the row separator ``},{`` where no row ends: lists of objects, and strings."""
+    return corpus.valid_rows() + [
+        row("c.project", 300, organization=10, name="},{", options=[{"a": 1}, {"b": [{"c": 2}, {}]}, {}]),
+        row("c.project", 301, organization=11, name='"}, {"model": "c.org"', options={"x": [{}, {}, {"y": "}"}]}),
+        row("c.project", 302, organization=10, name="caf\u00e9 \U0001F600 \\ \n \t", options=[1.5, -0.0, 2 ** 59 + 1]),
+        row("c.unknown", 1, anything=[{"a": 1}, {"b": 2}]),
+        row("c.org", 12, slug="n" + "9" * 30, status=-2 ** 59, flags="0")]
+
+
+@pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
+@pytest.mark.parametrize("layout", ["sentry", "compact", "spaced"])
+def test_the_fast_path_stages_what_ijson_stages(conn, passes, monkeypatch, layout, block) -> None:
+    monkeypatch.setattr(parse, "_BLOCK", block)  # 7 bytes: rows and separators cut across reads
+    rows = nested_rows()
+    data = {"sentry": json.dumps(rows, indent=2), "compact": json.dumps(rows, separators=(",", ":")),
+            "spaced": "[" + "\r\n ,\t".join(json.dumps(r) for r in rows) + "]"}[layout].encode()
+    (result, staged_rows), taken = either_way(conn, data, passes)
+    assert taken == [True]  # no second pass: the separators inside rows were found and passed over
+    assert result["rows"] == len(rows) and result["unknown_models"] == {"c.unknown": 1}
+    assert [(m, pk) for m, pk, _i, _f in staged_rows][-4:] == [
+        ("c.project", 300), ("c.project", 301), ("c.project", 302), ("c.org", 12)]  # the unknown row is not staged
+    assert json.loads(staged_rows[-2][3])["options"] == [1.5, -0.0, 2 ** 59 + 1]
+
+
+@pytest.mark.parametrize("name,data", [
+    ("a 19-digit integer", corpus.export_bytes(corpus.valid_rows() + [
+        row("c.project", 400, organization=10, name="big", options={"n": 2 ** 63 - 1})])),
+    ("form feeds between rows (yajl takes them as whitespace)", corpus.export_bytes().replace(b",\n  {", b",\x0c{")),
+    ("an empty list", b"[ ]"),
+])
+@pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
+def test_what_the_fast_path_is_unsure_of_is_staged_by_ijson(conn, passes, monkeypatch, name, data, block) -> None:
+    monkeypatch.setattr(parse, "_BLOCK", block)
+    (result, staged_rows), taken = either_way(conn, data, passes)
+    assert taken == [True, False], name
+    if name == "a 19-digit integer":  # orjson would take it, but past 64 bits it returns floats: ijson decides
+        assert staged_rows[-1][3] == '{"name": "big", "options": {"n": 9223372036854775807}, "organization": 10}'
+
+
+@pytest.mark.parametrize("name,data", [
+    ("an integer past 64 bits", corpus.export_bytes(corpus.valid_rows() + [
+        row("c.project", 400, organization=10, name="big", options={"n": 123456789012345678901234567890})])),
+    ("an integer just past int64", corpus.export_bytes(corpus.valid_rows() + [
+        row("c.project", 400, organization=10, name="big", options={"n": 2 ** 63})])),
+    ("a byte-order mark", b"\xef\xbb\xbf" + corpus.export_bytes()),
+    ("a lone surrogate", corpus.export_bytes().replace(b'"acme"', b'"ac\\ud800me"')),
+    ("a trailing comma", corpus.export_bytes()[:-2] + b",\n]"),
+    ("a row that is a list", corpus.export_bytes()[:-2] + b", [1, 2]\n]"),
+    ("a foreign key that is a string", corpus.export_bytes(corpus.valid_rows() + [
+        row("c.project", 401, organization="acme", name="x")])),
+    ("a duplicate pk", corpus.export_bytes(corpus.valid_rows() + [row("c.org", 10, slug="again")])),
+    ("text after the list", corpus.export_bytes() + b" []"),
+    ("a cut export", corpus.export_bytes()[:-40]),
+])
+def test_errors_are_ijsons_whichever_path_meets_them(conn, passes, name, data) -> None:
+    errors = []
+    for stream in (io.BytesIO(data), OneWay(data)):
+        with pytest.raises(ExportParseError) as e, conn.transaction(force_rollback=True):
+            stage_export(conn, "paths", stream, corpus.MANIFEST)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1], name
+    assert passes[:2] == [True, False]  # the fast path gave up; ijson found the error and named it
+
+
+def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, monkeypatch) -> None:
+    monkeypatch.setattr(parse, "_BIG_ROW", 1000)
+    data = corpus.export_bytes(corpus.valid_rows() + [row("c.project", 402, organization=10, name="x" * 5000)])
+    (result, _rows), taken = either_way(conn, data, passes)
+    assert taken == [True, False] and result["rows_per_model"]["c.project"] == 9
