@@ -144,3 +144,23 @@ def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, m
     data = corpus.export_bytes(corpus.valid_rows() + [row("c.project", 402, organization=10, name="x" * 5000)])
     (result, _rows), taken = either_way(conn, data, passes)
     assert taken == [True, False] and result["rows_per_model"]["c.project"] == 9
+
+
+def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes) -> None:
+    """Rows with the same keys and value types are checked the short way: only the strings of fields that so
+    far held datetimes are looked at. The types still come out as reading every staged value says."""
+    from backup_assets.core.schema import infer_field_types
+    from backup_assets.core.staging import staging_ident
+
+    rows = [row("c.project", 500 + i, organization=10, name=f"p{i}", when="2023-06-22T22:59:55.531Z",
+                later="2023-06-22T22:59:55Z", note=None) for i in range(5)]
+    rows[3]["fields"]["later"] = "not a date"  # same shape as the rows before it
+    rows[4]["fields"]["note"] = "2023-06-22 22:59"  # a new shape (str where null was): the long way
+    data = corpus.export_bytes(corpus.valid_rows() + rows)
+    for stream in (io.BytesIO(data), OneWay(data)):
+        with conn.transaction(force_rollback=True):
+            result = stage_export(conn, "paths", stream, corpus.MANIFEST)
+            assert result.fields["c.project"] == infer_field_types(conn, staging_ident("paths"), "c.project")
+        assert {k: result.fields["c.project"][k] for k in ("when", "later", "note")} == {
+            "when": "timestamptz", "later": "text", "note": "timestamptz"}
+    assert passes == [True, False]  # the fast path, then ijson alone

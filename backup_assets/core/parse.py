@@ -26,10 +26,14 @@ _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 #: Deepest nesting of arrays/objects accepted (Sentry's rows nest a few levels). ijson's item builder keeps a
 #: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
 MAX_DEPTH = 512
+#: ijson's C backend (yajl): fast, and it refuses integers past 64 bits, which the checks below rely on
+_IJSON = ijson.get_backend("yajl2_c")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _dumps = orjson.dumps
 _BATCH = 2000   # rows per write to the COPY stream
 _BIG = 1 << 18  # bytes of one row's fields beyond which it is written on its own
+_SHAPES = 10_000  # row shapes remembered (beyond, new shapes take the long way: memory stays bounded)
+_SHAPE_FIELDS = 256  # fields of a row beyond which its shape is not remembered
 
 ProgressFn = Callable[[int, int], None]   # (plaintext bytes read, rows parsed)
 
@@ -173,6 +177,40 @@ class _CountingReader:
                                    "character; the parser would alter the value", offset=lone)
         self.pos += len(data)
         return data
+
+
+def _check_foreign_keys(fields: dict, fk_fields: tuple[str, ...], index: int, offset: int, model: str) -> None:
+    for f in fk_fields:
+        v = fields.get(f)
+        if v is not None and (type(v) is not int or not _INT64[0] <= v <= _INT64[1]):
+            natural = (" Older Sentry exports wrote natural keys (use_natural_foreign_keys); neither "
+                       "Sentry's importer nor this one reads them: re-export with a current Sentry."
+                       if isinstance(v, (str, list)) else "")
+            raise ExportParseError(f"a foreign key must be an integer pk or null, not {_kind(v)}.{natural}",
+                                   row=index, offset=offset, model=model, field=f)
+
+
+def _note_types(seen: dict[str, int], fields: dict) -> None:
+    """Add what each of ``fields``' values is (bits of :mod:`.schema`) to ``seen``, per field name."""
+    for k, v in fields.items():
+        t = type(v)
+        prev = seen.get(k, 0)
+        if t is str:
+            if prev & TEXT:
+                continue
+            bit = DATETIME if DATETIME_RE.fullmatch(v) else TEXT
+        elif v is None:
+            bit = NULL
+        elif t is bool:
+            bit = BOOL
+        elif t is int:
+            bit = INT if _INT64[0] <= v <= _INT64[1] else NUMBER
+        elif t is float:
+            bit = NUMBER
+        else:
+            bit = JSON
+        if not prev & bit:
+            seen[k] = prev | bit
 
 
 def _kind(v: object) -> str:
@@ -322,12 +360,13 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     lines: list[bytes] = []
     last_pos = 0
     stats: dict[str, dict[str, int]] = {}
+    shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
     ident = create_staging(conn, import_id, unlogged=unlogged)
     index = -1
     try:
         with conn.cursor() as cur, cur.copy(
                 sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
-            rows = _fast_rows(reader) if fast else ijson.items(reader, "item", use_float=True, buf_size=256 * 1024)
+            rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
             for index, row in enumerate(rows):
                 if type(row) is not dict:
                     raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=reader.pos)
@@ -352,14 +391,13 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                 if type(fields) is not dict:
                     raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
                                            row=index, offset=reader.pos, model=model)
-                for f in fk_fields:
-                    v = fields.get(f)
-                    if v is not None and (type(v) is not int or not _INT64[0] <= v <= _INT64[1]):
-                        natural = (" Older Sentry exports wrote natural keys (use_natural_foreign_keys); neither "
-                                   "Sentry's importer nor this one reads them: re-export with a current Sentry."
-                                   if isinstance(v, (str, list)) else "")
-                        raise ExportParseError(f"a foreign key must be an integer pk or null, not {_kind(v)}.{natural}",
-                                               row=index, offset=reader.pos, model=model, field=f)
+                # a row of a shape seen before (model, keys, value types) tells nothing new but whether its strings
+                # are datetimes: its foreign keys are integers or null (their type says so; yajl and the fast
+                # path refuse integers past 64 bits), and only strings of fields so far all datetimes are matched
+                shape = (model, *fields, *map(type, fields.values()))
+                datetimes = shapes.get(shape)
+                if datetimes is None:
+                    _check_foreign_keys(fields, fk_fields, index, reader.pos, model)
                 try:
                     if reader.pos - last_pos > _BIG:  # a huge row: orjson's growing buffer would peak at several
                         raise orjson.JSONEncodeError   # times its size; the stdlib's encoder does not
@@ -378,25 +416,14 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                 seen = stats.get(model)
                 if seen is None:
                     seen = stats[model] = {}
-                for k, v in fields.items():  # what each field's values are, for create mode and the load
-                    t = type(v)
-                    prev = seen.get(k, 0)
-                    if t is str:
-                        if prev & TEXT:
-                            continue
-                        bit = DATETIME if DATETIME_RE.fullmatch(v) else TEXT
-                    elif v is None:
-                        bit = NULL
-                    elif t is bool:
-                        bit = BOOL
-                    elif t is int:
-                        bit = INT if _INT64[0] <= v <= _INT64[1] else NUMBER
-                    elif t is float:
-                        bit = NUMBER
-                    else:
-                        bit = JSON
-                    if not prev & bit:
-                        seen[k] = prev | bit
+                if datetimes is None:  # what each field's values are, for create mode and the load
+                    _note_types(seen, fields)
+                    if len(shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
+                        shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
+                else:
+                    for k in datetimes:
+                        if not DATETIME_RE.fullmatch(fields[k]):
+                            seen[k] |= TEXT
                 if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
                     if lines:
                         copy.write(b"".join(lines))
