@@ -164,3 +164,13 @@ def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes
         assert {k: result.fields["c.project"][k] for k in ("when", "later", "note")} == {
             "when": "timestamptz", "later": "text", "note": "timestamptz"}
     assert passes == [True, False]  # the fast path, then ijson alone
+
+
+@pytest.mark.parametrize("pad", range(7))
+def test_a_long_number_is_seen_wherever_the_reads_cut_it(conn, passes, monkeypatch, pad) -> None:
+    """A 20-digit number cut by 7-byte reads at each offset still sends the export to ijson (which refuses it)."""
+    monkeypatch.setattr(parse, "_BLOCK", 7)
+    data = b"[" + b" " * pad + corpus.export_bytes([row("c.org", 1, slug="a", status=12345678901234567890)])[1:]
+    with pytest.raises(ExportParseError, match="integer overflow"), conn.transaction(force_rollback=True):
+        stage_export(conn, "paths", io.BytesIO(data), corpus.MANIFEST)
+    assert passes == [True, False]

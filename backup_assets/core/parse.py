@@ -232,7 +232,8 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     not sure of (an error, a number of 19+ digits, an unusual layout) rolls it back, and the export is
     parsed again by ijson, which decides and reports exactly as it always does.
     """
-    if reopen is None and stream.seekable():
+    seekable = getattr(stream, "seekable", None)
+    if reopen is None and seekable is not None and seekable():
         start = stream.tell()
 
         def reopen() -> BinaryIO:
@@ -268,6 +269,8 @@ def _long_number_in(buf: bytes, begin: int) -> bool:
     at = mapped.find(_LONG_RUN)
     while at >= 0:
         i = begin + at - 1
+        while i >= 0 and 48 <= buf[i] <= 57:  # back to the run's start (it may begin before ``begin``)
+            i -= 1
         while i >= 0 and buf[i] in b" \t\r\n-":
             i -= 1
         if i < 0 or buf[i] in b":,[":
