@@ -296,17 +296,7 @@ def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
     if buf[start:start + 1] != b"[":  # a byte-order mark, or more whitespace than a block: ijson decides
         raise _Doubt
-    start += 1
-    while len(buf) - start < 2:
-        more = reader.read(_BLOCK)
-        if not more:
-            break
-        buf += more
-        if _long_number_in(buf, len(buf) - len(more)):
-            raise _Doubt
-    start += len(buf) - start - len(buf[start:].lstrip(_JSON_SPACE))
-    if buf[start:start + 1] != b"{":
-        raise _Doubt  # an empty list, or a row that is not an object: rare, ijson decides
+    start += 1  # the first piece starts after "[" (orjson skips the spaces); an empty list leaves none: doubt
     scan, merges, eof = start, 0, False
     while True:
         m = _ROW_SEPARATOR.search(buf, scan)

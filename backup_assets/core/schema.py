@@ -222,16 +222,14 @@ def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[st
         if cols and all(c in columns for c in cols) and (where is None or where[0] in columns):
             unique.append(Constraint("u", cols, where=where))
     constraints = unique + foreign
-    if not defer:  # declared with the table; a partial unique index is made right after it
-        defs += [c.clause() for c in constraints if c.clause() is not None]
+    clauses = [] if defer else [(c, c.clause()) for c in constraints]
+    defs += [clause for _c, clause in clauses if clause is not None]  # declared with the table
     table = sql.Identifier(spec.table_name)
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(defs)))
-    if defer:
-        return constraints
-    for c in constraints:
-        if c.clause() is None:
+    for c, clause in clauses:
+        if clause is None:  # a partial unique: an index, made right after the table
             conn.execute(c.ddl(table))
-    return []
+    return constraints if defer else []
 
 
 _TYPES = {"text": "text", "jsonb": "jsonb", "bigint": "bigint", "numeric": "numeric", "boolean": "boolean",
