@@ -139,6 +139,7 @@ def test_changing_any_character_of_the_text_is_detected() -> None:
         tampered = bytearray(token)
         tampered[i] = B64[(B64.find(token[i]) + 1) % 64] if token[i] != ord("=") else ord("A")
         assert_rejected(bytes(tampered))
+        assert_rejected_by_eof(bytes(tampered))  # the one-pass reader too (defined below)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 4, 50, 99, 100, 120, 136, 139, -1, -4])
@@ -208,3 +209,140 @@ def test_a_file_changed_between_the_passes_fails_at_eof(tmp_path) -> None:
         path.write_bytes(other)  # same inode, rewritten in place
         with pytest.raises(DecryptionError, match="changed while"):
             reader.read()
+
+
+# --------------------------------------------------------------------------------------------- one pass
+
+def one_pass(token: bytes, key: bytes = KEY, **kw) -> FernetDecryptingReader:
+    return FernetDecryptingReader(io.BytesIO(token), key, authenticate_first=False, **kw)
+
+
+def assert_rejected_by_eof(token: bytes, key: bytes = KEY, match: str | None = None, chunk_size: int = 16) -> bytes:
+    """The one-pass reader refuses ``token`` at the latest when reading reaches EOF; returns what it released."""
+    released = bytearray()
+    with pytest.raises(DecryptionError, match=match):
+        reader = one_pass(token, key, chunk_size=chunk_size)
+        while chunk := reader.read(7):
+            released += chunk
+    return bytes(released)
+
+
+SMALL = [0, 1, 15, 16, 17, 47, 48, 49, 767, 768, 769, 65536]  # 768 bytes of plaintext ~ 1024 of token text
+BIG = [(1 << 20) // 4 * 3 - 57, (1 << 20) // 4 * 3 - 56, 3 << 20]  # tokens of about 1 MiB (one chunk), 4 MiB
+
+
+@pytest.mark.parametrize("size, chunk_size", [(n, c) for n in SMALL for c in (4, 8, 20, 1024, 1 << 20)]
+                         + [(n, c) for n in BIG for c in (4096, 1 << 20)])
+def test_one_pass_matches_fernet(size: int, chunk_size: int) -> None:
+    plaintext = random.Random(size).randbytes(size)
+    token = Fernet(KEY).encrypt(plaintext)
+    reader = one_pass(token, chunk_size=chunk_size)
+    assert read_in(reader, [1, 13, 4096]) == Fernet(KEY).decrypt(token) == plaintext
+    assert reader.read(10) == b""
+    reader.authenticate()  # after EOF: verified already, a no-op
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(0, 5000), seed=st.integers(0, 2**32), chunk_size=st.integers(1, 300),
+       read_sizes=st.lists(st.integers(1, 600), min_size=1, max_size=4))
+def test_one_pass_streaming_matches_fernet(size: int, seed: int, chunk_size: int, read_sizes: list[int]) -> None:
+    plaintext = random.Random(seed).randbytes(size)
+    token = Fernet(KEY).encrypt(plaintext)
+    assert read_in(one_pass(token, chunk_size=chunk_size), read_sizes) == plaintext
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("xor", [0x01, 0x80, 0xFF])
+def test_one_pass_detects_any_flipped_byte_by_eof(region: str, xor: int) -> None:
+    raw = bytearray(base64.urlsafe_b64decode(Fernet(KEY).encrypt(PLAINTEXT)))
+    for i in REGIONS[region]:
+        tampered = raw.copy()
+        tampered[i] ^= xor
+        match = "unknown version byte" if region == "version" else "corrupt or was tampered.*HMAC verification failed"
+        released = assert_rejected_by_eof(base64.urlsafe_b64encode(bytes(tampered)), match=match)
+        assert len(released) <= len(PLAINTEXT) // 16 * 16  # the last block's plaintext is withheld
+
+
+def test_one_pass_detects_any_flipped_byte_of_a_bigger_token() -> None:
+    plaintext = os.urandom(100_003)
+    raw = base64.urlsafe_b64decode(Fernet(KEY).encrypt(plaintext))
+    for i in [*range(0, 25), 25, 26, 1000, len(raw) // 2, len(raw) - 49, len(raw) - 48, len(raw) - 40,
+              len(raw) - 33, *range(len(raw) - 32, len(raw))]:
+        tampered = bytearray(raw)
+        tampered[i] ^= 0x10
+        released = assert_rejected_by_eof(base64.urlsafe_b64encode(bytes(tampered)), chunk_size=4096)
+        assert len(released) <= len(plaintext) // 16 * 16  # the last block's plaintext is withheld
+
+
+def test_one_pass_wrong_key_and_invalid_key() -> None:
+    token = Fernet(KEY).encrypt(PLAINTEXT)
+    assert_rejected_by_eof(token, key=Fernet.generate_key(), match="or the data key is wrong.*HMAC verification")
+    with pytest.raises(DecryptionError) as e:
+        one_pass(token, key=b"not-a-real-key-but-secret")
+    assert "secret" not in str(e.value)
+
+
+def test_one_pass_truncated_tokens_are_rejected() -> None:
+    token = Fernet(KEY).encrypt(os.urandom(3000))
+    for cut in [*range(0, len(token), 37), len(token) - 4, len(token) - 1]:
+        assert_rejected_by_eof(token[:cut], match="corrupt or was tampered")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda t: t[:50] + b"\n" + t[50:-1], "byte 50"),
+    (lambda t: t + b"\n", "multiple of 4"),
+    (lambda t: t[:-3] + bytes([B64[B64.index(t[-3]) ^ 1]]) + b"==", "invalid base64 at the end"),
+])
+def test_one_pass_malformed_base64_is_rejected(mutate, match: str) -> None:
+    assert_rejected_by_eof(mutate(Fernet(KEY).encrypt(PLAINTEXT + b"0123456789")), match=match)
+
+
+def test_one_pass_authentic_but_malformed_bodies_are_rejected() -> None:
+    iv = bytes(16)
+    header = struct.pack(">BQ", 0x80, 0) + iv
+    bad_padding = Cipher(algorithms.AES(base64.urlsafe_b64decode(KEY)[16:]), modes.CBC(iv)).encryptor().update(
+        b"\x00" * 32)
+    assert_rejected_by_eof(signed_token(header + bytes(20)), match="whole number of AES blocks")
+    assert_rejected_by_eof(signed_token(header), match="too short")
+    assert_rejected_by_eof(signed_token(header + bad_padding), match="PKCS7")
+    # the padding is checked only once the MAC verified: a forged last block is a MAC failure
+    assert_rejected_by_eof(signed_token(header + bad_padding)[:-8] + b"AAAAAAA=", match="HMAC")
+
+
+def test_one_pass_constructor_does_not_read_the_token() -> None:
+    plaintext = os.urandom(50_000)
+    raw = bytearray(base64.urlsafe_b64decode(Fernet(KEY).encrypt(plaintext)))
+    raw[-1] ^= 1  # a wrong MAC
+    token = base64.urlsafe_b64encode(bytes(raw))
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            data = super().read(n)
+            Counting.read_bytes += len(data)
+            return data
+
+    with pytest.raises(DecryptionError, match="HMAC"):
+        FernetDecryptingReader(Counting(token), KEY)  # two passes: refused at once
+    Counting.read_bytes = 0
+    reader = FernetDecryptingReader(Counting(token), KEY, chunk_size=4096, authenticate_first=False)
+    assert Counting.read_bytes <= 4  # only the token's last characters (the length of its base64 padding)
+    assert reader.read(100) == plaintext[:100]  # released before it is authenticated: one pass
+    with pytest.raises(DecryptionError, match="HMAC verification failed"):
+        reader.read()
+    with pytest.raises(DecryptionError, match="HMAC verification failed"):  # never EOF after the error
+        reader.read(10)
+
+
+def test_one_pass_authenticate_before_reading_makes_it_two_passes() -> None:
+    raw = bytearray(base64.urlsafe_b64decode(Fernet(KEY).encrypt(PLAINTEXT)))
+    raw[30] ^= 1
+    reader = one_pass(base64.urlsafe_b64encode(bytes(raw)))
+    with pytest.raises(DecryptionError, match="HMAC"):
+        reader.authenticate()
+    reader = one_pass(Fernet(KEY).encrypt(PLAINTEXT))
+    reader.read(1)
+    with pytest.raises(io.UnsupportedOperation):
+        reader.authenticate()  # it would move the file under the decryption
+    assert reader.read() == PLAINTEXT[1:]

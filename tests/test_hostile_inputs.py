@@ -14,16 +14,18 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from backup_assets.cli import main
 from backup_assets.core.errors import BackupAssetsError, DecryptionError, ExportParseError
 from backup_assets.core.decryptors import LocalFileDecryptor
 from backup_assets.core.postgres import ensure_database
-from backup_assets.core.restore import run_restore
+from backup_assets.core.restore import Restore, run_restore
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
 from tests import corpus
 from tests.corpus import MANIFEST, MARKER, Case, KeySet, Parts
+from tests.crypto_helpers import tar_of
 
 KEYS = KeySet.generate()
 CASES = (corpus.tarball_cases(KEYS) + corpus.token_cases(KEYS) + corpus.key_cases(KEYS)
@@ -203,8 +205,8 @@ def test_nesting_up_to_the_limit_is_restored_exactly(pg_dsn, tmp_path) -> None:
 
 
 def test_a_tarball_rewritten_during_the_restore_commits_nothing(target, tmp_path, private_tmp) -> None:
-    """Pass 1 authenticated the token; the file changes while pass 2 streams rows into staging: the MAC of what was
-    decrypted no longer matches, the error comes at the end of the stream and the staged rows are rolled back."""
+    """The token is decrypted and authenticated in one pass; the file changes while rows stream into staging: the
+    MAC of what was decrypted does not verify, the error comes at the end of the stream and the rows roll back."""
     plain = corpus.export_bytes(corpus.valid_rows() + [
         corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 1000) for i in range(1500)])
     plain += b" " * (-len(plain) % 16)  # a whole padding block: the unpadder holds it back until the end
@@ -227,9 +229,47 @@ def test_a_tarball_rewritten_during_the_restore_commits_nothing(target, tmp_path
                 f.write(tampered)
             rewritten.append(True)
 
-    with pytest.raises(DecryptionError, match="the token changed while it was being decrypted"):
+    with pytest.raises(DecryptionError, match="HMAC verification failed"):
         run_restore(target, backup, MANIFEST, SETTINGS, progress=rewrite_once)
     assert rewritten
+    assert_nothing_committed(target)
+
+
+def _garbled(token: bytes, fernet_key: bytes) -> bytes:
+    """What ``token`` decrypts to, its MAC ignored (what a one-pass reader releases before EOF)."""
+    raw = base64.urlsafe_b64decode(token)
+    key = base64.urlsafe_b64decode(fernet_key)[16:]
+    padded = Cipher(algorithms.AES(key), modes.CBC(raw[9:25])).decryptor().update(raw[25:-32])
+    return padded[:-padded[-1]]
+
+
+def test_a_tampered_block_that_breaks_the_json_is_reported_as_a_bad_mac(target, tmp_path, private_tmp) -> None:
+    """The restore's staging decrypts in one pass: a ciphertext byte flipped in the middle garbles a block of JSON,
+    which the parser rejects before the MAC is checked at EOF; the user still gets the DecryptionError, the
+    stream having been authenticated to its end, and nothing is staged."""
+    plain = corpus.export_bytes(corpus.valid_rows() + [  # ~3 MB: the parse stages a MB or more before the garble
+        corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 100) for i in range(12_000)])
+    parts = Parts.encrypt(plain, KEYS)
+    raw = bytearray(base64.urlsafe_b64decode(parts.token))
+    raw[len(raw) // 2] ^= 0x20  # a byte of the middle ciphertext block: its plaintext becomes 16 random bytes
+    token = base64.urlsafe_b64encode(bytes(raw))
+    garbled = _garbled(token, parts.fernet_key)
+    assert len(garbled) == len(plain) and garbled != plain
+    with pytest.raises(ValueError):
+        json.loads(garbled)  # the plaintext is malformed JSON: the parser would say so
+    path = tmp_path / "b.tar"
+    path.write_bytes(tar_of([("export.json", token), ("data.key", parts.data_key), ("key.pub", parts.key_pub)]))
+    (tmp_path / "key.pem").write_bytes(KEYS.private)
+    backup = open_backup(path, LocalFileDecryptor(tmp_path / "key.pem"))
+    parsed = []
+    restore = Restore(target, MANIFEST, "tampered-mid-token", SETTINGS)
+    with pytest.raises(DecryptionError, match="HMAC verification failed") as e:
+        restore.stage(backup, progress=lambda done, rows: parsed.append(rows))
+    assert parsed and e.value.__cause__ is None and e.value.__suppress_context__  # rows parsed: one pass
+    assert not restore.is_staged()
+    assert_nothing_committed(target)
+    with pytest.raises(DecryptionError, match="HMAC verification failed"):
+        run_restore(target, backup, MANIFEST, SETTINGS)
     assert_nothing_committed(target)
 
 

@@ -5,11 +5,11 @@ where the ciphertext is AES-128-CBC over the PKCS7-padded plaintext with ``key[1
 HMAC-SHA256 with ``key[:16]`` over everything before it.  The output of this module is byte-identical to
 :class:`cryptography.fernet.Fernet` (``encrypt_at_time`` / ``decrypt`` without TTL) for well-formed tokens.
 
-Why two passes
---------------
+Why two passes (and when one is enough)
+---------------------------------------
 Fernet authenticates the whole token with one MAC at its end, so a streaming decryptor cannot know a
-plaintext byte is authentic before it has read the last byte.  We therefore read the token twice from a
-*seekable* source:
+plaintext byte is authentic before it has read the last byte.  By default we therefore read the token twice
+from a *seekable* source:
 
 1. **authenticate**: decode the base64 in chunks and feed HMAC-SHA256 over ``version..ciphertext``; compare
    with the token's MAC in constant time (:meth:`cryptography.hazmat.primitives.hmac.HMAC.verify`).
@@ -21,6 +21,19 @@ plaintext byte is authentic before it has read the last byte.  We therefore read
 
 The price is reading and MAC-ing the token twice; with AES-NI/SHA-NI both passes run at memory-ish speed and
 the whole remains faster than whole-buffer ``Fernet.decrypt``, which copies the token about seven times.
+
+**One pass** (``FernetDecryptingReader(..., authenticate_first=False)``) skips pass 1: the reader decodes,
+decrypts and MACs in a single read of the token, collects the token's MAC from the end of the decoded stream
+and, at EOF, checks the layout and verifies the MAC in constant time *before* it releases the last cipher
+block's plaintext (which the PKCS7 unpadder holds back anyway) and only then checks the padding.  Plaintext
+that is not yet authenticated is released on the way, so this mode is only for a consumer that
+
+* publishes or commits nothing before it has read the stream to EOF (the restore parses into a staging table
+  inside one transaction, and reads the stream to its end before committing), and
+* reports a :class:`DecryptionError` found by reading to EOF in preference to whatever error the plaintext
+  made it raise (a tampered block decrypts to garbage, which a parser rejects first).
+
+Writing a file (``backup decrypt``), comparing or any other consumer keeps the two passes.
 
 We are stricter than ``Fernet.decrypt`` about the base64 text: it silently skips characters outside the
 alphabet (newlines, spaces...), we reject any of them with the byte offset of the first one.  Error messages
@@ -172,10 +185,14 @@ def _split_at(chunk: bytes, pos: int, cut: int) -> tuple[bytes, bytes]:
 
 
 class _Token:
-    """A token at ``[start, start + length)`` of a seekable binary file, and a Fernet key."""
+    """A token at ``[start, start + length)`` of a seekable binary file, and a Fernet key.
+
+    With ``authenticate_first`` (the default) :meth:`plaintext_chunks` runs pass 1 before it decrypts;
+    without, it decrypts and authenticates in one pass (see the module's docstring).
+    """
 
     def __init__(self, f: BinaryIO, key: bytes | str, start: int | None, length: int | None,
-                 chunk_size: int) -> None:
+                 chunk_size: int, *, authenticate_first: bool = True) -> None:
         self._signing_key, self._encryption_key = _split_key(key)
         self.f = f
         self.start = f.tell() if start is None else start
@@ -184,10 +201,24 @@ class _Token:
         f.seek(self.start + max(0, length - 4))
         self.layout = _TokenLayout(length, _read_exact(f, min(4, length)))
         self.chunk_size = chunk_size
-        self.mac: bytes | None = None  # set once pass 1 succeeded
+        self.authenticate_first = authenticate_first
+        self.mac: bytes | None = None  # set once the MAC verified (by pass 1, or at the end of the one pass)
 
     def _hmac(self) -> hmac.HMAC:
         return hmac.HMAC(self._signing_key, hashes.SHA256())
+
+    def _check_version(self, first: bytes) -> None:
+        if first[0] != VERSION:
+            raise DecryptionError(f"{_CORRUPT}: unknown version byte 0x{first[0]:02x} (expected 0x80)")
+
+    def _verify(self, h: hmac.HMAC, mac: bytes) -> None:
+        """Once the whole token is decoded: check its layout, then its MAC (in constant time)."""
+        self.layout.check()
+        try:
+            h.verify(mac)
+        except InvalidSignature:
+            raise DecryptionError(f"{_CORRUPT} (or the data key is wrong): HMAC verification failed") from None
+        self.mac = mac
 
     def authenticate(self) -> None:
         """Pass 1: verify the MAC over the whole token; nothing is decrypted."""
@@ -197,29 +228,35 @@ class _Token:
         mac = bytearray()
         pos = 0
         for chunk in _decode_chunks(self.f, self.start, self.layout.length, self.chunk_size):
-            if pos == 0 and chunk[0] != VERSION:
-                raise DecryptionError(f"{_CORRUPT}: unknown version byte 0x{chunk[0]:02x} (expected 0x80)")
+            if pos == 0:
+                self._check_version(chunk)
             body, tail = _split_at(chunk, pos, self.layout.mac_start)
             if body:
                 h.update(body)
             mac += tail
             pos += len(chunk)
-        self.layout.check()
-        try:
-            h.verify(bytes(mac))
-        except InvalidSignature:
-            raise DecryptionError(f"{_CORRUPT} (or the data key is wrong): HMAC verification failed") from None
-        self.mac = bytes(mac)
+        self._verify(h, bytes(mac))
 
     def plaintext_chunks(self) -> Iterator[bytes]:
-        """Pass 2: decrypt, re-MAC, and raise at the end if the token changed since :meth:`authenticate`."""
-        self.authenticate()
+        """Pass 2: decrypt, re-MAC, and raise at the end if the token changed since :meth:`authenticate`.
+
+        In one pass (``authenticate_first=False`` and no pass 1 so far): decrypt and MAC, collect the token's
+        MAC from the stream, and verify it at the end, before the last block is released and the padding
+        checked.
+        """
+        if self.authenticate_first:
+            self.authenticate()
+        one_pass = self.mac is None
         h = self._hmac()
         header = bytearray()
+        mac = bytearray()
         decryptor = unpadder = None
         pos = 0
         for chunk in _decode_chunks(self.f, self.start, self.layout.length, self.chunk_size):
-            body, _ = _split_at(chunk, pos, self.layout.mac_start)
+            if pos == 0 and one_pass:
+                self._check_version(chunk)
+            body, tail = _split_at(chunk, pos, self.layout.mac_start)
+            mac += tail
             pos += len(chunk)
             if not body:
                 continue
@@ -234,7 +271,9 @@ class _Token:
             out = unpadder.update(decryptor.update(body))
             if out:
                 yield out
-        if decryptor is None or not _hmac_mod.compare_digest(h.finalize(), self.mac or b""):
+        if one_pass:
+            self._verify(h, bytes(mac))  # a valid layout holds a whole header: the decryptor exists
+        elif decryptor is None or not _hmac_mod.compare_digest(h.finalize(), self.mac or b""):
             raise DecryptionError(f"{_CORRUPT}: the token changed while it was being decrypted")
         try:
             out = unpadder.update(decryptor.finalize()) + unpadder.finalize()
@@ -266,23 +305,37 @@ class FernetDecryptingReader(io.RawIOBase):
 
     The constructor authenticates the whole token (pass 1) and raises :class:`DecryptionError` if it does not;
     reads then decrypt lazily, ``chunk_size`` bytes of token at a time.  The underlying file is not closed.
+
+    With ``authenticate_first=False`` the constructor reads only the token's last bytes, and the token is
+    authenticated in the same pass that decrypts it: plaintext is released *before* it is authenticated, and
+    the read that reaches EOF raises :class:`DecryptionError` if the MAC does not verify.  Only for consumers
+    that commit nothing before EOF and prefer that error to any the plaintext caused (see the module's
+    docstring).  Once a read raised :class:`DecryptionError`, every later read raises it again.
     """
 
     def __init__(self, fileobj: BinaryIO, key: bytes | str, *, start: int | None = None,
-                 length: int | None = None, chunk_size: int = CHUNK_SIZE) -> None:
+                 length: int | None = None, chunk_size: int = CHUNK_SIZE, authenticate_first: bool = True) -> None:
         super().__init__()
-        self._token = _Token(fileobj, key, start, length, chunk_size)
-        self._token.authenticate()
+        self._token = _Token(fileobj, key, start, length, chunk_size, authenticate_first=authenticate_first)
+        if authenticate_first:
+            self._token.authenticate()
         self._chunks: Iterator[bytes] | None = None
         self._buf = b""
         self._pos = 0  # read position within _buf
         self._eof = False
+        self._error: DecryptionError | None = None  # what a read raised: raised again, never EOF after it
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} token of {self._token.layout.length} bytes>"
 
     def authenticate(self) -> None:
-        """Verify the token's MAC (already done by the constructor; idempotent)."""
+        """Verify the token's MAC over the whole token (pass 1; idempotent).
+
+        The constructor already did, unless ``authenticate_first=False``: then this must come before the first
+        read (it makes the reader a two-pass one), or after EOF, where the MAC is verified already.
+        """
+        if self._chunks is not None and self._token.mac is None:
+            raise io.UnsupportedOperation("authenticate() after reading started: the MAC is verified at EOF")
         self._token.authenticate()
 
     def readable(self) -> bool:
@@ -293,6 +346,8 @@ class FernetDecryptingReader(io.RawIOBase):
         while self._pos >= len(self._buf):
             if self._eof:
                 return False
+            if self._error is not None:
+                raise self._error
             if self._chunks is None:
                 self._chunks = self._token.plaintext_chunks()
             try:
@@ -300,6 +355,9 @@ class FernetDecryptingReader(io.RawIOBase):
             except StopIteration:
                 self._buf, self._pos, self._eof = b"", 0, True
                 return False
+            except DecryptionError as e:
+                self._error = e
+                raise
         return True
 
     def read(self, size: int | None = -1) -> bytes:

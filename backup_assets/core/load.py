@@ -184,7 +184,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     else:  # reasons and ids are decided by the steps below
         select = sql.SQL("SELECT x.*, NULL::text AS reason, false AS expected, NULL::bigint AS new_pk, "
                          "NULL::\"char\" AS kind FROM ({candidates}) x").format(candidates=candidates)
-    conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = 50) ON COMMIT DROP AS {}").format(select))
+    # room on each page for the updates of the steps below (in the one-pass case, only renames on a collision)
+    conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = {}) ON COMMIT DROP AS {}").format(
+        sql.Literal(100 if one_pass else 50), select))
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
     conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
     for j, _rw, _col in rewrites:

@@ -28,7 +28,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import constraints, load as loader
-from .errors import ConfigurationError, StagingMissingError, TargetError
+from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError
+from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
@@ -89,6 +90,9 @@ class Restore:
         except psycopg.OperationalError as e:
             raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
         try:
+            # the loads' candidate tables stay in memory (the default, 8 MB, spills them); settable only before
+            # the session's first temporary table
+            conn.execute("SET temp_buffers = '128MB'")
             ensure_state(conn)
         except BaseException:
             conn.close()
@@ -119,7 +123,12 @@ class Restore:
     def stage(self, backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
         """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
         transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
-        already usable is left as it is (several steps finding it gone stage it once)."""
+        already usable is left as it is (several steps finding it gone stage it once).
+
+        An encrypted export is decrypted and authenticated in one pass while it is parsed: the stream is read
+        to EOF, where the MAC is verified, before the transaction commits, and when the parse fails the rest
+        of the token is still authenticated, so that a tampered token is reported as the
+        :class:`DecryptionError` it is, not as the parse error its garbled plaintext caused."""
         with self.connect() as conn, conn.transaction():
             lock_import(conn, self.import_id)
             self._counts = None
@@ -135,11 +144,24 @@ class Restore:
                     progress(done, rows)
 
             with ExitStack() as opened:
-                def reopen() -> BinaryIO:  # the export from the start, should the parse need a second pass
-                    return opened.enter_context(backup.open_plaintext())
+                streams: list[BinaryIO] = []
 
-                result = stage_export(conn, self.import_id, reopen(), self.manifest, unlogged=self.unlogged_staging,
-                                      progress=report, reopen=reopen)
+                def reopen() -> BinaryIO:  # the export from the start, should the parse need a second pass
+                    streams.append(opened.enter_context(backup.open_plaintext(authenticate_first=False)))
+                    return streams[-1]
+
+                try:
+                    result = stage_export(conn, self.import_id, reopen(), self.manifest,
+                                          unlogged=self.unlogged_staging, progress=report, reopen=reopen)
+                except DecryptionError:
+                    raise
+                except Exception:
+                    try:
+                        _read_to_eof(streams)  # a bad MAC explains the error: report it instead
+                    except DecryptionError as bad:
+                        raise bad from None
+                    raise
+                _read_to_eof(streams)  # the MAC verified before anything commits
             emit("parse", "export", result.bytes, result.bytes, finished=True)
             plan = self.plan()
             emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))
@@ -266,6 +288,15 @@ class Restore:
         """Drop the staging area after a failure, leaving the import resumable from the backup."""
         with self.connect() as conn:
             drop_staging(conn, self.import_id)
+
+
+def _read_to_eof(streams: list[BinaryIO]) -> None:
+    """Read the last stream opened (the one the parse read last) to its end, discarding what is left: for an
+    encrypted export, the token's MAC is verified there (:class:`DecryptionError` otherwise). Cheap after a
+    parse that read it all; a plain JSON file is left alone (it has no MAC)."""
+    if streams and isinstance(streams[-1], FernetDecryptingReader):
+        while streams[-1].read(CHUNK_SIZE):
+            pass
 
 
 def _plaintext_estimate(backup) -> int | None:

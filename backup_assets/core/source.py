@@ -83,18 +83,24 @@ class Backup:
             self._data_key()
 
     @contextmanager
-    def open_plaintext(self) -> Iterator[BinaryIO]:
+    def open_plaintext(self, *, authenticate_first: bool = True) -> Iterator[BinaryIO]:
         """A readable binary stream of the export JSON.
 
         For a tarball the data key is unwrapped and the whole token authenticated before this yields; the
         stream then decrypts lazily and raises :class:`DecryptionError` at EOF if the file changed meanwhile.
+
+        With ``authenticate_first=False`` the token is read once: decrypted and authenticated as the stream
+        is read, plaintext released before the MAC is verified, and :class:`DecryptionError` raised by the read
+        that reaches EOF when it does not verify.  Only for a consumer that commits nothing before it read the
+        stream to EOF, and reports that error rather than any the plaintext caused (the restore's staging).
+        A plain JSON export ignores the option.
         """
         with self._open() as f:
             if self._tarball is None:
                 yield f
                 return
             reader = FernetDecryptingReader(f, self._data_key(), start=self._tarball.export_offset,
-                                            length=self._tarball.export_size)
+                                            length=self._tarball.export_size, authenticate_first=authenticate_first)
             with reader:
                 yield reader  # type: ignore[misc]
 
