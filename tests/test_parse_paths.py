@@ -139,11 +139,30 @@ def test_errors_are_ijsons_whichever_path_meets_them(conn, passes, name, data) -
     assert passes[:2] == [True, False]  # the fast path gave up; ijson found the error and named it
 
 
-def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["last", "in the middle"])
+def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, monkeypatch, where) -> None:
     monkeypatch.setattr(parse, "_BIG_ROW", 1000)
-    data = corpus.export_bytes(corpus.valid_rows() + [row("c.project", 402, organization=10, name="x" * 5000)])
-    (result, _rows), taken = either_way(conn, data, passes)
+    monkeypatch.setattr(parse, "_BLOCK", 7)  # the limit holds for the text read without a row boundary
+    rows = corpus.valid_rows()
+    big = row("c.project", 402, organization=10, name="x" * 5000)
+    rows = rows + [big] if where == "last" else rows[:3] + [big] + rows[3:]
+    (result, _rows), taken = either_way(conn, corpus.export_bytes(rows), passes)
     assert taken == [True, False] and result["rows_per_model"]["c.project"] == 9
+
+
+@pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
+@pytest.mark.parametrize("where", ["last", "in the middle"])
+def test_a_row_boundary_look_alike_inside_a_row_never_splits_it(conn, passes, monkeypatch, where, block) -> None:
+    """Objects in a list whose first key is "model" look like rows: text cut there ends inside a row, which
+    orjson refuses, and ijson stages the export; a batch that holds the whole row parses it whole."""
+    monkeypatch.setattr(parse, "_BLOCK", block)
+    rows = corpus.valid_rows()
+    tricky = row("c.project", 403, organization=10, name="t", options=[{"model": "c.org", "pk": 1}, {"model": 2}])
+    rows = rows + [tricky] if where == "last" else rows[:3] + [tricky] + rows[3:]
+    (result, staged_rows), taken = either_way(conn, corpus.export_bytes(rows), passes)
+    assert json.loads(next(f for m, pk, _i, f in staged_rows if pk == 403))["options"] == tricky["fields"]["options"]
+    if where == "last" or block == 7:  # the last boundary in the text read is the one inside the row
+        assert taken == [True, False]
 
 
 def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes) -> None:

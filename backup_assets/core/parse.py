@@ -227,7 +227,7 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     the byte offset the parser had reached, and the model and field when a row is at fault.
 
     When the export can be read again (``reopen`` gives it from the start, or ``stream`` is seekable), the
-    rows are first cut out of the bytes and parsed one by one with orjson (:func:`_fast_rows`, about twice
+    rows are first parsed by orjson, a read's worth of rows in one call (:func:`_fast_rows`, about twice
     as fast as ijson). That path accepts only what ijson accepts and gives the same values; whatever it is
     not sure of (an error, a number of 19+ digits, an unusual layout) rolls it back, and the export is
     parsed again by ijson, which decides and reports exactly as it always does.
@@ -252,11 +252,11 @@ class _Doubt(Exception):
     """The fast path is not sure it reads the export as ijson would: the export is parsed again by ijson."""
 
 
-_ROW_SEPARATOR = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")  # between two rows, or inside a row: orjson decides
+#: a row boundary: "}" "," "{" and a key a row starts with (Sentry writes model, pk, fields)
+_CUT = re.compile(rb'\}[ \t\r\n]*,[ \t\r\n]*\{(?=[ \t\r\n]*"(?:model|pk|fields)"[ \t\r\n]*:)')
 _JSON_SPACE = b" \t\r\n"
 _BLOCK = 1 << 20
-_MERGES = 200  # separators found inside one row before the fast path gives up on the export
-_BIG_ROW = 4 << 20  # bytes of one row beyond which the fast path gives up on the export
+_BIG_ROW = 4 << 20  # bytes without a row boundary beyond which the fast path gives up on the export
 _DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to "0", everything else to " "
 _LONG_RUN = b"0" * 19  # an integer of 19+ digits may be past 64 bits, where orjson returns a float
 
@@ -282,13 +282,33 @@ def _long_number_in(buf: bytes, begin: int) -> bool:
     return False
 
 
-def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
-    """The rows of the export, each cut out of the bytes at a ``}`` , ``{`` separator and parsed by orjson.
+def _last_cut(buf: bytes) -> re.Match | None:
+    """The last row boundary in ``buf``: a ``}`` , ``{`` separator followed by a key a row starts with."""
+    pos = len(buf)
+    while (pos := buf.rfind(b"}", 0, pos)) >= 0:
+        m = _CUT.match(buf, pos)
+        if m is not None:
+            return m
+    return None
 
-    A separator inside a row (objects in a list) cuts it short: orjson refuses the piece (it ends inside a
-    value or a string: JSON strings hold no raw quote), and the piece runs on to the next separator. A piece
-    that orjson parses whole is exactly one row, since a JSON value ends where it ends. Anything else raises
-    :class:`_Doubt`; so does a run of 19+ digits anywhere (orjson turns integers past 64 bits into floats).
+
+def _batch(rows_text: bytes) -> list:
+    """The rows in ``rows_text`` (``{...}, {...}``, between two row boundaries), parsed by orjson in one call."""
+    try:
+        return orjson.loads(b"[" + rows_text + b"]")
+    except orjson.JSONDecodeError:
+        raise _Doubt from None
+
+
+def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
+    """The rows of the export, parsed by orjson a read at a time: the text read is cut at its last row
+    boundary (:data:`_CUT`), and everything before it is parsed as one list of rows.
+
+    A boundary of that look inside a row (a list of objects whose first key is "model") would cut a row in
+    two; the text before it then ends inside the row, where orjson refuses the list (brackets are left
+    open): the fast path gives up. Anything orjson refuses raises :class:`_Doubt`; so do a run of 19+
+    digits anywhere (orjson turns integers past 64 bits into floats), more than :data:`_BIG_ROW` bytes
+    without a row boundary, and an empty list.
     """
     buf = reader.read(_BLOCK)
     if _long_number_in(buf, 0):
@@ -296,42 +316,27 @@ def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
     if buf[start:start + 1] != b"[":  # a byte-order mark, or more whitespace than a block: ijson decides
         raise _Doubt
-    start += 1  # the first piece starts after "[" (orjson skips the spaces); an empty list leaves none: doubt
-    scan, merges, eof = start, 0, False
+    buf = buf[start + 1:]
     while True:
-        m = _ROW_SEPARATOR.search(buf, scan)
-        if m is None:
-            if eof:
-                break
-            if len(buf) - start > _BIG_ROW:  # a huge row: ijson's path holds it with less memory
-                raise _Doubt
-            more = reader.read(_BLOCK)
-            if not more:
-                eof = True
-                continue
-            buf, scan, start = buf[start:] + more, scan - start, 0
-            if _long_number_in(buf, len(buf) - len(more)):
-                raise _Doubt
-            continue
-        end = m.start() + 1
-        try:
-            row = orjson.loads(memoryview(buf)[start:end])
-        except orjson.JSONDecodeError:
-            merges += 1  # a separator inside the row: the piece runs on
-            if merges > _MERGES:
-                raise _Doubt from None
-            scan = m.end() - 1
-            continue
-        yield row
-        start = scan = m.end() - 1
-        merges = 0
-    last = buf[start:].rstrip(_JSON_SPACE)
-    if not last.endswith(b"]"):
+        cut = _last_cut(buf)
+        if cut is not None:
+            rows_text, buf = buf[:cut.start() + 1], buf[cut.end() - 1:]
+            yield from _batch(rows_text)
+        elif len(buf) > _BIG_ROW:  # a huge row: ijson's path holds it with less memory
+            raise _Doubt
+        more = reader.read(_BLOCK)
+        if not more:
+            break
+        buf += more
+        if _long_number_in(buf, len(buf) - len(more)):
+            raise _Doubt
+    last = buf.rstrip(_JSON_SPACE)
+    if not last.endswith(b"]") or len(last) > _BIG_ROW:  # text after the list; or a huge last row
         raise _Doubt
-    try:
-        yield orjson.loads(last[:-1])
-    except orjson.JSONDecodeError:
-        raise _Doubt from None
+    rows = _batch(last[:-1])
+    if not rows:  # an empty list: ijson decides
+        raise _Doubt
+    yield from rows
 
 
 def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest: Manifest, fast: bool,
