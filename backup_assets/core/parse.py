@@ -23,6 +23,7 @@ from .settings import StageResult
 from .staging import create_staging, index_staging
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_BOM = b"\xef\xbb\xbf"
 #: Deepest nesting of arrays/objects accepted (Sentry's rows nest a few levels). ijson's item builder keeps a
 #: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
 MAX_DEPTH = 512
@@ -151,15 +152,21 @@ class _CountingReader:
         self._surrogates = _SurrogateGuard() if surrogates else None  # orjson refuses lone ones itself
 
     def peek_start(self) -> int | None:
-        """The first byte that is not whitespace or a UTF-8 BOM, without consuming it."""
+        """The first byte that is not whitespace, without consuming it. A UTF-8 byte-order mark before it is
+        consumed (JSON parsers may ignore one, Python's ``json`` reading bytes does, and so does the backup's
+        sniffer; yajl would not): offsets still count its three bytes."""
         while True:
             chunk = self._raw.read(64)
             self._head += chunk
-            stripped = self._head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-            if stripped:
+            if self.pos == 0 and len(self._head) >= 3 and self._head.startswith(_BOM):
+                self._head, self.pos = self._head[3:], 3
+                if self._surrogates is not None:
+                    self._surrogates.seen = 3
+            stripped = self._head.lstrip(b" \t\r\n")
+            if stripped and (self.pos or len(self._head) >= 3 or not _BOM.startswith(self._head)):
                 return stripped[0]
             if not chunk:
-                return None
+                return stripped[0] if stripped else None
 
     def read(self, n: int = -1) -> bytes:
         if self._head:
@@ -314,7 +321,7 @@ def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
     if _long_number_in(buf, 0):
         raise _Doubt
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
-    if buf[start:start + 1] != b"[":  # a byte-order mark, or more whitespace than a block: ijson decides
+    if buf[start:start + 1] != b"[":  # more whitespace than a block: ijson decides
         raise _Doubt
     buf = buf[start + 1:]
     while True:
