@@ -20,7 +20,7 @@ from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
 from .settings import StageResult
-from .staging import create_staging, index_staging
+from .staging import analyze_staging, create_staging, index_staging
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _BOM = b"\xef\xbb\xbf"
@@ -367,6 +367,8 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     stats: dict[str, dict[str, int]] = {}
     shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
     ident = create_staging(conn, import_id, unlogged=unlogged)
+    if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
+        index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
     index = -1
     try:
         with conn.cursor() as cur, cur.copy(
@@ -454,19 +456,23 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     except psycopg.DataError as e:
         raise ExportParseError(f"a value cannot be stored: {e.diag.message_primary} ({_copy_line(e)})",
                                offset=reader.pos) from None
+    except psycopg.errors.UniqueViolation:
+        raise _Doubt from None
     result.rows = index + 1
     result.bytes = reader.pos
     result.fields = {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
                      for model, seen in stats.items()}
     try:
-        with conn.transaction():
-            index_staging(conn, import_id)
+        if not fast:
+            with conn.transaction():
+                index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
         model, pk, rows = conn.execute(sql.SQL(
             "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
             "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)).fetchone()
         raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
                                row=rows[1], model=model) from None
+    analyze_staging(conn, import_id)
     if progress is not None:
         progress(reader.pos, result.rows)
     result.seconds = time.monotonic() - started

@@ -113,9 +113,14 @@ def create_staging(conn: psycopg.Connection, import_id: str, unlogged: bool = Tr
 
 
 def index_staging(conn: psycopg.Connection, import_id: str) -> None:
+    """The staging's unique index on (model, pk): the loads' joins use it, and it refuses a pk twice in a model."""
     name = staging_table_name(import_id)
     conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} (model, pk)").format(
         sql.Identifier(name + "_key"), staging_ident(import_id)))
+
+
+def analyze_staging(conn: psycopg.Connection, import_id: str) -> None:
+    """Planner statistics of the staged rows (how many per model), for the loads' joins."""
     conn.execute(sql.SQL("ANALYZE {}").format(staging_ident(import_id)))
 
 
