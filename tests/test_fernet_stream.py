@@ -346,3 +346,28 @@ def test_one_pass_authenticate_before_reading_makes_it_two_passes() -> None:
     with pytest.raises(io.UnsupportedOperation):
         reader.authenticate()  # it would move the file under the decryption
     assert reader.read() == PLAINTEXT[1:]
+
+
+_STRICT_STD = bytes.maketrans(b"-_+/", b"+/!!")  # url-safe -> standard; '+' and '/' made invalid
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(list(b"AQgw09az-_") + list(b"=+/ \n!\x00\xff")), max_size=24).map(bytes))
+def test_base64_decoding_accepts_and_refuses_exactly_what_binascii_strict_mode_does(text) -> None:
+    """The token's base64 is decoded by pybase64 (SIMD); it must take and refuse what the standard library's
+    strict decoder, given the url-safe alphabet only, takes and refuses, and give the same bytes."""
+    import binascii
+
+    from backup_assets.core.fernet_stream import _decode_chunks
+    try:
+        expected = binascii.a2b_base64(text.translate(_STRICT_STD), strict_mode=True)
+    except binascii.Error:
+        expected = None
+    try:
+        got = b"".join(_decode_chunks(io.BytesIO(text), 0, len(text), 4096))
+    except DecryptionError:
+        got = None
+    stripped = text.rstrip(b"=")
+    if stripped != text and len(stripped) % 4 == 0:
+        expected = None  # padding after a whole quantum: binascii's strict mode lets it pass, RFC 4648 does not
+    assert got == expected
