@@ -185,16 +185,15 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         select = sql.SQL("SELECT x.*, NULL::text AS reason, false AS expected, NULL::bigint AS new_pk, "
                          "NULL::\"char\" AS kind FROM ({candidates}) x").format(candidates=candidates)
     # room on each page for the updates of the steps below (in the one-pass case, only renames on a collision)
-    conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = {}) ON COMMIT DROP AS {}").format(
-        sql.Literal(100 if one_pass else 50), select))
+    result.rows_read = conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = {}) ON COMMIT DROP AS {}").format(
+        sql.Literal(100 if one_pass else 50), select)).rowcount
     conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
+    if result.rows_read >= ANALYZE_AFTER:  # the planner's estimates matter for the joins that follow
+        conn.execute("ANALYZE _cand")
     conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
     for j, _rw, _col in rewrites:
         conn.execute(sql.SQL("ALTER TABLE _cand ADD COLUMN {} text, ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
             sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")))
-    result.rows_read = conn.execute("SELECT count(*) FROM _cand").fetchone()[0]
-    if result.rows_read >= ANALYZE_AFTER:  # the planner's estimates matter for the joins that follow
-        conn.execute("ANALYZE _cand")
     where = Where(ctx.staging, ctx.import_id)
 
     # 2a. Sentry's filters and scope (before missing parents, so a row out of scope is counted as such)
@@ -314,8 +313,10 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         result.dropped[reason] = n
         if expected:
             result.dropped_by_filter += n
-    result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
-        "SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT %s", (SAMPLE,))]
+    if result.dropped:
+        result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
+            "SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT %s",
+            (SAMPLE,))]
     result.rows_merged, result.new_id_min, result.new_id_max = conn.execute(
         "SELECT count(*) FILTER (WHERE kind = 'E'), min(new_pk) FILTER (WHERE kind = 'I'), "
         "max(new_pk) FILTER (WHERE kind = 'I') FROM _cand").fetchone()
