@@ -512,3 +512,30 @@ def test_sentrys_conditional_uniques_become_partial_indexes(pg_dsn, pg_conn, tmp
     with pytest.raises(psycopg.errors.UniqueViolation):  # global names stay unique
         pg_conn.execute("INSERT INTO sentry_savedsearch (name, is_global, query, type) "
                         "SELECT name, true, query, type FROM sentry_savedsearch WHERE is_global LIMIT 1")
+
+
+def test_pk_maps_of_an_older_state_schema_are_carried_into_the_scoped_layout(pg_dsn, pg_conn, tmp_path):
+    """A target restored by an earlier version holds one pk map table keyed by (import id, model, old pk) text;
+    the state schema is brought up to date in place: every row kept under its (import, model) scope, readable
+    through the pk_map view as before, and restores go on on top of it."""
+    from backup_assets.core.staging import ensure_state
+    pg_conn.execute("CREATE SCHEMA backup_assets")
+    pg_conn.execute("""CREATE TABLE backup_assets.pk_map (import_id text COLLATE "C" NOT NULL,
+        model text COLLATE "C" NOT NULL, old_pk bigint NOT NULL, new_pk bigint, kind "char" NOT NULL,
+        PRIMARY KEY (import_id, model, old_pk))""")
+    old = [("imp-a", "t.org", 100, 1, "I"), ("imp-a", "t.org", 50, None, "D"), ("imp-a", "t.project", 9, 3, "E"),
+           ("imp-b", "t.org", 100, 7, "O")]
+    with pg_conn.cursor() as cur:
+        cur.executemany("INSERT INTO backup_assets.pk_map VALUES (%s, %s, %s, %s, %s)", old)
+    ensure_state(pg_conn)
+    assert pg_conn.execute("SELECT relkind::text FROM pg_class WHERE oid = 'backup_assets.pk_map'::regclass"
+                           ).fetchone()[0] == "v"
+    assert pg_conn.execute("SELECT to_regclass('backup_assets.pk_map_by_text')").fetchone()[0] is None
+    assert sorted(pg_conn.execute("SELECT import_id, model, old_pk, new_pk, kind::text FROM backup_assets.pk_map"
+                                  ).fetchall(), key=str) == sorted(old, key=str)
+    assert pg_conn.execute("SELECT count(*) FROM backup_assets.pk_scope").fetchone()[0] == 3
+    ensure_state(pg_conn)  # once up to date, nothing more happens
+    r = restore(pg_dsn, write(tmp_path, BASIC))
+    assert r.loads["t.key"].rows_written == 2
+    assert pg_conn.execute("SELECT count(*) FROM backup_assets.pk_map WHERE import_id = %s", (r.import_id,)
+                           ).fetchone()[0] == sum(n for n in r.stage.rows_per_model.values())

@@ -37,7 +37,7 @@ from .manifest import ModelSpec
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
 from .settings import LoadResult
-from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP
+from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP_ROW, pk_scope
 SAMPLE = 20
 #: Rows a model must have for its load to gather planner statistics (its candidates, then the pk map).
 ANALYZE_AFTER = 2000
@@ -94,7 +94,7 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
             # keep the planner's picture of the pk maps true for the children's joins; after the commit, so that
             # loads running at once do not queue behind each other's ANALYZE (it holds its lock to the end)
             try:
-                conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP))
+                conn.execute(sql.SQL("ANALYZE {}").format(PK_MAP_ROW))
             except psycopg.errors.LockNotAvailable:  # lock_timeout while another load analyzes: theirs will do
                 pass
         return result
@@ -162,9 +162,10 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                  sql.SQL("{m}.kind AS {c}").format(m=m, c=sql.Identifier(f"k{i}")),
                  sql.SQL("jsonb_typeof(s.fields -> {f}) = 'number' AS {c}").format(
                      f=sql.Literal(fk.field), c=sql.Identifier(f"has{i}"))]
-        joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.import_id = {id} AND {m}.model = {target} "
+        scope = pk_scope(conn, ctx.import_id, fk.model)  # None: the parent has no pk map, no row matches
+        joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.scope = {scope} "
                              "AND {m}.old_pk = (s.fields ->> {f})::bigint").format(
-            pk_map=PK_MAP, m=m, id=sql.Literal(ctx.import_id), target=sql.Literal(fk.model), f=sql.Literal(fk.field)))
+            pk_map=PK_MAP_ROW, m=m, scope=sql.Literal(scope), f=sql.Literal(fk.field)))
     key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
     matching = bool(key) and len(key) == len(rules.match_columns)
     if not rules.keep_pks and table.sequence_ident is None:
@@ -263,9 +264,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     if matching and rules.dedupe:
         conn.execute("UPDATE _cand c SET new_pk = f.new_pk FROM _cand f WHERE c.dup_of = f.old_pk")
     conn.execute(sql.SQL(
-        "INSERT INTO {pk_map} (import_id, model, old_pk, new_pk, kind) SELECT {id}, {model}, old_pk, new_pk, "
+        "INSERT INTO {pk_map} (scope, old_pk, new_pk, kind) SELECT {scope}, old_pk, new_pk, "
         "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
-        pk_map=PK_MAP, id=sql.Literal(ctx.import_id), model=model))
+        pk_map=PK_MAP_ROW, scope=sql.Literal(pk_scope(conn, ctx.import_id, spec.name, create=True))))
 
     # 5. write
     targets = [sql.Identifier("id")]

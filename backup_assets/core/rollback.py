@@ -22,7 +22,8 @@ from .errors import ConfigurationError, TargetError
 from .manifest import Manifest
 from .schema import INTERNAL_SCHEMA, find_table
 from .settings import check_import_id
-from .staging import IMPORT, LOAD_RECORD, OVERWRITTEN, PK_MAP, drop_staging, ensure_state, lock_import
+from .staging import (IMPORT, LOAD_RECORD, OVERWRITTEN, PK_MAP, PK_MAP_ROW, PK_SCOPE, drop_staging, ensure_state,
+                      lock_import)
 
 ROLLBACK = sql.Identifier(INTERNAL_SCHEMA, "rollback")
 
@@ -74,7 +75,9 @@ def _rollback(conn: psycopg.Connection, import_id: str, manifest: Manifest | Non
         _refuse_if_replaced(conn, import_id, row[1])
     for model, table_name in models:
         _undo_model(conn, import_id, model, table_name, result)
-    for state in (PK_MAP, LOAD_RECORD, OVERWRITTEN):
+    conn.execute(sql.SQL("DELETE FROM {} WHERE scope IN (SELECT scope FROM {} WHERE import_id = %s)").format(
+        PK_MAP_ROW, PK_SCOPE), (import_id,))
+    for state in (PK_SCOPE, LOAD_RECORD, OVERWRITTEN):
         conn.execute(sql.SQL("DELETE FROM {} WHERE import_id = %s").format(state), (import_id,))
     drop_staging(conn, import_id)
     if done is not None and not models:

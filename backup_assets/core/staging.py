@@ -29,13 +29,19 @@ _STATE_DDL = [
         stage jsonb,                  -- the StageResult of the last staging
         prepared_at timestamptz,
         finished_at timestamptz)""",
-    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pk_map (
+    # the pk maps: one integer scope per (import, model), so that the map's key is (scope, old_pk), 12 bytes, not
+    # the import id's and the model's text (a load writes one index entry per row: the key's width is its cost)
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pk_scope (
+        scope serial PRIMARY KEY,
         import_id text COLLATE "C" NOT NULL,   -- "C": keys compared byte-wise, whatever the database's locale
         model text COLLATE "C" NOT NULL,
+        UNIQUE (import_id, model))""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.pk_map_row (
+        scope integer NOT NULL,       -- pk_scope.scope (no foreign key: it would be checked for every row)
         old_pk bigint NOT NULL,
         new_pk bigint,                -- NULL when the row was not imported (kind D or F)
         kind "char" NOT NULL,         -- I inserted, E existing (merged), O overwritten, D dropped, F filtered
-        PRIMARY KEY (import_id, model, old_pk))""",
+        PRIMARY KEY (scope, old_pk))""",
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.load_record (
         import_id text NOT NULL,
         model text NOT NULL,
@@ -61,9 +67,16 @@ _STATE_DDL = [
         PRIMARY KEY (table_schema, table_name, kind, columns))""",
 ]
 
+#: The pk maps as one relation (import_id, model, old_pk, new_pk, kind), for reading; loads write pk_map_row.
+_PK_MAP_VIEW = f"""CREATE OR REPLACE VIEW {INTERNAL_SCHEMA}.pk_map AS
+    SELECT s.import_id, s.model, r.old_pk, r.new_pk, r.kind
+    FROM {INTERNAL_SCHEMA}.pk_map_row r JOIN {INTERNAL_SCHEMA}.pk_scope s ON s.scope = r.scope"""
+
 #: The tables :func:`ensure_state` creates, for SQL composed with :mod:`psycopg.sql`.
 IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")
+PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")          #: the view
+PK_MAP_ROW = sql.Identifier(INTERNAL_SCHEMA, "pk_map_row")
+PK_SCOPE = sql.Identifier(INTERNAL_SCHEMA, "pk_scope")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 PENDING_CONSTRAINT = sql.Identifier(INTERNAL_SCHEMA, "pending_constraint")
@@ -72,14 +85,40 @@ _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the inter
 
 
 def ensure_state(conn: psycopg.Connection) -> None:
-    """Create the project's own schema (pk maps, load records, staging) if missing. Safe under concurrency."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint",)).fetchone()[0]
-    if exists:
+    """Create the project's own schema (pk maps, load records, staging) if missing, or bring an older one up to
+    date (a pk map table keyed by text, from before pk_scope). Safe under concurrency."""
+    current = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                           (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row")).fetchone()[0]
+    if current:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_SCHEMA,))
+        old_table = conn.execute("SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass(%s)",
+                                 (f"{INTERNAL_SCHEMA}.pk_map",)).fetchone()
+        if old_table and old_table[0]:
+            conn.execute(f"ALTER TABLE {INTERNAL_SCHEMA}.pk_map RENAME TO pk_map_by_text")
         for ddl in _STATE_DDL:
             conn.execute(ddl)
+        if old_table and old_table[0]:
+            conn.execute(f"INSERT INTO {INTERNAL_SCHEMA}.pk_scope (import_id, model) SELECT DISTINCT import_id, model "
+                         f"FROM {INTERNAL_SCHEMA}.pk_map_by_text ON CONFLICT DO NOTHING")
+            conn.execute(f"INSERT INTO {INTERNAL_SCHEMA}.pk_map_row (scope, old_pk, new_pk, kind) "
+                         f"SELECT s.scope, o.old_pk, o.new_pk, o.kind FROM {INTERNAL_SCHEMA}.pk_map_by_text o "
+                         f"JOIN {INTERNAL_SCHEMA}.pk_scope s ON s.import_id = o.import_id AND s.model = o.model")
+            conn.execute(f"DROP TABLE {INTERNAL_SCHEMA}.pk_map_by_text")
+        conn.execute(_PK_MAP_VIEW)
+
+
+def pk_scope(conn: psycopg.Connection, import_id: str, model: str, *, create: bool = False) -> int | None:
+    """The integer naming ``model``'s pk map in import ``import_id`` (created in the caller's transaction when
+    ``create``); None when the model has no pk map in this import."""
+    row = conn.execute(sql.SQL("SELECT scope FROM {} WHERE import_id = %s AND model = %s").format(PK_SCOPE),
+                       (import_id, model)).fetchone()
+    if row is None and create:
+        row = conn.execute(sql.SQL("INSERT INTO {} (import_id, model) VALUES (%s, %s) ON CONFLICT (import_id, model) "
+                                   "DO UPDATE SET model = EXCLUDED.model RETURNING scope").format(PK_SCOPE),
+                           (import_id, model)).fetchone()
+    return row[0] if row else None
 
 
 def lock_import(conn: psycopg.Connection, import_id: str) -> None:

@@ -15,7 +15,7 @@ from psycopg import sql
 from .manifest import Manifest, ModelSpec
 from .schema import find_table
 from .settings import CheckOutcome, LoadResult
-from .staging import PK_MAP
+from .staging import PK_MAP_ROW, pk_scope
 
 CHECKS = ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped")
 
@@ -28,8 +28,9 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
     outcomes = []
 
     # counts, and dangling foreign keys: one pass over the rows this import wrote
-    kinds = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE import_id = %s AND model = %s "
-                                      "GROUP BY kind").format(PK_MAP), (import_id, spec.name)).fetchall())
+    scope = pk_scope(conn, import_id, spec.name)
+    kinds = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE scope = %s GROUP BY kind").format(
+        PK_MAP_ROW), (scope,)).fetchall())
     in_table = 0
     dangling: dict[str, int] = {}
     if table is not None:
@@ -45,10 +46,10 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
             joins.append(sql.SQL("LEFT JOIN {parent} {p} ON {p}.id = t.{col}").format(
                 parent=parent_table.ident, p=p, col=col))
         in_table, *missing = conn.execute(sql.SQL(
-            "SELECT {counts} FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.import_id = %s AND m.model = %s "
-            "AND m.kind IN ('I', 'O') {joins}").format(counts=sql.SQL(", ").join(counts), t=table.ident, m=PK_MAP,
-                                                       joins=sql.SQL(" ").join(joins)),
-            (import_id, spec.name)).fetchone()
+            "SELECT {counts} FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.scope = {scope} "
+            "AND m.kind IN ('I', 'O') {joins}").format(counts=sql.SQL(", ").join(counts), t=table.ident, m=PK_MAP_ROW,
+                                                       scope=sql.Literal(scope), joins=sql.SQL(" ").join(joins))
+        ).fetchone()
         dangling = {f: n for f, n in zip(checked, missing) if n}
     written = kinds.get("I", 0) + kinds.get("O", 0)
     dropped = kinds.get("D", 0) + kinds.get("F", 0)
