@@ -154,18 +154,20 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     # 1. candidates, with every foreign key resolved through the parents' pk maps, and the reason a row
     #    goes when a parent was not imported. When no other rule decides which rows are inserted (filters,
     #    matches on a unique key, self-references), the new ids are drawn in this same pass.
+    # each foreign key's old value is read out of the staged JSON once (the parse let only integers and nulls
+    # through), in a subquery kept apart from the joins (OFFSET 0) so that it is not read again for each use
     cols = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
+    olds = [sql.SQL("s.pk"), sql.SQL("s.row_index")]
     joins = []
     for i, fk in enumerate(fks):
-        m = sql.Identifier(f"m{i}")
+        m, old = sql.Identifier(f"m{i}"), sql.Identifier(f"old{i}")
+        olds.append(sql.SQL("(s.fields ->> {f})::bigint AS {old}").format(f=sql.Literal(fk.field), old=old))
         cols += [sql.SQL("{m}.new_pk AS {c}").format(m=m, c=sql.Identifier(f"fk{i}")),
                  sql.SQL("{m}.kind AS {c}").format(m=m, c=sql.Identifier(f"k{i}")),
-                 sql.SQL("jsonb_typeof(s.fields -> {f}) = 'number' AS {c}").format(
-                     f=sql.Literal(fk.field), c=sql.Identifier(f"has{i}"))]
+                 sql.SQL("s.{old} IS NOT NULL AS {c}").format(old=old, c=sql.Identifier(f"has{i}"))]
         scope = pk_scope(conn, ctx.import_id, fk.model)  # None: the parent has no pk map, no row matches
-        joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.scope = {scope} "
-                             "AND {m}.old_pk = (s.fields ->> {f})::bigint").format(
-            pk_map=PK_MAP_ROW, m=m, scope=sql.Literal(scope), f=sql.Literal(fk.field)))
+        joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.scope = {scope} AND {m}.old_pk = s.{old}").format(
+            pk_map=PK_MAP_ROW, m=m, scope=sql.Literal(scope), old=old))
     key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
     matching = bool(key) and len(key) == len(rules.match_columns)
     if not rules.keep_pks and table.sequence_ident is None:
@@ -173,8 +175,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                           "(use --preserve-pks to keep the export's keys)")
     reason, expected = _missing_parent_reason(spec, fks, rules)
     one_pass = not rules.drops and not self_fks and not matching
-    candidates = sql.SQL("SELECT {cols} FROM {staged} {joins} WHERE s.model = {model}").format(
-        cols=sql.SQL(", ").join(cols), staged=staged, joins=sql.SQL(" ").join(joins), model=model)
+    candidates = sql.SQL("SELECT {cols} FROM (SELECT {olds} FROM {staged} WHERE s.model = {model} OFFSET 0) s {joins}"
+                         ).format(cols=sql.SQL(", ").join(cols), olds=sql.SQL(", ").join(olds), staged=staged,
+                                  joins=sql.SQL(" ").join(joins), model=model)
     if one_pass:  # reason as computed; kept rows numbered in old-pk order (the sequence is read in that order)
         new_id = sql.SQL("y.old_pk") if rules.keep_pks else sql.SQL("nextval({})").format(sql.Literal(table.sequence))
         select = sql.SQL(
@@ -250,8 +253,11 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                 not_null=sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(v) for _c, v in key)))
 
     # values that collide with the table or an earlier row of the export: renamed or regenerated
+    # every candidate to be inserted (the usual case): the collision checks read the staged values alone
+    everyone = bool(rewrites) and not conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM _cand c WHERE NOT ({}))").format(_TO_INSERT)).fetchone()[0]
     for j, rw, col in rewrites:
-        _rewrite(conn, spec, table, ctx.staging, model, j, rw, col)
+        _rewrite(conn, spec, table, ctx.staging, model, j, rw, col, everyone)
 
     # 4. new ids, in the order of the old pks (drawn with the candidates in the one-pass case)
     if not one_pass and rules.keep_pks:
@@ -380,9 +386,10 @@ def _rewrite_overrides(rewrites: list[tuple[int, Rewrite, Column]], table: Table
 
 
 def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, staging: sql.Composable,
-             model: sql.Composable, j: int, rw: Rewrite, col: Column) -> None:
+             model: sql.Composable, j: int, rw: Rewrite, col: Column, everyone: bool = False) -> None:
     """Mark the rows to insert whose ``rw.column`` value is taken (in the table, or by an earlier row of the
-    export) and give them a fresh value, re-drawn until no value is taken twice."""
+    export) and give them a fresh value, re-drawn until no value is taken twice. ``everyone``: every staged
+    row of the model is to be inserted."""
     rwc, flag = sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")
     text = sql.SQL("s.fields ->> {}").format(sql.Literal(rw.column))
     typed = value_sql(col, sql.SQL("s.fields"), rw.column)
@@ -395,9 +402,12 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
     # a value is taken when the table holds it, or an earlier row (by old pk) of the export has it
     values = sql.SQL("SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
                      "AND s.pk = c.old_pk WHERE {to_insert} AND {text} IS NOT NULL").format(**fmt)
+    staged_values = sql.SQL("SELECT {text} AS v, {typed} AS tv FROM {staged} WHERE s.model = {model} "
+                            "AND {text} IS NOT NULL").format(**fmt) if everyone else values
     if not conn.execute(sql.SQL(  # the usual case, decided with two hash operations: no value is taken
             "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
-            "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)").format(values=values, **fmt)).fetchone()[0]:
+            "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)").format(values=staged_values, **fmt)
+    ).fetchone()[0]:
         return
     conn.execute(sql.SQL(
         "WITH f AS ({values}), firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
