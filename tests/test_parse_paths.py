@@ -207,3 +207,29 @@ def test_a_byte_order_mark_is_skipped_and_counted_in_offsets(conn, passes) -> No
             stage_export(conn, "paths", OneWay(text), corpus.MANIFEST)
         offsets.append(e.value.offset)
     assert offsets[1] == offsets[0] + 3
+
+
+def test_the_datetime_shortcut_says_what_the_regex_says() -> None:
+    """Strings in the usual datetime forms are told without the regex; each form must be one the regex takes,
+    and for any string the answer must be the regex's."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from backup_assets.core.schema import DATETIME_RE
+    for form in parse._DATETIME_FORMS:
+        assert DATETIME_RE.fullmatch(form.decode().replace("0", "7"))
+    chars = st.sampled_from(list("0123456789-T :.Z+") + ["\u0663", "\n", "\ud800", "x"])
+    near = st.sampled_from(sorted(f.decode() for f in parse._DATETIME_FORMS)).flatmap(
+        lambda form: st.lists(st.one_of(st.just(None), chars), min_size=len(form), max_size=len(form)).map(
+            lambda edits: "".join(c if e is None else e for c, e in zip(form.replace("0", "5"), edits))))
+
+    exact = st.sampled_from(sorted(f.decode() for f in parse._DATETIME_FORMS)).flatmap(
+        lambda form: st.lists(st.sampled_from(list("0123456789")), min_size=len(form), max_size=len(form)).map(
+            lambda digits: "".join(d if c == "0" else c for c, d in zip(form, digits))))
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.one_of(exact, near, st.text(chars, max_size=34)))
+    def agrees(v: str) -> None:
+        assert parse._is_datetime(v) == (DATETIME_RE.fullmatch(v) is not None)
+
+    agrees()

@@ -24,6 +24,12 @@ from .staging import analyze_staging, create_staging, index_staging
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _BOM = b"\xef\xbb\xbf"
+#: the datetimes Sentry writes, ASCII digits as 0: a string that is one of these once its digits are zeroed is
+#: matched by DATETIME_RE (a test checks each), and is told so without the regex (several times cheaper)
+_DATETIME_FORMS = frozenset({b"0000-00-00T00:00:00.000Z", b"0000-00-00T00:00:00Z", b"0000-00-00T00:00:00.000000Z",
+                             b"0000-00-00T00:00:00.000+00:00", b"0000-00-00T00:00:00+00:00",
+                             b"0000-00-00 00:00:00.000000+00:00", b"0000-00-00 00:00:00+00:00"})
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 #: Deepest nesting of arrays/objects accepted (Sentry's rows nest a few levels). ijson's item builder keeps a
 #: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
 MAX_DEPTH = 512
@@ -205,7 +211,7 @@ def _note_types(seen: dict[str, int], fields: dict) -> None:
         if t is str:
             if prev & TEXT:
                 continue
-            bit = DATETIME if DATETIME_RE.fullmatch(v) else TEXT
+            bit = DATETIME if _is_datetime(v) else TEXT
         elif v is None:
             bit = NULL
         elif t is bool:
@@ -218,6 +224,16 @@ def _note_types(seen: dict[str, int], fields: dict) -> None:
             bit = JSON
         if not prev & bit:
             seen[k] = prev | bit
+
+
+def _is_datetime(v: str) -> bool:
+    """Whether DATETIME_RE matches ``v`` (the usual forms without running it)."""
+    try:
+        if v.encode().translate(_ZERO_DIGITS) in _DATETIME_FORMS:
+            return True
+    except UnicodeEncodeError:  # a lone surrogate (neither parser lets one through; the regex decides anyway)
+        pass
+    return DATETIME_RE.fullmatch(v) is not None
 
 
 def _kind(v: object) -> str:
@@ -429,7 +445,7 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                         shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
                 else:
                     for k in datetimes:
-                        if not DATETIME_RE.fullmatch(fields[k]):
+                        if not _is_datetime(fields[k]):
                             seen[k] |= TEXT
                 if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
                     if lines:
