@@ -260,9 +260,11 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         _rewrite(conn, spec, table, ctx.staging, model, j, rw, col, everyone)
 
     # 4. new ids, in the order of the old pks (drawn with the candidates in the one-pass case)
-    if not one_pass and rules.keep_pks:
+    if one_pass:
+        pass
+    elif rules.keep_pks:
         conn.execute("UPDATE _cand SET new_pk = old_pk, kind = 'I' WHERE reason IS NULL AND kind IS NULL")
-    elif not one_pass:
+    else:
         conn.execute(sql.SQL(
             "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
             "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "

@@ -164,14 +164,14 @@ class _CountingReader:
         while True:
             chunk = self._raw.read(64)
             self._head += chunk
-            if self.pos == 0 and len(self._head) >= 3 and self._head.startswith(_BOM):
+            if chunk and self.pos == 0 and len(self._head) < 3:  # not yet enough to tell a mark
+                continue
+            if self.pos == 0 and self._head.startswith(_BOM):
                 self._head, self.pos = self._head[3:], 3
                 if self._surrogates is not None:
                     self._surrogates.seen = 3
             stripped = self._head.lstrip(b" \t\r\n")
-            if stripped and (self.pos or len(self._head) >= 3 or not _BOM.startswith(self._head)):
-                return stripped[0]
-            if not chunk:
+            if stripped or not chunk:
                 return stripped[0] if stripped else None
 
     def read(self, n: int = -1) -> bytes:
@@ -422,8 +422,10 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                 if datetimes is None:
                     _check_foreign_keys(fields, fk_fields, index, reader.pos, model)
                 try:
-                    if reader.pos - last_pos > _BIG:  # a huge row: orjson's growing buffer would peak at several
-                        raise orjson.JSONEncodeError   # times its size; the stdlib's encoder does not
+                    # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's encoder
+                    # does not (the fast path reads a block at a time and its rows are at most _BIG_ROW bytes)
+                    if not fast and reader.pos - last_pos > _BIG:
+                        raise orjson.JSONEncodeError
                     encoded = _dumps(fields)
                 except orjson.JSONEncodeError:  # beyond orjson (ints past 64 bits, deep nesting): the stdlib's
                     try:
