@@ -6,13 +6,15 @@ cannot see a password in a resource's config default there. This one can.
 """
 from __future__ import annotations
 
+import base64
 import re
 import sqlite3
 import zlib
-from base64 import b64decode, urlsafe_b64decode
 from binascii import Error as Base64Error
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from backup_assets.core import keys
 
 #: zlib headers (any compression level) and the gzip magic: where a compressed stream may start.
 _STREAM_START = re.compile(rb"\x78[\x01\x5e\x9c\xda]|\x1f\x8b\x08")
@@ -31,15 +33,19 @@ def _inflate_at(data: bytes, start: int) -> bytes | None:
     return out or None
 
 
-def _base64(run: bytes) -> bytes | None:
-    run = run.rstrip(b"=")
-    run = run[:len(run) - len(run) % 4] if len(run) % 4 != 1 else run[:-1]
-    padded = run + b"=" * (-len(run) % 4)
-    decode = urlsafe_b64decode if (b"-" in run or b"_" in run) else b64decode
-    try:
-        return decode(padded)
-    except (Base64Error, ValueError):
-        return None
+def _base64(run: bytes) -> Iterator[bytes]:
+    """A base64 run decoded at each of the four alignments (the blob may start after a few letters of
+    the run); standard or URL-safe alphabet, padding optional."""
+    decode = base64.urlsafe_b64decode if (b"-" in run or b"_" in run) else base64.b64decode
+    for skip in range(4):
+        body = run[skip:].rstrip(b"=")
+        body = body[:len(body) - len(body) % 4]
+        try:
+            decoded = decode(body)
+        except (Base64Error, ValueError):
+            continue
+        if decoded:
+            yield decoded
 
 
 def unwrapped(data: bytes) -> Iterator[tuple[str, bytes]]:
@@ -49,8 +55,7 @@ def unwrapped(data: bytes) -> Iterator[tuple[str, bytes]]:
         if inner is not None:
             yield ("gzip" if m.group().startswith(b"\x1f") else "zlib"), inner
     for m in _BASE64_RUN.finditer(data):
-        inner = _base64(m.group())
-        if inner:
+        for inner in _base64(m.group()):
             yield "base64", inner
 
 
@@ -108,3 +113,21 @@ def sqlite_tables(root: Path) -> set[str]:
             out |= {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         conn.close()
     return out
+
+
+def secret_forms(private_pem: bytes, data_key: bytes) -> dict[str, bytes]:
+    """Every form in which the keys could leak: PEM, its lines and body, DER hex, private exponent; the data key
+    as written, raw, hex, standard base64, and its signing/encryption halves."""
+    lines = private_pem.strip().splitlines()[1:-1]
+    body = b"".join(lines)
+    key = keys.load_private_key(private_pem)
+    raw = base64.urlsafe_b64decode(data_key)
+    forms = {"private key PEM": private_pem, "private key base64 body": body,
+             "private key DER hex": base64.b64decode(body).hex().encode(),
+             "private exponent (decimal)": str(key.private_numbers().d).encode(),
+             "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
+             "data key": data_key, "data key raw": raw, "data key hex": raw.hex().encode(),
+             "data key standard base64": base64.b64encode(raw), "signing key": raw[:16], "encryption key": raw[16:],
+             "signing key hex": raw[:16].hex().encode(), "encryption key hex": raw[16:].hex().encode()}
+    forms.update({f"private key PEM line {i}": line for i, line in enumerate(lines) if len(line) >= 16})
+    return forms

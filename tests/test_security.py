@@ -36,7 +36,7 @@ from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.run import failure_message, materialize_restore
 from resources.postgres import PostgresTargetResource, target_resource
-from tests.secret_scan import scan_tree, sqlite_tables
+from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 
 MARKER = "zz-known-plaintext-4e9f2a61"  #: planted as a username: the known plaintext
 SETTINGS = ImportSettings(create_schema=True)
@@ -60,24 +60,6 @@ def planted_rows():
         if row["model"] == "sentry.user" and row["pk"] == 1001:
             row["fields"].update(username=MARKER, name=MARKER)
         yield row
-
-
-def secret_forms(private_pem: bytes, data_key: bytes) -> dict[str, bytes]:
-    """Every form in which the keys could leak: PEM, its lines and body, DER hex, private exponent; the data key
-    as written, raw, hex, standard base64, and its signing/encryption halves."""
-    lines = private_pem.strip().splitlines()[1:-1]
-    body = b"".join(lines)
-    key = keys.load_private_key(private_pem)
-    raw = base64.urlsafe_b64decode(data_key)
-    forms = {"private key PEM": private_pem, "private key base64 body": body,
-             "private key DER hex": base64.b64decode(body).hex().encode(),
-             "private exponent (decimal)": str(key.private_numbers().d).encode(),
-             "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
-             "data key": data_key, "data key raw": raw, "data key hex": raw.hex().encode(),
-             "data key standard base64": base64.b64encode(raw), "signing key": raw[:16], "encryption key": raw[16:],
-             "signing key hex": raw[:16].hex().encode(), "encryption key hex": raw[16:].hex().encode()}
-    forms.update({f"private key PEM line {i}": line for i, line in enumerate(lines) if len(line) >= 16})
-    return forms
 
 
 def leaks(haystack: bytes, needles: dict[str, bytes]) -> list[str]:
@@ -198,11 +180,14 @@ def test_the_scanner_sees_through_zlib_gzip_and_base64(tmp_path: Path) -> None:
         conn.execute("INSERT INTO snapshots VALUES (1, ?, ?)", (zlib.compress(blob), "plain"))
         conn.execute("INSERT INTO snapshots VALUES (2, ?, ?)",
                      (b"x", '{"body": "' + base64.b64encode(zlib.compress(blob)).decode() + '"}'))
+        conn.execute("INSERT INTO snapshots VALUES (3, NULL, ?)",  # glued to other letters: misaligned
+                     ("key" + base64.urlsafe_b64encode(gzip.compress(blob)).decode(),))
     conn.close()
     (tmp_path / "compute.log.gz").write_bytes(gzip.compress(blob))
     found = scan_tree(tmp_path, needles)
     assert "planted in runs.db snapshots.snapshot_body row 0 [zlib]" in found
     assert "planted in runs.db snapshots.note row 1 [base64/zlib]" in found
+    assert "planted in runs.db snapshots.note row 2 [base64/gzip]" in found
     assert "planted in compute.log.gz [gzip]" in found
     assert raw_leaks(tmp_path, needles) == []  # what the old scan saw
 
