@@ -29,7 +29,7 @@ from backup_assets.cli import main
 from backup_assets.core import keys
 from backup_assets.core.decryptors import LocalFileDecryptor, PemDecryptor, PemEncryptor
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.postgres import ensure_database
+from backup_assets.core.postgres import ensure_database, redacted_dsn
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export
 from backup_assets.core.synthetic import generate_rows, write_export
@@ -297,3 +297,18 @@ def test_backup_decrypt_success_writes_only_dest_private_to_its_owner(world: Wor
     assert leaks(result.output.encode(), world.needles()) == []
     assert [p for p in world.tmpdir.rglob("*") if p.is_file()] == []
     dest.unlink()
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("postgresql://restorer:s3cr3t-pw@db.internal:6432/sentry", "restorer@db.internal:6432/sentry"),
+    ("postgresql://restorer@db.internal/sentry?password=s3cr3t-pw&sslpassword=s3cr3t-pw",
+     "restorer@db.internal:5432/sentry"),
+    ("host=db.internal port=6432 dbname=sentry user=restorer password=s3cr3t-pw", "restorer@db.internal:6432/sentry"),
+    ("dbname=sentry password='s3cr3t-pw'", "localhost:5432/sentry"),
+    ("postgresql://restorer:s3cr3t-pw@[::1", "<unreadable DSN>"),
+    (None, "embedded"),
+])
+def test_a_dsn_is_shown_without_its_password(dsn: str | None, shown: str) -> None:
+    assert redacted_dsn(dsn) == shown
+    description = target_resource(dsn).description or "" if dsn else ""
+    assert "s3cr3t" not in description and (not dsn or shown in description)
