@@ -188,10 +188,6 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return server.dsn("sentry")
 
 
-#: libpq parameters that are secrets: never shown, logged or stored.
-SECRET_PARAMS = frozenset({"password", "sslpassword"})
-
-
 def redacted_dsn(dsn: str | None) -> str:
     """``user@host:port/dbname`` of a DSN (URI or key=value form): what may be shown or stored; never a
     password. ``embedded`` for no DSN, ``<unreadable DSN>`` when libpq cannot parse it."""
