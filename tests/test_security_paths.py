@@ -89,16 +89,17 @@ def roles(pg_server) -> Iterator[dict[str, Role]]:
             for p in ("target", "component", "standby")}
     hba = pg_server.data_dir / "pg_hba.conf"
     before = hba.read_text()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for role in made.values():
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role.name), sql.Literal(role.password)))
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role.name),
-                                                                      sql.Identifier(role.name)))
-            role.dsn = f"postgresql://{role.name}:{role.password}@127.0.0.1:{pg_server.port}/{role.name}"
-        hba.write_text("".join(f"host all {r.name} 127.0.0.1/32 scram-sha-256\n" for r in made.values()) + before)
-        conn.execute("SELECT pg_reload_conf()")
     try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for role in made.values():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role.name), sql.Literal(role.password)))
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role.name),
+                                                                          sql.Identifier(role.name)))
+                role.dsn = f"postgresql://{role.name}:{role.password}@127.0.0.1:{pg_server.port}/{role.name}"
+            hba.write_text("".join(f"host all {r.name} 127.0.0.1/32 scram-sha-256\n" for r in made.values())
+                           + before)
+            conn.execute("SELECT pg_reload_conf()")
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(made["target"].dsn.replace(made["target"].password, "wrong")).close()
         yield made
