@@ -23,7 +23,7 @@ from backup_assets.translator import (BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPO
                                       UNWRAPPED_TARBALL_KEY)
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
+from resources.postgres import target_resource
 from resources.staging import StagingResource
 
 #: Run tag naming the target database (host:port/dbname, never credentials): ``dagster.yaml`` allows one
@@ -71,7 +71,7 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     if not instance.has_dynamic_partition(backups_partitions.name, key):
         instance.add_dynamic_partitions(backups_partitions.name, [key])
     resources = {
-        "target": PostgresTargetResource(dsn=dsn),
+        "target": target_resource(dsn),  # the DSN never becomes config
         "backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name, pinned={key: str(path)}),
         "decryptor": dg.ResourceDefinition.hardcoded_resource(decryptor) if decryptor else DecryptorResource(),
         "staging": staging or StagingResource(),

@@ -1,12 +1,20 @@
 """Security review as tests: after real Dagster runs of an encrypted generated backup (successful, wrong key,
-tampered token), the private key, the data key and a known plaintext marker appear nowhere but the target tables --
-not in Dagster's event log or run storage, the staging area, exception messages, or any file under the temp dirs --
-and decrypted data never stays on disk."""
+tampered token), the private key, the data key, the target DSN's password and a known plaintext marker appear
+nowhere but the target tables -- not in Dagster's event log or run storage (decompressed: job snapshots are zlib
+blobs), the staging area, exception messages, or any file under the temp dirs -- and decrypted data never stays
+on disk. The scanner's positive controls prove it sees through zlib, gzip and base64 and would have caught a
+DSN given to Dagster as config. ``test_security_paths.py`` runs the same scan over the CLI, sensor, Component
+and drill paths.
+"""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import os
+import secrets
+import sqlite3
+import zlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +29,14 @@ from backup_assets.cli import main
 from backup_assets.core import keys
 from backup_assets.core.decryptors import LocalFileDecryptor, PemDecryptor, PemEncryptor
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.postgres import ensure_database
+from backup_assets.core.postgres import ensure_database, redacted_dsn
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export
 from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.run import failure_message, materialize_restore
+from resources.postgres import PostgresTargetResource, target_resource
+from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 
 MARKER = "zz-known-plaintext-4e9f2a61"  #: planted as a username: the known plaintext
 SETTINGS = ImportSettings(create_schema=True)
@@ -52,24 +62,6 @@ def planted_rows():
         yield row
 
 
-def secret_forms(private_pem: bytes, data_key: bytes) -> dict[str, bytes]:
-    """Every form in which the keys could leak: PEM, its lines and body, DER hex, private exponent; the data key
-    as written, raw, hex, standard base64, and its signing/encryption halves."""
-    lines = private_pem.strip().splitlines()[1:-1]
-    body = b"".join(lines)
-    key = keys.load_private_key(private_pem)
-    raw = base64.urlsafe_b64decode(data_key)
-    forms = {"private key PEM": private_pem, "private key base64 body": body,
-             "private key DER hex": base64.b64decode(body).hex().encode(),
-             "private exponent (decimal)": str(key.private_numbers().d).encode(),
-             "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
-             "data key": data_key, "data key raw": raw, "data key hex": raw.hex().encode(),
-             "data key standard base64": base64.b64encode(raw), "signing key": raw[:16], "encryption key": raw[16:],
-             "signing key hex": raw[:16].hex().encode(), "encryption key hex": raw[16:].hex().encode()}
-    forms.update({f"private key PEM line {i}": line for i, line in enumerate(lines) if len(line) >= 16})
-    return forms
-
-
 def leaks(haystack: bytes, needles: dict[str, bytes]) -> list[str]:
     return [name for name, needle in needles.items() if needle in haystack]
 
@@ -86,19 +78,16 @@ class World:
     data_key: bytes
     instance: dg.DagsterInstance
     target: str
+    password: str  #: carried by ``target`` (the server trusts loopback, so any password connects)
 
     def needles(self, *, plaintext: bool = True) -> dict[str, bytes]:
         out = {**secret_forms(self.private_pem, self.data_key),
                **{f"other {k}": v for k, v in secret_forms(self.other_pem, self.data_key).items()
                   if k.startswith("private")}}
+        out["target DSN password"] = self.password.encode()
         if plaintext:
             out["known plaintext"] = MARKER.encode()
         return out
-
-    def files(self) -> dict[Path, bytes]:
-        """Every file under the test's folders (Dagster's instance and TMPDIR included), but the key files."""
-        keep_out = {self.key_file, self.other_key_file}
-        return {p: p.read_bytes() for p in self.root.rglob("*") if p.is_file() and p not in keep_out}
 
     def event_log(self, run_id: str) -> bytes:
         run = self.instance.get_run_by_id(run_id)
@@ -120,10 +109,8 @@ class World:
         log = self.event_log(run_id)
         assert b"sentry_backup__data_key" in log  # the scan reads the run's events...
         assert leaks(log, needles) == [], "in Dagster's event log or run record"
-        files = self.files()
-        assert any(p.suffix == ".db" for p in files)  # ...and the instance's SQLite storage
-        for path, content in files.items():
-            assert leaks(content, needles) == [], f"in {path.relative_to(self.root)}"
+        assert {"snapshots", "runs", "event_logs"} <= sqlite_tables(self.root)  # ...the instance's SQLite tables
+        assert scan_tree(self.root, needles, skip=frozenset({self.key_file, self.other_key_file})) == []
         assert leaks(self.internal_state(), needles) == [], "in schema backup_assets of the target"
         users = MANIFEST["sentry.user"].table_name
         with psycopg.connect(self.target) as conn:
@@ -157,9 +144,11 @@ def world(tmp_path_factory, pg_server):
         name = f"security_{os.getpid()}"
         ensure_database(pg_server.dsn("postgres"), name)
         (root / "dagster_home").mkdir()
+        password = f"pw{secrets.token_hex(12)}"
+        target = pg_server.dsn(name).replace("postgres@", f"postgres:{password}@", 1)
         with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
             yield World(root, tmpdir, backup, root / "key.pem", root / "other.pem", private_pem, other_pem,
-                        data_key, instance, pg_server.dsn(name))
+                        data_key, instance, target, password)
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -171,6 +160,61 @@ def test_the_scanner_finds_what_it_looks_for(world: World) -> None:
         assert leaks(b"..." + needle + b"...", needles)[:1] != [] and name in leaks(needle, needles)
     assert leaks(world.private_pem, needles)  # the key file is excluded from the scan, not invisible to it
     assert leaks(world.backup.read_bytes(), needles) == []  # the tarball holds neither key nor plaintext
+
+
+def raw_leaks(root: Path, needles: dict[str, bytes]) -> list[str]:
+    """The scan as it was before: the raw bytes of every file, nothing decompressed."""
+    return [f"{name} in {p.name}" for p in root.rglob("*") if p.is_file()
+            for name in leaks(p.read_bytes(), needles)]
+
+
+def test_the_scanner_sees_through_zlib_gzip_and_base64(tmp_path: Path) -> None:
+    """Positive control: a secret planted in a compressed SQLite value, a base64-wrapped one and a gzip file is
+    found, with the wrapping named; the raw-bytes scan misses every one of them."""
+    secret = f"planted-{secrets.token_hex(8)}".encode()
+    needles = {"planted": secret}
+    blob = b'{"config": {"dsn": "postgresql://u:' + secret + b'@h/db"}}' + os.urandom(64).hex().encode()
+    db = tmp_path / "runs.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE snapshots (id INTEGER, snapshot_body BLOB, note TEXT)")
+        conn.execute("INSERT INTO snapshots VALUES (1, ?, ?)", (zlib.compress(blob), "plain"))
+        conn.execute("INSERT INTO snapshots VALUES (2, ?, ?)",
+                     (b"x", '{"body": "' + base64.b64encode(zlib.compress(blob)).decode() + '"}'))
+        conn.execute("INSERT INTO snapshots VALUES (3, NULL, ?)",  # glued to other letters: misaligned
+                     ("key" + base64.urlsafe_b64encode(gzip.compress(blob)).decode(),))
+    conn.close()
+    (tmp_path / "compute.log.gz").write_bytes(gzip.compress(blob))
+    found = scan_tree(tmp_path, needles)
+    assert "planted in runs.db snapshots.snapshot_body row 0 [zlib]" in found
+    assert "planted in runs.db snapshots.note row 1 [base64/zlib]" in found
+    assert "planted in runs.db snapshots.note row 2 [base64/gzip]" in found
+    assert "planted in compute.log.gz [gzip]" in found
+    assert raw_leaks(tmp_path, needles) == []  # what the old scan saw
+
+
+@dg.asset
+def _needs_target(target: PostgresTargetResource) -> int:
+    return len(target.dsn or "")
+
+
+def test_the_scanner_catches_a_dsn_given_as_config_and_the_run_target_carries_none(tmp_path: Path) -> None:
+    """Positive control: the target built the old way (``PostgresTargetResource(dsn=...)``, what the CLI did)
+    puts the password into the zlib-compressed job snapshot, where the scan finds it and the raw scan did not;
+    :func:`target_resource` (what in-process runs use now) leaves only ``user@host:port/db``."""
+    password = f"pw{secrets.token_hex(12)}"
+    dsn = f"postgresql://restorer:{password}@127.0.0.1:5999/sentry"
+    needles = {"DSN password": password.encode()}
+    for name, resource in (("old", PostgresTargetResource(dsn=dsn)), ("new", target_resource(dsn))):
+        (tmp_path / name).mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / name)) as instance:
+            result = dg.materialize([_needs_target], instance=instance, resources={"target": resource})
+            assert result.success and result.output_for_node("_needs_target") == len(dsn)
+    found = scan_tree(tmp_path / "old", needles)
+    assert any(f.startswith("DSN password in history/runs.db snapshots.snapshot_body") and f.endswith("[zlib]")
+               for f in found), found
+    assert raw_leaks(tmp_path / "old", needles) == []  # the leak the scan of raw bytes could not see
+    assert scan_tree(tmp_path / "new", needles) == []
+    assert scan_tree(tmp_path / "new", {"redacted target": b"restorer@127.0.0.1:5999/sentry"})
 
 
 def _run(world: World, backup: Path, decryptor) -> dg.ExecuteInProcessResult:
@@ -253,3 +297,18 @@ def test_backup_decrypt_success_writes_only_dest_private_to_its_owner(world: Wor
     assert leaks(result.output.encode(), world.needles()) == []
     assert [p for p in world.tmpdir.rglob("*") if p.is_file()] == []
     dest.unlink()
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("postgresql://restorer:s3cr3t-pw@db.internal:6432/sentry", "restorer@db.internal:6432/sentry"),
+    ("postgresql://restorer@db.internal/sentry?password=s3cr3t-pw&sslpassword=s3cr3t-pw",
+     "restorer@db.internal:5432/sentry"),
+    ("host=db.internal port=6432 dbname=sentry user=restorer password=s3cr3t-pw", "restorer@db.internal:6432/sentry"),
+    ("dbname=sentry password='s3cr3t-pw'", "localhost:5432/sentry"),
+    ("postgresql://restorer:s3cr3t-pw@[::1", "<unreadable DSN>"),
+    (None, "embedded"),
+])
+def test_a_dsn_is_shown_without_its_password(dsn: str | None, shown: str) -> None:
+    assert redacted_dsn(dsn) == shown
+    description = target_resource(dsn).description or "" if dsn else ""
+    assert "s3cr3t" not in description and (not dsn or shown in description)

@@ -188,6 +188,21 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return server.dsn("sentry")
 
 
+def redacted_dsn(dsn: str | None) -> str:
+    """``user@host:port/dbname`` of a DSN (URI or key=value form): what may be shown or stored; never a
+    password. ``embedded`` for no DSN, ``<unreadable DSN>`` when libpq cannot parse it."""
+    if not dsn:
+        return "embedded"
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        d = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - the connection attempt reports the DSN's problem
+        return "<unreadable DSN>"
+    user = f"{d['user']}@" if d.get("user") else ""
+    return f"{user}{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
+
+
 def ensure_database(admin_dsn: str, name: str) -> None:
     """Create database ``name`` through ``admin_dsn`` unless it exists."""
     import psycopg
