@@ -102,7 +102,7 @@ def main() -> None:
     rows = sum(count_rows(**SHAPE).values())
     target = Target(folder)
     try:
-        results = {"built-in": measure(target, backup, Manifest.builtin(), args.repeat, folder)}
+        results = {"built-in (core)": measure(target, backup, Manifest.builtin("core"), args.repeat, folder)}
         if args.manifest.exists():
             results["Sentry detailed.json"] = measure(target, backup, Manifest.load(args.manifest), args.repeat, folder)
     finally:
