@@ -125,8 +125,8 @@ def test_an_older_release_export_drops_what_sentry_removed_and_says_so(pg_dsn, t
     reported = {(f["kind"], f["on"]["model"], f["reason"]) for f in json.loads(findings.read_text())}
     assert ("RemovedModel", "sentry.actor") in {(k, m) for k, m, _r in reported}
     assert {r for k, m, r in reported if k == "DeletedField"} == {
-        "field 'actor' dropped from 1 rows: Sentry has removed it",
-        "field 'org_role' dropped from 1 rows: Sentry has removed it"}
+        "field 'actor' dropped from 1 row: Sentry has removed it",
+        "field 'org_role' dropped from 1 row: Sentry has removed it"}
 
 
 UNKNOWN = [

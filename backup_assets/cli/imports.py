@@ -148,17 +148,21 @@ _SKIPS = {"unknown_models": ("UnknownModel", "the manifest does not know this mo
 def _skip_findings(result: RestoreResult) -> list[RpcImportError]:
     """Every model whose rows were skipped, every removed field and every field the target has no column
     for: named, with the number of rows, so that nothing is left behind unreported."""
-    out = [RpcImportError(kind=kind, on=InstanceID(model), reason=f"{n} rows skipped: {why}")
+    out = [RpcImportError(kind=kind, on=InstanceID(model), reason=f"{_rows(n)} skipped: {why}")
            for bucket, (kind, why) in _SKIPS.items() for model, n in sorted(getattr(result.stage, bucket).items())]
     for name, n in sorted(result.stage.deleted_fields.items()):
         model, field = name.rsplit(".", 1)
         out.append(RpcImportError(kind="DeletedField", on=InstanceID(model),
-                                  reason=f"field {field!r} dropped from {n} rows: Sentry has removed it"))
+                                  reason=f"field {field!r} dropped from {_rows(n)}: Sentry has removed it"))
     for model, load in result.loads.items():
         for field in load.skipped_fields:
             out.append(RpcImportError(kind="SkippedField", on=InstanceID(model),
                                       reason=f"field {field} not restored: table {load.table} has no column for it"))
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
@@ -193,4 +197,4 @@ def print_summary(result: RestoreResult) -> None:
         for reason, n in load.dropped.items():
             console.print(f"  dropped {n} {model}: {reason}")
     for finding in _skip_findings(result):
-        console.print(f"  {finding.kind_name} {finding.on.model}: {finding.reason}")
+        console.print(f"  {finding.kind_name} {finding.on.model}: {finding.reason}", soft_wrap=True)
