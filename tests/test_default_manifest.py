@@ -158,3 +158,19 @@ def test_without_strict_unknown_models_are_skipped_and_named(pg_dsn, tmp_path):
     assert [(f["kind"], f["on"]["model"]) for f in json.loads(findings.read_text())] == [
         ("UnknownModel", "sentry.fancynewthing")]
     assert _count(pg_dsn, "sentry_option") == 1
+
+
+def test_compat_rules_yield_to_a_manifest_that_still_has_the_field_or_model():
+    from backup_assets.core.compat import deleted_fields, removed_models
+
+    current = Manifest.builtin()
+    assert deleted_fields(current)["sentry.team"] == {"org_role", "actor"}
+    assert "sentry.actor" in removed_models(current) and "sites.site" in removed_models(current)
+    older = current.to_json()  # an older release's manifest: the team's actor FK and the actor model exist
+    older["sentry.team"]["foreign_keys"]["actor"] = {"kind": "FlexibleForeignKey", "model": "sentry.actor",
+                                                     "nullable": True}
+    older["sentry.actor"] = {**older["sentry.team"], "model": "sentry.actor", "table_name": "sentry_actor",
+                             "foreign_keys": {}, "uniques": []}
+    older_manifest = Manifest.from_json(older)
+    assert deleted_fields(older_manifest)["sentry.team"] == {"org_role"}
+    assert "sentry.actor" not in removed_models(older_manifest)

@@ -157,3 +157,18 @@ def test_a_drill_over_a_backup_with_models_the_manifest_lacks_fails_before_writi
     assert f"sentry.team ({count_rows(**SMALL)['sentry.team']} rows)" in message
     with psycopg.connect(pg_dsn) as conn:  # nothing was written
         assert conn.execute("SELECT to_regclass('public.sentry_organization')").fetchone()[0] is None
+
+
+def test_a_drill_made_lenient_still_fails_at_the_end_naming_the_unknown_models(tmp_path, instance, manifest,
+                                                                               pg_dsn, monkeypatch):
+    monkeypatch.setenv(STANDBY_DSN_ENV, pg_dsn)
+    defs = drill_defs(tmp_path, manifest)
+    backup(tmp_path, "wider.json", 1_700_000_000, models=(*MODELS, "sentry.team"))
+    request = tick(defs, instance, tmp_path)
+    request.run_config["resources"]["import_settings"]["config"]["strict"] = False  # skip them, then judge
+    result = drill(defs, instance, request)
+    assert not result.success
+    message = failure_message(result)
+    assert message.startswith("sentry_backup__restore_complete:")
+    assert "no_unknown_models: sentry.team" in message
+    assert count(pg_dsn, "sentry_organization") == count_rows(**SMALL)["sentry.organization"]  # the rest loaded
