@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = json.loads(src.read_bytes())
         derived = derive(data, source=str(src))
-    except (OSError, ValueError, ManifestError) as e:
+    except ManifestError as e:  # its message names the file
+        print(e, file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
         print(f"{src}: {e}", file=sys.stderr)
         return 1
     out.write_text(render(derived))
