@@ -174,3 +174,23 @@ def test_compat_rules_yield_to_a_manifest_that_still_has_the_field_or_model():
     older_manifest = Manifest.from_json(older)
     assert deleted_fields(older_manifest)["sentry.team"] == {"org_role"}
     assert "sentry.actor" not in removed_models(older_manifest)
+
+
+SHARED_EXPORTS = sorted(p.name for p in (SHARED / "exports").glob("*.json")) if SHARED else []
+
+
+@needs_shared
+@pytest.mark.parametrize("name", SHARED_EXPORTS)
+def test_every_shared_export_restores_with_the_default_manifest_what_sentry_would(name, pg_dsn, detailed):
+    """The engine alone (no Dagster: the per-export cost stays small), the manifest a restore defaults to."""
+    from backup_assets.core.restore import run_restore
+    from backup_assets.core.settings import ImportSettings
+    from backup_assets.core.source import open_backup
+
+    export = SHARED / "exports" / name
+    manifest = Manifest.load(None)
+    result = run_restore(pg_dsn, open_backup(export), manifest,
+                         ImportSettings(create_schema=True, replace_existing=True, strict=True))
+    want = _expected_counts(json.loads(export.read_text()), detailed)
+    assert {m: load.rows_written for m, load in result.loads.items() if load.rows_written} == dict(want)
+    assert result.stage.unknown_models == {}  # strict passed: every model is known, or known to be removed
