@@ -142,7 +142,9 @@ def model_asset_specs(manifest: Manifest, translator: SentryRestoreTranslator | 
     translator = translator or SentryRestoreTranslator()
     relocatable = manifest.relocatable()
     raw = {m: translator.get_asset_spec(manifest[m]) for m in relocatable}
-    keys: dict[dg.AssetKey, dg.AssetKey | None] = {default_model_key(m): None for m in manifest.models}
+    # models without an asset: Excluded ones, and FK targets the manifest lacks (Sentry's group, for one)
+    without = {*manifest.models, *(d for r in relocatable for d in manifest[r].dependencies)}
+    keys: dict[dg.AssetKey, dg.AssetKey | None] = {default_model_key(m): None for m in without}
     keys.update({default_model_key(m): raw[m].key for m in relocatable})
     specs = {m: _remap_deps(raw[m], keys) for m in relocatable}
     seen: dict[dg.AssetKey, str] = {}

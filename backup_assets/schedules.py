@@ -53,13 +53,14 @@ def drill_job(name: str = DRILL_JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
 
 def drill_run_config(standby_dsn_env: str = STANDBY_DSN_ENV, create_schema: bool = True) -> dict[str, Any]:
     """Run config of a drill: the standby target (read from ``standby_dsn_env`` at run time), a global
-    import that replaces the standby's data, and a strict ``restore_complete`` (rows dropped for a
-    missing parent fail the drill too, where an ordinary restore only warns, as Sentry's import does)."""
+    import that replaces the standby's data and refuses rows of models the manifest does not know
+    (``strict``), and a strict ``restore_complete`` (rows dropped for a missing parent fail the drill too,
+    where an ordinary restore only warns, as Sentry's import does)."""
     return {
         "resources": {
             "target": {"config": {"dsn": {"env": standby_dsn_env}}},
             "import_settings": {"config": {"scope": "global", "replace_existing": True,
-                                           "create_schema": create_schema}},
+                                           "create_schema": create_schema, "strict": True}},
         },
         "ops": {RESTORE_COMPLETE_KEY.to_python_identifier(): {"config": {"fail_on_dropped_rows": True}}},
     }

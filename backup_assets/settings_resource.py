@@ -10,7 +10,7 @@ Set once per run, in the launchpad or in ``run_config``::
           filter_org_slugs: [acme]
 
 Defaults are those of Sentry's ``sentry import global``: every relocatable model, no filter, no
-flag; plus this project's options (``preserve_pks``, ``create_schema``, ``replace_existing``), all
+flag; plus this project's options (``preserve_pks``, ``create_schema``, ``replace_existing``, ``strict``), all
 off. Every step of one import must run with the same settings: the engine records them when the
 parse stage prepares the import.
 """
@@ -40,6 +40,8 @@ class ImportSettingsResource(dg.ConfigurableResource):
     create_schema: bool = Field(default=False, description="Create missing tables from the manifest and the export.")
     replace_existing: bool = Field(
         default=False, description="Global scope only: confirmed wipe of every relocatable table before loading.")
+    strict: bool = Field(default=False, description="Fail the parse, writing nothing, when the export holds rows "
+                                                    "of models the manifest does not know (else skipped and reported).")
 
     def to_settings(self) -> ImportSettings:
         """The core's :class:`ImportSettings` (validated: raises ConfigurationError when contradictory)."""

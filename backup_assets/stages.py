@@ -77,9 +77,26 @@ def open_run_backup(context: dg.AssetExecutionContext, source: BackupSourceResou
 
 
 def _stage(fn: Callable[..., dg.MaterializeResult], key: dg.AssetKey, deps: list[dg.AssetKey], description: str,
-           partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+           partitions_def: dg.PartitionsDefinition | None,
+           check_specs: list[dg.AssetCheckSpec] | None = None) -> dg.AssetsDefinition:
     return dg.asset(key=key, deps=deps, description=description, group_name=STAGE_GROUP,
-                    partitions_def=partitions_def, kinds={"sentry"})(fn)
+                    partitions_def=partitions_def, kinds={"sentry"}, check_specs=check_specs)(fn)
+
+
+UNKNOWN_MODELS_CHECK = "no_unknown_models"
+
+
+def _unknown_models_check(staged: StageResult) -> dg.AssetCheckResult:
+    """ERROR when rows were skipped because the manifest does not know their model (the restore is not
+    complete: they are named with their row counts); rows of models Sentry removed do not count."""
+    unknown = dict(sorted(staged.unknown_models.items()))
+    described = ", ".join(f"{m} ({n})" for m, n in unknown.items())
+    return dg.AssetCheckResult(
+        check_name=UNKNOWN_MODELS_CHECK, passed=not unknown, severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"{sum(unknown.values())} rows of {len(unknown)} models the manifest does not know were "
+                     f"skipped: {described}; pass the manifest of the export's Sentry release" if unknown
+                     else "every row is of a model the manifest knows"),
+        metadata={"unknown_models": dg.MetadataValue.json(unknown), "unknown_rows": sum(unknown.values())})
 
 
 def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None
@@ -128,7 +145,8 @@ def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefiniti
         with engine_errors("parse"), Stopwatch() as sw:
             staged = restore.stage(backup)
             restore.prepare()
-        return dg.MaterializeResult(metadata=_stage_metadata(staged, sw.seconds))
+        return dg.MaterializeResult(metadata=_stage_metadata(staged, sw.seconds),
+                                    check_results=[_unknown_models_check(staged)])
 
     return [
         _stage(backup_file, BACKUP_FILE_KEY, [], "The backup file of this partition: size and SHA-256.",
@@ -140,7 +158,9 @@ def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefiniti
                "stored (a plain JSON export passes through).", partitions_def),
         _stage(parsed_export, PARSED_EXPORT_KEY, [DATA_KEY_KEY],
                "The export decrypted and parsed into the staging area (schema backup_assets of the target "
-               "database), and the import prepared.", partitions_def),
+               "database), and the import prepared.", partitions_def,
+               [dg.AssetCheckSpec(UNKNOWN_MODELS_CHECK, asset=PARSED_EXPORT_KEY, blocking=False,
+                                  description="No row skipped because the manifest does not know its model.")]),
     ]
 
 
@@ -156,6 +176,8 @@ def _stage_metadata(staged: StageResult, seconds: float) -> dict[str, Any]:
         "skipped_unknown_models": dg.MetadataValue.json(dict(sorted(staged.unknown_models.items()))),
         "skipped_unknown_rows": sum(staged.unknown_models.values()),
         "skipped_excluded_models": dg.MetadataValue.json(dict(sorted(staged.excluded_models.items()))),
+        "dropped_removed_models": dg.MetadataValue.json(dict(sorted(staged.removed_models.items()))),
+        "dropped_deleted_fields": dg.MetadataValue.json(dict(sorted(staged.deleted_fields.items()))),
         "bytes": staged.bytes,
         "duration_s": dg.MetadataValue.float(round(seconds, 4)),
         "rows_per_s": dg.MetadataValue.float(round(staged.rows / seconds, 1) if seconds else 0.0),
@@ -215,6 +237,11 @@ def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.Asse
                 failed[model] = checks
             elif md.get("failed_checks"):
                 dropped.append(model)
+        unknown = ", ".join(f"{m} ({n})" for m, n in sorted((staged.unknown_models if staged else {}).items()))
+        if unknown and config.fail_on_dropped_rows:
+            failed["parsed_export"] = [f"{UNKNOWN_MODELS_CHECK}: {unknown}"]
+        elif unknown:
+            context.log.warning(f"rows of models the manifest does not know were skipped: {unknown}")
         if dropped:
             context.log.warning(f"rows were dropped (their parents are not in the backup, as Sentry drops them): "
                                 f"{', '.join(dropped)}; see each model's no_rows_dropped check")

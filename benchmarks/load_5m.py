@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/load_5m.py [--rows 1000000 5000000] [--concurrent 3 --concurrent-rows 50000]
 
 **Size.** For each ``--rows`` value (ascending; the first is the baseline) a plain JSON export of that
-many rows is generated (``backup_assets.core.synthetic``, built-in manifest), then restored by
+many rows is generated (``backup_assets.core.synthetic``, the built-in "core" manifest), then restored by
 ``backup_assets.run.materialize_restore`` (the asset graph in-process, as ``backup-assets import``
 does) in a fresh subprocess into a fresh database of a dedicated embedded PostgreSQL (fsync off).
 Reported: wall time, rows/s, and the child's peak RSS (``ru_maxrss``), as a ratio to the first size:
@@ -43,12 +43,13 @@ from benchmarks.reliability import machine, replace_section  # noqa: E402
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import dagster as dg
+    from backup_assets.core.manifest import Manifest
     from backup_assets.core.settings import ImportSettings
     from backup_assets.run import failure_message, materialize_restore
     t = time.perf_counter()
     with dg.instance_for_test() as instance:
         r = materialize_restore(sys.argv[2], sys.argv[1], ImportSettings(create_schema=True), instance=instance,
-                                log_level="ERROR")
+                                manifest=Manifest.builtin("core"), log_level="ERROR")
         assert r.success, failure_message(r)
         done = [e for e in r.get_asset_materialization_events() if e.asset_key.path[-1] == "restore_complete"]
         md = done[0].materialization.metadata
@@ -124,7 +125,7 @@ def report(sizes: list[dict], conc: dict | None) -> None:
                          f"{r['rss_mb']:.0f} | {r['rss_mb'] / base['rss_mb']:.2f}x | {r['rows'] / base['rows']:.1f}x |")
         replace_section("Load: size", textwrap.dedent(f"""
             `.venv/bin/python benchmarks/load_5m.py --rows {' '.join(str(r['rows']) for r in sizes)}` — a generated
-            plain JSON export (built-in manifest, {sizes[0]['steps']} steps) restored through the asset graph in-process
+            plain JSON export (`Manifest.builtin("core")`, {sizes[0]['steps']} steps) restored through the asset graph in-process
             (`materialize_restore`, create mode) in a fresh subprocess, into a fresh database of a dedicated
             embedded PostgreSQL (fsync off). Peak RSS is the child's `ru_maxrss` (Dagster + the engine; the
             server's memory is not included). Baseline: the first size, in the same run.

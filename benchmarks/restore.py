@@ -59,7 +59,7 @@ OURS = textwrap.dedent("""
     from backup_assets.core.settings import ImportSettings
     from backup_assets.core.source import open_backup
     t = time.perf_counter()
-    r = run_restore(sys.argv[1], open_backup(sys.argv[2], PemDecryptor.from_env("%s")), Manifest.builtin(),
+    r = run_restore(sys.argv[1], open_backup(sys.argv[2], PemDecryptor.from_env("%s")), Manifest.builtin("core"),
                     ImportSettings(create_schema=True), workers=int(sys.argv[3]))
     secs = time.perf_counter() - t
     assert all(c.passed or c.severity != "ERROR" for cs in r.checks.values() for c in cs
@@ -110,7 +110,7 @@ NAIVE = textwrap.dedent("""
                                                         label=None))
     rows = json.loads(Fernet(dek).decrypt(members["export.json"]))
     del members
-    manifest = Manifest.builtin()
+    manifest = Manifest.builtin("core")
     pk_map = {}
     n = 0
     conn = connect(sys.argv[1])

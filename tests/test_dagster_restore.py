@@ -107,7 +107,7 @@ def test_the_whole_graph_restores_an_encrypted_backup_like_the_engine(tmp_path, 
     assert complete["rows_read"] == total
     assert complete["rows_written"] + complete["rows_merged"] + complete["rows_dropped"] == total
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 4 * len(manifest.relocatable())
+    assert len(evaluations) == 4 * len(manifest.relocatable()) + 1  # + parsed_export's no_unknown_models
     assert [(e.asset_key, e.check_name) for e in evaluations if not e.passed and e.severity.value == "ERROR"] == []
     # the key never shows up in events (the tarball's data key cannot be listed: it is never stored)
     pem_line = private_pem.decode().splitlines()[1]
@@ -134,7 +134,11 @@ def test_a_subset_run_loads_a_child_through_its_parents_persisted_pk_maps(json_b
     assert first.success, failure_message(first)
     assert not any(e.asset_key == MEMBER for e in first.get_asset_materialization_events())
     parsed = metadata(first, PARSED_EXPORT_KEY)
-    assert parsed["skipped_unknown_rows"] > 0  # rows of models this manifest does not know
+    assert parsed["skipped_unknown_rows"] > 0  # rows of models this manifest does not know: named, and red
+    unknown = [e for e in first.get_asset_check_evaluations() if e.asset_key == PARSED_EXPORT_KEY]
+    assert [(e.check_name, e.passed, e.severity) for e in unknown] == [
+        ("no_unknown_models", False, dg.AssetCheckSeverity.ERROR)]
+    assert sum(unknown[0].metadata["unknown_models"].value.values()) == parsed["skipped_unknown_rows"]
     assert first.dagster_run.tags[TARGET_TAG].endswith("/" + pg_dsn.rsplit("/", 1)[1])
 
     second = materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,

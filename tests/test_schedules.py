@@ -37,9 +37,11 @@ def instance():
         yield inst
 
 
-def backup(folder: Path, name: str, mtime: int, *, seed: int = 0, drop_model: str | None = None) -> Path:
-    """A generated export; ``drop_model`` leaves that model's rows out (their children then dangle)."""
-    rows = (r for r in generate_rows(**SMALL, seed=seed) if r["model"] != drop_model)
+def backup(folder: Path, name: str, mtime: int, *, seed: int = 0, drop_model: str | None = None,
+           models: tuple[str, ...] = MODELS) -> Path:
+    """A generated export of ``models`` (those of the test manifest: a drill is strict, refusing rows of
+    models its manifest does not know); ``drop_model`` leaves that model's rows out (their children dangle)."""
+    rows = (r for r in generate_rows(**SMALL, seed=seed) if r["model"] != drop_model and r["model"] in models)
     path = folder / name
     write_export(path, rows)
     os.utime(path, ns=(mtime * 10**9,) * 2)
@@ -91,7 +93,7 @@ def test_the_schedule_picks_the_newest_backup_and_adds_its_partition(tmp_path, i
     resources = request.run_config["resources"]
     assert resources["target"] == {"config": {"dsn": {"env": STANDBY_DSN_ENV}}}  # the DSN itself never in config
     assert resources["import_settings"]["config"] == {"scope": "global", "replace_existing": True,
-                                                       "create_schema": True}
+                                                       "create_schema": True, "strict": True}
     assert request.run_config["ops"] == {"sentry_backup__restore_complete": {"config": {"fail_on_dropped_rows": True}}}
     assert "secret" not in repr(request.run_config)
 
@@ -124,7 +126,7 @@ def test_a_drill_replaces_the_standby_with_the_newest_backup_and_passes(tmp_path
     for model in MODELS:
         assert count(pg_dsn, manifest[model].table_name) == expected[model], model
     evaluations = second.get_asset_check_evaluations()
-    assert len(evaluations) == 4 * len(MODELS) and all(e.passed for e in evaluations)
+    assert len(evaluations) == 4 * len(MODELS) + 1 and all(e.passed for e in evaluations)  # + parsed_export's
 
 
 def test_a_drill_over_a_broken_backup_fails_the_run_naming_the_failed_checks(tmp_path, instance, manifest,
@@ -141,3 +143,32 @@ def test_a_drill_over_a_broken_backup_fails_the_run_naming_the_failed_checks(tmp
     assert message.startswith("sentry_backup__restore_complete:")
     assert "sentry.organizationmember" in message and "no_rows_dropped" in message
     assert count(pg_dsn, "sentry_organizationmember") == 0
+
+
+def test_a_drill_over_a_backup_with_models_the_manifest_lacks_fails_before_writing(tmp_path, instance, manifest,
+                                                                                 pg_dsn, monkeypatch):
+    monkeypatch.setenv(STANDBY_DSN_ENV, pg_dsn)
+    defs = drill_defs(tmp_path, manifest)
+    backup(tmp_path, "wider.json", 1_700_000_000, models=(*MODELS, "sentry.team"))
+    result = drill(defs, instance, tick(defs, instance, tmp_path))
+    assert not result.success
+    message = failure_message(result)
+    assert message.startswith("sentry_backup__parsed_export:")
+    assert f"sentry.team ({count_rows(**SMALL)['sentry.team']} rows)" in message
+    with psycopg.connect(pg_dsn) as conn:  # nothing was written
+        assert conn.execute("SELECT to_regclass('public.sentry_organization')").fetchone()[0] is None
+
+
+def test_a_drill_made_lenient_still_fails_at_the_end_naming_the_unknown_models(tmp_path, instance, manifest,
+                                                                               pg_dsn, monkeypatch):
+    monkeypatch.setenv(STANDBY_DSN_ENV, pg_dsn)
+    defs = drill_defs(tmp_path, manifest)
+    backup(tmp_path, "wider.json", 1_700_000_000, models=(*MODELS, "sentry.team"))
+    request = tick(defs, instance, tmp_path)
+    request.run_config["resources"]["import_settings"]["config"]["strict"] = False  # skip them, then judge
+    result = drill(defs, instance, request)
+    assert not result.success
+    message = failure_message(result)
+    assert message.startswith("sentry_backup__restore_complete:")
+    assert "no_unknown_models: sentry.team" in message
+    assert count(pg_dsn, "sentry_organization") == count_rows(**SMALL)["sentry.organization"]  # the rest loaded

@@ -58,11 +58,13 @@ def _scope_command(scope: str) -> None:
     @click.option("--create-schema", is_flag=True, help="Create missing tables (restoring into an empty database).")
     @click.option("--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database).")
     @click.option("--import-id", metavar="ID", help="Name this import (default: a new random id).")
+    @click.option("--strict", is_flag=True, help="Exit 1, writing nothing, if the export holds rows of models "
+                                                 "the manifest does not know (default: skip and report them).")
     @project_errors
     def command(src: Path, decrypt_with: Path | None, filter_usernames: str | None, filter_usernames_file: Path | None,
                 filter_org_slugs: str | None, merge_users: bool, overwrite_configs: bool, findings_file: Path | None,
                 no_prompt: bool, silent: bool, dsn: str | None, manifest: Path | None, create_schema: bool,
-                preserve_pks: bool, import_id: str | None) -> None:
+                preserve_pks: bool, import_id: str | None, strict: bool) -> None:
         usernames, org_slugs = filter_flags("import", scope, filter_usernames, filter_usernames_file,
                                             filter_org_slugs)
         replace = False
@@ -76,13 +78,14 @@ def _scope_command(scope: str) -> None:
             replace = True
         settings = ImportSettings(scope=scope, merge_users=merge_users, overwrite_configs=overwrite_configs,
                                   filter_usernames=usernames, filter_org_slugs=org_slugs,
-                                  preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace)
+                                  preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace,
+                                  strict=strict)
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
         with findings_on_error(findings_file, RpcImportError):
             result = restore_file(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id,
                                   silent)
         if findings_file:
-            write_findings(_drop_findings(result), findings_file)
+            write_findings(_skip_findings(result) + _drop_findings(result), findings_file)
         if not silent:
             print_summary(result)
 
@@ -136,6 +139,32 @@ class ImportFailed(BackupAssetsError):
         self.kind = found.group(1) if found else "ImportFailed"
 
 
+#: StageResult bucket -> the finding kind and what the rows' skipping means.
+_SKIPS = {"unknown_models": ("UnknownModel", "the manifest does not know this model"),
+          "removed_models": ("RemovedModel", "Sentry has removed this model (its importer drops these rows too)"),
+          "excluded_models": ("ExcludedModel", "the model's relocation scope is Excluded")}
+
+
+def _skip_findings(result: RestoreResult) -> list[RpcImportError]:
+    """Every model whose rows were skipped, every removed field and every field the target has no column
+    for: named, with the number of rows, so that nothing is left behind unreported."""
+    out = [RpcImportError(kind=kind, on=InstanceID(model), reason=f"{_rows(n)} skipped: {why}")
+           for bucket, (kind, why) in _SKIPS.items() for model, n in sorted(getattr(result.stage, bucket).items())]
+    for name, n in sorted(result.stage.deleted_fields.items()):
+        model, field = name.rsplit(".", 1)
+        out.append(RpcImportError(kind="DeletedField", on=InstanceID(model),
+                                  reason=f"field {field!r} dropped from {_rows(n)}: Sentry has removed it"))
+    for model, load in result.loads.items():
+        for field in load.skipped_fields:
+            out.append(RpcImportError(kind="SkippedField", on=InstanceID(model),
+                                      reason=f"field {field} not restored: table {load.table} has no column for it"))
+    return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
     """Rows dropped for reasons other than a filter or the scope: reported, as Sentry does not."""
     out = []
@@ -167,7 +196,5 @@ def print_summary(result: RestoreResult) -> None:
     for model, load in result.loads.items():
         for reason, n in load.dropped.items():
             console.print(f"  dropped {n} {model}: {reason}")
-    skipped = {**result.stage.unknown_models, **result.stage.excluded_models}
-    if skipped:
-        console.print("skipped models (not in the manifest or not relocatable): " +
-                      ", ".join(f"{m} ({n})" for m, n in sorted(skipped.items())))
+    for finding in _skip_findings(result):
+        console.print(f"  {finding.kind_name} {finding.on.model}: {finding.reason}", soft_wrap=True)

@@ -96,3 +96,14 @@ class MissingParentError(LoadError):
 
 class ConfigurationError(BackupAssetsError):
     """A setting is missing or contradictory (no DSN reachable, a key file that is not a key...)."""
+
+
+class UnknownModelsError(BackupAssetsError):
+    """A strict restore met rows of models the manifest does not know; ``models``: model -> row count."""
+
+    def __init__(self, models: dict[str, int]) -> None:
+        named = ", ".join(f"{m} ({n} row{'s' if n != 1 else ''})" for m, n in sorted(models.items()))
+        super().__init__(f"strict: the export holds rows of {len(models)} model(s) the manifest does not know: "
+                         f"{named}; nothing was written (pass the manifest of the export's Sentry release with "
+                         f"--manifest, or restore without --strict to skip them)")
+        self.models = dict(models)

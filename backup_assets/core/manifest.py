@@ -4,8 +4,8 @@ It reads Sentry's own model-dependency format (``model_dependencies/detailed.jso
 release): a JSON object keyed by model name, each entry holding ``dangling``, ``foreign_keys``
 (field -> ``{kind, model, nullable}``), ``model``, ``relocation_dependencies``, ``relocation_scope``
 (a scope name or a list of them), ``silos``, ``table_name`` and ``uniques``. The project ships its own
-manifest in that format (``backup_assets/manifests/builtin.json``); a user may point at the file of
-their Sentry release instead.
+manifest in that format (``backup_assets/manifests/builtin.json``: every relocatable model of a current
+Sentry, derived from its ``detailed.json``); a user may point at the file of their Sentry release instead.
 """
 from __future__ import annotations
 
@@ -181,9 +181,22 @@ class Manifest:
         return cls.from_json(data, source=str(p))
 
     @classmethod
-    def builtin(cls) -> "Manifest":
-        ref = resources.files("backup_assets").joinpath("manifests/builtin.json")
-        return cls.from_json(json.loads(ref.read_bytes()), source="built-in manifest")
+    def builtin(cls, subset: str | None = None) -> "Manifest":
+        """The built-in manifest: every model Sentry relocates (derived from its ``detailed.json`` by
+        ``backup_assets.manifests.derive``). ``subset`` names a smaller one for demos and benchmarks
+        (``"core"``: users, organizations, projects, teams, options and their kin), never a restore default."""
+        folder = resources.files("backup_assets").joinpath("manifests")
+        full = cls.from_json(json.loads(folder.joinpath("builtin.json").read_bytes()), source="built-in manifest")
+        if subset is None:
+            return full
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", subset) or not folder.joinpath(f"{subset}.txt").is_file():
+            raise ManifestError(f"no built-in manifest subset named {_show(subset)}")
+        names = folder.joinpath(f"{subset}.txt").read_text().split()
+        unknown = sorted(set(names) - set(full.models))
+        if unknown:
+            raise ManifestError(f"built-in subset {subset!r} names models the built-in manifest lacks: "
+                                f"{', '.join(unknown)}")
+        return Manifest(models={n: full.models[n] for n in names}, source=f"built-in manifest ({subset})")
 
     def to_json(self) -> dict:
         return {name: self.models[name].to_json() for name in sorted(self.models)}

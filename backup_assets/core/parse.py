@@ -16,6 +16,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
@@ -376,6 +377,7 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     known = {name: tuple(fk.field for fk in spec.foreign_keys)
              for name, spec in manifest.models.items() if spec.relocatable}
     excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
+    removed, deleted = removed_models(manifest), deleted_fields(manifest)
     per_model = result.rows_per_model
     model_bytes = {name: name.encode() for name in known}  # manifest names: no tab, newline or backslash
     lines: list[bytes] = []
@@ -400,7 +402,8 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                 model = model.lower()
                 fk_fields = known.get(model)
                 if fk_fields is None:
-                    bucket = result.excluded_models if model in excluded else result.unknown_models
+                    bucket = (result.excluded_models if model in excluded else
+                              result.removed_models if model in removed else result.unknown_models)
                     name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
                     bucket[name] = bucket.get(name, 0) + 1
                     continue
@@ -414,6 +417,8 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                 if type(fields) is not dict:
                     raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
                                            row=index, offset=reader.pos, model=model)
+                if model in deleted and not deleted[model].isdisjoint(fields):
+                    fields = _strip(fields, model, deleted[model], result.deleted_fields)
                 # a row of a shape seen before (model, keys, value types) tells nothing new but whether its strings
                 # are datetimes: its foreign keys are integers or null (their type says so; yajl and the fast
                 # path refuse integers past 64 bits), and only strings of fields so far all datetimes are matched
@@ -495,6 +500,13 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
         progress(reader.pos, result.rows)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _strip(fields: dict, model: str, gone: frozenset[str], counts: dict[str, int]) -> dict:
+    """``fields`` without the fields Sentry has removed from ``model`` (counted per field in ``counts``)."""
+    for name in gone & fields.keys():
+        counts[f"{model}.{name}"] = counts.get(f"{model}.{name}", 0) + 1
+    return {k: v for k, v in fields.items() if k not in gone}
 
 
 def _clean(e: Exception) -> str:

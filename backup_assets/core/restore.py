@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import constraints, load as loader
-from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError
+from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError, UnknownModelsError
 from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
@@ -162,6 +162,8 @@ class Restore:
                         raise bad from None
                     raise
                 _read_to_eof(streams)  # the MAC verified before anything commits
+            if self.settings.strict and result.unknown_models:  # rolls the staging back: nothing written
+                raise UnknownModelsError(result.unknown_models)
             emit("parse", "export", result.bytes, result.bytes, finished=True)
             plan = self.plan()
             emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))

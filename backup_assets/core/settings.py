@@ -40,6 +40,7 @@ class ImportSettings:
     preserve_pks: bool = False          #: keep every primary key (disaster recovery into an empty database)
     create_schema: bool = False         #: create missing tables from the manifest and the export
     replace_existing: bool = False      #: global scope: confirmed wipe of every relocatable table first
+    strict: bool = False                #: refuse an export holding rows of models the manifest does not know
 
     def __post_init__(self) -> None:
         if self.scope not in IMPORT_SCOPES:
@@ -74,6 +75,8 @@ class StageResult:
     rows_per_model: dict[str, int] = field(default_factory=dict)  #: staged rows of known models
     unknown_models: dict[str, int] = field(default_factory=dict)  #: rows skipped: models the manifest does not know
     excluded_models: dict[str, int] = field(default_factory=dict) #: rows skipped: models whose scope is Excluded
+    removed_models: dict[str, int] = field(default_factory=dict)  #: rows dropped: models Sentry has removed
+    deleted_fields: dict[str, int] = field(default_factory=dict)  #: "model.field" -> rows it was dropped from
     bytes: int = 0                                                #: plaintext bytes parsed
     seconds: float = 0.0
     #: model -> field -> the SQL type its values call for (see ``schema.type_for``); fields whose names
