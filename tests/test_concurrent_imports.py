@@ -10,9 +10,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -112,14 +114,17 @@ def _sequential(dsn: str, export: Path, scopes: list[str]) -> list[dict[str, Cou
 def _import_at_once(dsn: str, export: Path, commands: list[str]) -> None:
     """Start one ``backup-assets import SCOPE [FLAGS]`` process per command at once; every one must exit 0."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    scopes = [c.split()[0] for c in commands]
-    procs = [subprocess.Popen([SCRIPT, "import", *c.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
-    outcomes = [(scope, p.wait(timeout=240), p.stderr.read()) for scope, p in zip(scopes, procs)]
-    for p in procs:
-        p.stdout.close()
-        p.stderr.close()
-    failed = [(scope, code, err.strip()[-800:]) for scope, code, err in outcomes if code]
+    with ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]  # files: no pipe fills up
+        procs = [subprocess.Popen([SCRIPT, "import", *c.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
+                                  env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                 for c, err in zip(commands, errs)]
+        codes = [p.wait(timeout=300) for p in procs]
+        failed = []
+        for command, code, err in zip(commands, codes, errs):
+            err.seek(0)
+            if code:
+                failed.append((command, code, err.read().strip()[-800:]))
     assert not failed, failed
 
 
