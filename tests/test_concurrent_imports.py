@@ -194,3 +194,30 @@ def test_a_table_created_meanwhile_by_a_session_taking_no_lock_is_a_clear_error(
         assert isinstance(outcome[0], TargetError), outcome
         assert "another session created the same table or column at the same time" in str(outcome[0])
         assert watch.execute("SELECT to_regclass('auth_user')").fetchone()[0] is None
+
+
+def test_only_ddl_and_a_global_wipe_wait_for_the_loads_running(pg_dsn, export, tmp_path):
+    """While another import's load runs (it holds the database-wide lock shared), a create-mode import whose
+    tables and columns all exist goes through; one that must add a column, and a global import, wait for
+    it (here: until the 300 ms lock_timeout, naming the loading import)."""
+    from backup_assets.core.locks import lock_database
+
+    run_restore(pg_dsn, open_backup(export), MANIFEST, ImportSettings(create_schema=True))
+    tight = pg_dsn + "?options=-c%20lock_timeout%3D300"
+    wider = [dict(r, fields={**r["fields"], "extra_note": "x"}) if r["model"] == "sentry.team" else r for r in ROWS]
+    synthetic.write_export(tmp_path / "wider.json", wider)
+    loading = Restore(pg_dsn, MANIFEST, "loading-import", ImportSettings(scope="organizations"))
+    with loading.connect() as conn, conn.transaction():
+        lock_database(conn, exclusive=False)
+        done = run_restore(tight, open_backup(export), MANIFEST, ImportSettings(scope="organizations",
+                                                                               create_schema=True))
+        assert done.loads["sentry.organization"].rows_written == 2
+        for path, settings in ((tmp_path / "wider.json", ImportSettings(scope="organizations", create_schema=True)),
+                               (export, ImportSettings(scope="global", replace_existing=True))):
+            with pytest.raises(LockWaitTimeout, match=r"for the database-wide import lock .*, held by import "
+                                                      r"loading-import \(pid \d+\)"):
+                run_restore(tight, open_backup(path), MANIFEST, settings)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0] == 4
+        assert conn.execute("SELECT to_regclass('sentry_team') IS NOT NULL AND NOT EXISTS (SELECT FROM "
+                            "information_schema.columns WHERE column_name = 'extra_note')").fetchone()[0]
