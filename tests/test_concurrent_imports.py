@@ -144,6 +144,34 @@ def test_concurrent_cli_imports_end_as_if_run_one_after_the_other(pg_server, exp
         assert _snapshot(dsn) in after_global  # the global one came after none, one or both of the others
 
 
+#: One import by the engine alone (no Dagster), two models loading at once, every table created in create
+#: mode getting its constraints after its rows (the path where a load locks its parent tables).
+ENGINE_CHILD = """
+import sys
+from backup_assets.core import restore
+from backup_assets.core.manifest import Manifest
+from backup_assets.core.settings import ImportSettings
+from backup_assets.core.source import open_backup
+restore.DEFER_CONSTRAINTS_AT = 1
+restore.run_restore(sys.argv[1], open_backup(sys.argv[2]), Manifest.builtin(),
+                    ImportSettings(scope="organizations", create_schema=True), workers=2)
+"""
+
+
+def test_engine_imports_at_once_with_two_loads_each_end_as_if_run_one_after_the_other(pg_server, export):
+    """The locks of concurrent imports and the engine's own two concurrent loads per import take theirs in
+    one order (import, database, table, then a load's parent tables): three imports at once, each loading
+    two models at a time and building constraints after the rows, neither deadlock nor differ from a
+    sequential run."""
+    three_orgs = _sequential(_database(pg_server, "seq_engine"), export, ["organizations"] * 3)[-1]
+    for _ in range(ROUNDS):
+        dsn = _database(pg_server, "engine_at_once")
+        procs = [subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, dsn, str(export)], stdin=subprocess.DEVNULL,
+                                  cwd=Path(__file__).parent.parent) for _ in range(3)]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+        assert _snapshot(dsn) == three_orgs
+
+
 def test_a_lock_wait_that_times_out_names_the_import_holding_the_lock(pg_dsn, export):
     """With the target's lock_timeout at 300 ms: an import waiting for a table another import is loading,
     or for a global import to finish, fails saying which lock it waited for and which import holds it,
