@@ -128,6 +128,7 @@ def _import_at_once(dsn: str, export: Path, commands: list[str]) -> None:
     assert not failed, failed
 
 
+@pytest.mark.timeout(600)  # twelve import processes, each starting Dagster
 def test_concurrent_cli_imports_end_as_if_run_one_after_the_other(pg_server, export):
     """Each round: three organization imports at once into a fresh database in create mode (they race to
     create the tables and to take the same slugs), then, into those tables, two more with a global import
