@@ -109,10 +109,10 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
     backup.check_key()
     # every invocation is a new import (as Sentry's import_uuid), named after the backup it reads
     import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
-    with restore_progress(silent):
+    restore = Restore(dsn, manifest, import_id, settings)
+    with restore.hold(), restore_progress(silent):
         runs = restore_backup(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
                               log_level="CRITICAL")
-    restore = Restore(dsn, manifest, import_id, settings)
     problem = failure_message(runs[-1])
     if problem:
         try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import psycopg
 from psycopg import sql
 
-from . import constraints
+from . import constraints, locks
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
@@ -72,6 +72,7 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
     try:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(ctx.import_id, spec.name),))
+            locks.lock_database(conn, exclusive=False)  # no DDL nor global wipe while this load runs
             done = recorded_result(conn, ctx.import_id, spec.name)
             if done is not None:
                 done.already_loaded = True
@@ -84,7 +85,10 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
                     ctx.staging), (spec.name,)).fetchone()[0]
             if staged:
                 conn.execute("SET LOCAL work_mem = '64MB'")  # the sorts by old pk stay in memory
-                result = _load(conn, ctx, spec, rules, require_table(conn, spec))
+                table = require_table(conn, spec)
+                # another import's collision checks and insert into this table come before or after ours
+                locks.lock_table(conn, table.schema, table.name)
+                result = _load(conn, ctx, spec, rules, table)
             else:  # nothing staged: nothing to write, and the table need not even exist
                 result = LoadResult(model=spec.name, table=spec.table_name)
             result.seconds = round(time.monotonic() - started, 3)

@@ -27,13 +27,13 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import constraints, load as loader
+from . import constraints, load as loader, locks
 from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError, UnknownModelsError
 from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
-from .schema import ensure_tables, find_table
+from .schema import ensure_tables, find_table, tables_to_change
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
                        new_import_id)
@@ -63,6 +63,14 @@ class Restore:
                 yield self
             finally:
                 self._local.conn = None
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the import lock for the block, on a connection of its own (see :func:`.locks.lock_imports`):
+        a global import runs alone, waiting for the imports running and making the later ones wait."""
+        with self.open_connection() as conn:
+            locks.lock_imports(conn, exclusive=self.settings.scope == "global")
+            yield
 
     # -- plumbing ------------------------------------------------------------------------------------
     @contextmanager
@@ -94,6 +102,7 @@ class Restore:
             # the session's first temporary table
             conn.execute("SET temp_buffers = '128MB'")
             ensure_state(conn)
+            locks.register_session(conn, self.import_id)
         except BaseException:
             conn.close()
             raise
@@ -208,17 +217,31 @@ class Restore:
                 return
             staging = staging_ident(self.import_id)
             plan = self.plan()
+            self._counts = None
+            counts, fields = self._stage_info(conn)
+            # DDL and a wipe wait for every other import's running load, and the loads starting meanwhile wait
+            locks.lock_database(conn, exclusive=self.settings.scope == "global" or (
+                self.settings.create_schema and tables_to_change(conn, self.manifest, plan, fields)))
             if self.settings.scope == "global":
                 replace_existing_data(conn, self.manifest, confirmed=self.settings.replace_existing)
             if self.settings.create_schema:
-                self._counts = None
-                counts, fields = self._stage_info(conn)
-                big = {m for m in plan if counts.get(m, 0) >= DEFER_CONSTRAINTS_AT}
-                for table, wanted in ensure_tables(conn, self.manifest, plan, staging, fields, defer=big).values():
-                    constraints.defer(conn, table.schema, table.name, wanted)  # built by the model's load
+                self._create_tables(conn, plan, staging, counts, fields)
             self._check_kept_keys(conn, plan, staging)
             conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
                          (self.import_id,))
+
+    def _create_tables(self, conn: psycopg.Connection, plan: list[str], staging: sql.Composable,
+                       counts: dict[str, int], fields: dict[str, dict[str, str]] | None) -> None:
+        """Create mode: the missing tables and columns, the constraints of the big tables left for their loads."""
+        big = {m for m in plan if counts.get(m, 0) >= DEFER_CONSTRAINTS_AT}
+        try:
+            with conn.transaction():
+                for table, wanted in ensure_tables(conn, self.manifest, plan, staging, fields, defer=big).values():
+                    constraints.defer(conn, table.schema, table.name, wanted)  # built by the model's load
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateColumn, psycopg.errors.DuplicateObject,
+                psycopg.errors.UniqueViolation) as e:  # a session that takes no lock of ours made them meanwhile
+            raise TargetError(f"create mode: another session created the same table or column at the same time "
+                              f"({_first_line(e)}); nothing was created: run the import again") from None
 
     def _check_kept_keys(self, conn: psycopg.Connection, plan: list[str], staging: sql.Composable) -> None:
         """Where keys are kept (--preserve-pks, project ids in a global import), none may be taken already."""
@@ -292,6 +315,10 @@ class Restore:
             drop_staging(conn, self.import_id)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _read_to_eof(streams: list[BinaryIO]) -> None:
     """Read the last stream opened (the one the parse read last) to its end, discarding what is left: for an
     encrypted export, the token's MAC is verified there (:class:`DecryptionError` otherwise). Cheap after a
@@ -334,7 +361,7 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
     connection, a model only after the models it depends on; default :func:`default_workers`)."""
     restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
     try:
-        with restore.session():
+        with restore.hold(), restore.session():
             return _run(restore, backup, progress, on_load, workers or default_workers())
     except BaseException:
         try:

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from . import locks
 from .errors import ConfigurationError, TargetError
 from .manifest import Manifest
 from .schema import INTERNAL_SCHEMA, find_table
@@ -57,9 +58,10 @@ def rollback(dsn: str, import_id: str, manifest: Manifest | None = None) -> Roll
         raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
     with conn:
         ensure_state(conn)
-        conn.execute(_DDL)
         with conn.transaction():
             lock_import(conn, import_id)
+            locks.lock_database(conn, exclusive=True)  # no import's load runs meanwhile (see .locks)
+            conn.execute(_DDL)
             return _rollback(conn, import_id, manifest)
 
 

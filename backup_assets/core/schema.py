@@ -266,13 +266,31 @@ def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str
     return out
 
 
+def tables_to_change(conn: psycopg.Connection, manifest: Manifest, models: list[str],
+                     field_types: dict[str, dict[str, str]] | None) -> bool:
+    """Whether :func:`ensure_tables` would create a table or add a column (without ``field_types``, an
+    existing table may need columns: true, to be safe)."""
+    for model in models:
+        spec = manifest[model]
+        existing = find_table(conn, spec.table_name)
+        if existing is None or field_types is None:
+            return True
+        if _new_columns(spec, existing, field_types.get(model, {})):
+            return True
+    return False
+
+
+def _new_columns(spec: ModelSpec, table: TableInfo, field_types: dict[str, str]) -> list[str]:
+    """The safe field names of ``field_types`` that ``table`` has no column for, sorted."""
+    return [name for name in sorted(field_types) if name not in table.columns and name not in spec.fk_by_field
+            and SAFE_NAME.match(name)]
+
+
 def add_columns(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, field_types: dict[str, str]) -> None:
     """Create mode on an existing table: add a column for each safe field name it does not have."""
-    for name, typ in sorted(field_types.items()):
-        if name in table.columns or name in spec.fk_by_field or not SAFE_NAME.match(name):
-            continue
+    for name in _new_columns(spec, table, field_types):
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-            table.ident, sql.Identifier(name), sql.SQL(_TYPES[typ])))
+            table.ident, sql.Identifier(name), sql.SQL(_TYPES[field_types[name]])))
 
 
 def value_sql(col: Column, fields: sql.Composable, key: str) -> sql.Composable:

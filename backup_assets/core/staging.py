@@ -65,6 +65,11 @@ _STATE_DDL = [
         where_column text,            -- a unique only where where_column = where_value (a partial index)
         where_value jsonb,
         PRIMARY KEY (table_schema, table_name, kind, columns))""",
+    # which import each session works for, so that a lock wait can name the import holding the lock
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.session (
+        pid integer PRIMARY KEY,
+        backend_start timestamptz,    -- with pid, tells this session from an older one with the same pid
+        import_id text NOT NULL)""",
 ]
 
 #: The pk maps as one relation (import_id, model, old_pk, new_pk, kind), for reading; loads write pk_map_row.
@@ -80,6 +85,7 @@ PK_SCOPE = sql.Identifier(INTERNAL_SCHEMA, "pk_scope")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 PENDING_CONSTRAINT = sql.Identifier(INTERNAL_SCHEMA, "pending_constraint")
+SESSION = sql.Identifier(INTERNAL_SCHEMA, "session")
 
 _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the internal schema
 
@@ -87,8 +93,9 @@ _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the inter
 def ensure_state(conn: psycopg.Connection) -> None:
     """Create the project's own schema (pk maps, load records, staging) if missing, or bring an older one up to
     date (a pk map table keyed by text, from before pk_scope). Safe under concurrency."""
-    current = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
-                           (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row")).fetchone()[0]
+    current = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) "
+                           "IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row",
+                                           f"{INTERNAL_SCHEMA}.session")).fetchone()[0]
     if current:
         return
     with conn.transaction():
