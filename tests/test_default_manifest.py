@@ -146,6 +146,8 @@ def test_strict_refuses_unknown_models_before_writing_anything(pg_dsn, tmp_path)
                               "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')").fetchall()
         assert {schema for schema, _t in tables} <= {"backup_assets"}, tables
         for schema, name in tables:
+            if name == "session":  # which import each connection worked for (names lock holders): not data
+                continue
             assert conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0] == 0, name
 
 
