@@ -199,9 +199,6 @@ def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: 
     checks = check_results(key, outcome.checks)
     metadata["failed_checks"] = dg.MetadataValue.json(
         [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR])
-    context.log.info(f"{outcome.model}: read {result.rows_read}, wrote {result.rows_written}, merged "
-                     f"{result.rows_merged}, dropped {result.rows_dropped} in {result.seconds:.2f}s"
-                     + (" (loaded before)" if result.already_loaded else ""))
     return dg.MaterializeResult(asset_key=key, metadata=metadata, check_results=checks)
 
 
@@ -218,31 +215,70 @@ def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -
                                 "not_attempted": dg.MetadataValue.json([o.model for o in blocked])})
 
 
+class _InOrder:
+    """Releases the step's results so that no model comes before a model of the step it depends on (Dagster
+    requires a multi-asset's outputs in topological order): a result is held until every parent of its
+    model in the step has settled (its result released, or failed, or not attempted)."""
+
+    def __init__(self, manifest: Manifest, models: Sequence[str]) -> None:
+        selected = set(models)
+        self.parents = {m: {d for d in manifest[m].dependencies if d in selected and d != m} for m in models}
+        self.settled: set[str] = set()
+        self.held: dict[str, dg.MaterializeResult | None] = {}
+
+    def add(self, model: str, result: dg.MaterializeResult | None) -> list[dg.MaterializeResult]:
+        """``result`` of ``model`` (None: it failed or was not attempted); returns what may be yielded now."""
+        self.held[model] = result
+        out: list[dg.MaterializeResult] = []
+        ready = True
+        while ready:
+            ready = [m for m in self.held if self.parents[m] <= self.settled]
+            for m in ready:
+                self.settled.add(m)
+                released = self.held.pop(m)
+                if released is not None:
+                    out.append(released)
+        return out
+
+
+def _skipped(restore: Restore, models: Mapping[str, dg.AssetKey], plan: set[str]) -> dict[str, str]:
+    """The models of ``models`` with nothing to load, and why: outside the scope, or no row staged."""
+    staged = restore.staged_result()  # None when not staged (yet): then every model is loaded (or re-staged)
+    out = {m: f"not part of a {restore.settings.scope!r} import: nothing loaded" for m in models if m not in plan}
+    if staged is not None:
+        out.update({m: "no row of this model in the backup: nothing loaded"
+                    for m in models if m in plan and not staged.rows_per_model.get(m)})
+    return out
+
+
 def load_selected(context: dg.AssetExecutionContext, restore: Restore, models: Mapping[str, dg.AssetKey],
                   workers: int | None, retry: RetryPlan, restage_with: tuple[BackupSourceResource,
                   DecryptorResource | Decryptor]) -> Iterator[dg.MaterializeResult]:
     """Load ``models`` (name -> key, dependency order) with the engine's scheduler, yielding each model's
     materialization and checks as soon as it is loaded and verified; then fail naming every failed model."""
     with engine_errors("plan"):
-        plan = set(restore.plan())
-    for model in [m for m in models if m not in plan]:
-        yield _not_in_plan(models[model], restore.settings.scope)
+        skipped = _skipped(restore, models, set(restore.plan()))
+    if skipped:
+        context.log.info(f"nothing to load for {len(skipped)} model(s): {', '.join(skipped)}")
+    in_order = _InOrder(restore.manifest, list(models))
+    for model, note in skipped.items():
+        yield from in_order.add(model, _nothing_to_load(models[model], note))
     retried: dict[str, int] = {}
 
     def on_retry(model: str, n: int, pause: float, e: BaseException) -> None:
         retried[model] = n
+        cause = operational(e) or e
         context.log.warning(f"{model}: transient database error, loaded again in {pause:.1f}s (retry {n} of "
-                            f"{retry.max_retries}): {type(operational(e) or e).__name__}: {one_line(operational(e) or e)}")
+                            f"{retry.max_retries}): {type(cause).__name__}: {one_line(cause)}")
 
     problems: list[ModelOutcome] = []
     with engine_errors("models"):
-        outcomes = load_models(restore, [m for m in models if m in plan], workers=workers, retry=retry,
-                               restage=lambda m: restage(context, restore, *restage_with, m), on_retry=on_retry)
-        for outcome in outcomes:
-            if outcome.loaded:
-                yield _model_result(context, models[outcome.model], outcome)
-            else:
+        for outcome in load_models(restore, [m for m in models if m not in skipped], workers=workers, retry=retry,
+                                   restage=lambda m: restage(context, restore, *restage_with, m), on_retry=on_retry):
+            if not outcome.loaded:
                 problems.append(outcome)
+            yield from in_order.add(outcome.model, _model_result(context, models[outcome.model], outcome)
+                                    if outcome.loaded else None)
     if problems:
         raise _models_failure(problems, retried)
 
@@ -295,14 +331,13 @@ def restage(context: dg.AssetExecutionContext, restore: Restore, source: BackupS
                         "is materialized.")
 
 
-def _not_in_plan(key: dg.AssetKey, scope: str) -> dg.MaterializeResult:
-    """A model this import's scope does not cover: nothing is written, and there is nothing to verify."""
-    note = f"not part of a {scope!r} import: nothing loaded"
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": 0, "rows_read": 0, "rows_written": 0, "skipped": note,
-                  "failed_checks": dg.MetadataValue.json([])},
-        check_results=[dg.AssetCheckResult(check_name=name, asset_key=key, passed=True, description=note)
-                       for name in CHECKS])
+def _nothing_to_load(key: dg.AssetKey, note: str) -> dg.MaterializeResult:
+    """A model with nothing to load (outside the import's scope, or no row of it in the backup): recorded
+    as materialized with no rows, so ``restore_complete`` runs in the same run, without check results
+    (there is nothing to verify; a check result costs Dagster an event and a query)."""
+    return dg.MaterializeResult(asset_key=key, metadata={
+        "dagster/row_count": 0, "rows_read": 0, "rows_written": 0, "skipped": note,
+        "failed_checks": dg.MetadataValue.json([])})
 
 
 def build_restore_assets(manifest: Manifest, translator: SentryRestoreTranslator | None = None,

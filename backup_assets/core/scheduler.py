@@ -89,6 +89,7 @@ class _Worker:
     def __call__(self, model: str) -> ModelOutcome:
         out = ModelOutcome(model)
         self._bind()
+        looked_for_staging = False
         while True:
             out.attempts += 1
             try:
@@ -96,8 +97,9 @@ class _Worker:
                 out.checks = self.restore.verify_model(model)
                 return out
             except StagingMissingError:
-                if self.restage is None or out.restaged:
+                if self.restage is None or looked_for_staging:
                     raise
+                looked_for_staging = True
                 out.restaged = self._restage_once(model)
                 out.attempts -= 1  # staging again is not a retry of the load
             except Exception as e:
