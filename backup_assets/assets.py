@@ -199,7 +199,9 @@ def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: 
     checks = check_results(key, outcome.checks)
     metadata["failed_checks"] = dg.MetadataValue.json(
         [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR])
-    return dg.MaterializeResult(asset_key=key, metadata=metadata, check_results=checks)
+    selected = context.selected_asset_check_keys  # a run may leave the checks out; failed_checks still says
+    return dg.MaterializeResult(asset_key=key, metadata=metadata, check_results=[
+        r for r in checks if dg.AssetCheckKey(key, r.check_name) in selected])
 
 
 def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -> dg.Failure:
