@@ -28,7 +28,8 @@ from contextlib import contextmanager
 import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
-from backup_assets.core.retry import EXHAUSTED, exhausted, exhausted_resource, is_transient, one_line, operational  # noqa: F401
+from backup_assets.core.retry import (EXHAUSTED, exhausted, exhausted_resource, is_transient,  # noqa: F401
+                                      one_line, operational)
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import check_import_id

@@ -17,7 +17,9 @@ mode, scope global:
   deployment sets it), evaluates the backup folder sensor twice (a file is requested once it is stable),
   adds the partition and executes the ``restore_backup_job`` run it requested on a persistent instance
   (``$DAGSTER_HOME``): what the daemon's run worker does. Its ``seconds`` is the process's wall time;
-  ``defs_s`` and ``run_s`` split it;
+  ``defs_s`` and ``run_s`` split it. Twice: with the instance's storage in sqlite files (Dagster's
+  default: every event is a commit, and a WAL checkpoint when its connection closes) and in PostgreSQL
+  (a database of the same server; the block ``dagster.yaml`` ships commented out);
 * **raw COPY** - the rows the restore wrote, already shaped, copied into the same schema with its
   constraints, in one transaction (``benchmarks/restore.py``'s);
 * **naive** - one ``INSERT ... RETURNING id`` per row through psycopg2 (``benchmarks/restore.py``'s), at
@@ -127,6 +129,7 @@ class Bench:
         self.key_file.chmod(0o600)
         self.env = {KEY_ENV: private_pem.decode()}
         self.results: list[tuple[str, str, int, dict]] = []
+        self.storages = ["sqlite", "postgres"]
         self._n = 0
 
     def fresh_db(self, schema: str | None = None) -> str:
@@ -164,19 +167,26 @@ class Bench:
         self.results.append(("CLI", manifest, size, r))
         self.drop(db)
 
-    def job(self, manifest: str, size: int, backup: Path, manifest_path: str) -> None:
+    def job(self, manifest: str, size: int, backup: Path, manifest_path: str, storage: str = "sqlite") -> None:
         folder = self.work / f"inbox-{self._n}"
         folder.mkdir()
         (folder / backup.name).symlink_to(backup)
         home = self.work / f"home-{self._n}"
         home.mkdir()
+        config = "telemetry:\n  enabled: false\n"
+        if storage == "postgres":  # Dagster's runs and events in PostgreSQL (dagster.yaml's commented block)
+            events = self.fresh_db()
+            url = self.server.dsn(events).replace("postgresql://", "postgresql+psycopg2://", 1)
+            config += f"storage:\n  postgres:\n    postgres_url: \"{url}\"\n"
+        (home / "dagster.yaml").write_text(config)
         db = self.fresh_db()
         env = {"DAGSTER_HOME": str(home), "BACKUP_ASSETS_DSN": self.server.dsn(db),
                "BACKUP_ASSETS_BACKUPS": str(folder), "BACKUP_ASSETS_PRIVATE_KEY": self.env[KEY_ENV],
                "BACKUP_ASSETS_MANIFEST": manifest_path}
         r = child(JOB, env={**self.env, **env})
-        print(f"job [{manifest}] {size}: {r}", file=sys.stderr)
-        self.results.append(("job", manifest, size, r))
+        kind = f"job ({storage} instance)"
+        print(f"{kind} [{manifest}] {size}: {r}", file=sys.stderr)
+        self.results.append((kind, manifest, size, r))
         self.drop(db)
 
     def raw_copy(self, manifest: str, size: int, restored: str) -> None:
@@ -192,13 +202,15 @@ class Bench:
         subprocess.run(["rm", "-rf", str(folder)])
 
 
-def run_size(bench: Bench, size: int, manifests: dict[str, str], repeat: int, naive_rows: int, public_pem: bytes) -> None:
+def run_size(bench: Bench, size: int, manifests: dict[str, str], repeat: int, naive_rows: int,
+             public_pem: bytes) -> None:
     backup, _ = make_backup(bench.work, size, public_pem)
     for name, path in manifests.items():
         for rep in range(repeat):  # interleaved, so that a slow spell of the machine hits every path
             restored = bench.measure("run_restore", name, size, ENGINE, str(backup), path, keep=rep == 0)
             bench.cli(name, size, backup, path)
-            bench.job(name, size, backup, path)
+            for storage in bench.storages:
+                bench.job(name, size, backup, path, storage)
             if rep == 0:
                 bench.raw_copy(name, size, restored)
                 bench.drop(restored)
@@ -219,7 +231,8 @@ def run_tiny(bench: Bench, repeat: int) -> None:
         bench.results.append(("definitions load", "full", 0, r))
         bench.measure("run_restore", "full", 34, ENGINE, str(FRESH_INSTALL), path)
         bench.cli("full", 34, FRESH_INSTALL, path)
-        bench.job("full", 34, FRESH_INSTALL, path)
+        for storage in bench.storages:
+            bench.job("full", 34, FRESH_INSTALL, path, storage)
 
 
 def best(results: list[tuple[str, str, int, dict]]) -> dict[tuple[str, str, int], dict]:
@@ -232,7 +245,7 @@ def best(results: list[tuple[str, str, int, dict]]) -> dict[tuple[str, str, int]
 
 def report(results: list[tuple[str, str, int, dict]]) -> None:
     b = best(results)
-    naive = next((r for (k, _, _), r in b.items() if k == "naive"), None)
+    naive_size, naive = next(((size, r) for (k, _, size), r in b.items() if k == "naive"), (0, None))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\nMachine: {os.cpu_count()} cores ({cpu}); date {time.strftime('%Y-%m-%d %H:%M')} UTC; best of the runs\n")
     print("| path | manifest | rows | seconds | rows/s | peak RSS (MB) | vs run_restore (time) | vs raw COPY (rate) "
@@ -245,7 +258,7 @@ def report(results: list[tuple[str, str, int, dict]]) -> None:
         extra = f" (defs {r['defs_s']:.1f} + run {r['run_s']:.1f})" if "defs_s" in r else ""
         vs_engine = f"{r['seconds'] / engine['seconds']:.2f}x" if engine and kind != "definitions load" else "-"
         vs_raw = f"{rate / (size / raw['seconds']):.2f}x" if raw else "-"
-        vs_naive = f"{rate / (naive['rows'] / naive['seconds']):.1f}x" if naive and size == naive["rows"] else "-"
+        vs_naive = f"{rate / (naive_size / naive['seconds']):.1f}x" if naive and size == naive_size else "-"
         print(f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {rate:,.0f} | {r['rss_mb']:.0f} | "
               f"{vs_engine} | {vs_raw} | {vs_naive} |")
 
@@ -257,11 +270,14 @@ def main() -> None:
     ap.add_argument("--naive-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path per size; the best counts")
     ap.add_argument("--tiny", action="store_true", help="also the fresh-install export (see the module doc)")
+    ap.add_argument("--storages", default="sqlite,postgres",
+                    help="Dagster instance storage(s) of the job: sqlite (the default of a DAGSTER_HOME), postgres")
     a = ap.parse_args()
     manifests = {m: ("" if m == "builtin" else str(FULL_MANIFEST)) for m in a.manifests.split(",")}
     private_pem, public_pem = keys.generate_key_pair()
     work = Path(tempfile.mkdtemp(prefix="bench-paths-"))
     bench = Bench(work, private_pem)
+    bench.storages = a.storages.split(",")
     try:
         if a.tiny:
             run_tiny(bench, a.repeat)
