@@ -255,5 +255,7 @@ def test_a_server_crash_that_empties_the_unlogged_staging_restages_and_completes
     assert rest.success, failure_message(rest)
     restaged = [e.asset_key.to_user_string() for e in rest.get_asset_materialization_events()
                 if e.materialization.metadata.get("restaged") and e.materialization.metadata["restaged"].value]
-    assert restaged == ["faults/item"]  # the first model to load found the rows gone; the others reuse them
+    # one model found the rows gone and staged them again, once for the step; the others reuse them (the
+    # first to look is item or note: the two load at once, as neither depends on the other)
+    assert len(restaged) == 1 and restaged[0] in ("faults/item", "faults/note"), restaged
     assert_exact(dsn, expected, key)
