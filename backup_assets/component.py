@@ -13,7 +13,7 @@ A ``defs.yaml`` in a project's defs folder::
       standby_dsn_env: BACKUP_ASSETS_STANDBY_DSN
 
 yields the same definitions as the classic code location (:mod:`backup_assets.definitions`): one
-asset per relocatable model plus the stage assets and the round trip, the restore, drill, verify and
+asset per relocatable model (one multi-asset, one step) plus the stage assets and the round trip, the restore, drill, verify and
 rollback jobs, the backup folder sensor and the restore drill schedule (both off until started), and the resources they need.
 
 Secrets are named, never inlined: ``target_dsn_env`` and ``private_key_env`` hold variable names that
@@ -62,6 +62,8 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
     drill_cron: Optional[str] = Field(default=None, description=f"Cron of the restore drill (default {DEFAULT_CRON}).")
     standby_dsn_env: str = Field(default=STANDBY_DSN_ENV,
                                  description="Name of the variable holding the drill's standby DSN.")
+    workers: int = Field(default=0, ge=0, description="Models loaded at once by the models' step, each on its "
+                                                      "own connection (0: two, or one on a one-core machine).")
 
     def manifest(self) -> Manifest:
         return Manifest.load(self.manifest_path or None)
@@ -87,7 +89,8 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
             self.manifest(), resources=self.resources(),
             sensor=build_backup_sensor(JOB_NAME, max_runs_per_tick=self.max_runs_per_tick,
                                        minimum_interval_seconds=self.sensor_interval_seconds),
-            schedule=build_restore_drill_schedule(self.drill_cron, standby_dsn_env=self.standby_dsn_env))
+            schedule=build_restore_drill_schedule(self.drill_cron, standby_dsn_env=self.standby_dsn_env),
+            workers=self.workers or None)
 
 
 @dg.definitions

@@ -17,8 +17,9 @@ and its schedule (:mod:`backup_assets.schedules`), ``verify_restore_job`` (the r
 ``rollback_import_job`` (:mod:`backup_assets.verification`), and the backup folder sensor
 (:mod:`backup_assets.sensors`, off until started).
 
-Runs execute in-process by default: the multiprocess executor would start a process per model step
-(see dagster-notes). Parallelism comes from runs, one per backup partition, capped in ``dagster.yaml``.
+Runs execute in-process by default: all models are one step (:func:`backup_assets.assets.build_models_asset`)
+that loads independent models at once itself. Parallelism across backups comes from runs, one per
+backup partition, capped in ``dagster.yaml``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """What every step of the restore graph does around the engine: build the ``Restore`` of the run's
 partition, and turn engine errors into the right kind of Dagster failure.
 
-* A transient database error is retried by the asset's ``RetryPolicy``: ``psycopg.OperationalError``
+The classification itself lives in :mod:`backup_assets.core.retry` (the engine's scheduler retries
+each model's load by it); this module words it for Dagster.
+
+* A transient database error is retried (per model inside the models' step, then by the step's
+  ``RetryPolicy``): ``psycopg.OperationalError``
   anywhere in the exception chain (a connection cut, a server restart, a serialization failure, a
   deadlock), including the target's ``statement_timeout`` / ``lock_timeout`` being hit (``QueryCanceled``,
   ``LockNotAvailable``: the lock or the load is likely free on the next attempt). It becomes
@@ -22,9 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-import psycopg
 
 from backup_assets.core.errors import BackupAssetsError
+from backup_assets.core.retry import (EXHAUSTED, exhausted, exhausted_resource, is_transient,  # noqa: F401
+                                      one_line, operational)
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import check_import_id
@@ -33,48 +38,23 @@ from resources.postgres import PostgresTargetResource
 from resources.staging import StagingResource
 
 
-#: SQLSTATEs (or their two-character classes) of exhausted resources: retrying cannot help.
-EXHAUSTED: dict[str, str] = {
-    "53100": "the target database ran out of disk space",
-    "53200": "the target database ran out of memory",
-    "53400": "a configured limit of the target database was reached",
-    "54": "a program limit of the target database was reached",
-}
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from or during, innermost last."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _operational(exc: BaseException) -> psycopg.OperationalError | None:
-    return next((e for e in _chain(exc) if isinstance(e, psycopg.OperationalError)), None)
-
-
-def exhausted(exc: BaseException) -> str | None:
-    """What ran out, when ``exc`` (or its chain) is a resource-exhaustion error of PostgreSQL."""
-    return _exhausted(_operational(exc))
-
-
-def _exhausted(op: psycopg.OperationalError | None) -> str | None:
-    state = (op.sqlstate or "") if op is not None else ""
-    return EXHAUSTED.get(state) or (EXHAUSTED.get(state[:2]) if state else None)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` or an exception it was raised from is a PostgreSQL operational error worth
-    retrying (any ``OperationalError`` but resource exhaustion)."""
-    op = _operational(exc)
-    return op is not None and _exhausted(op) is None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def failure(what: str, e: BaseException, retried: int = 0) -> dg.Failure:
+    """The Dagster failure for an engine error about ``what`` (a model or stage name), classified as the
+    module doc says; ``retried`` says how often the step already loaded it again."""
+    if isinstance(e, dg.Failure):
+        return e
+    op = operational(e)
+    ran_out = exhausted_resource(op)
+    if op is not None and not ran_out:  # transient (see is_transient)
+        again = f" (after {retried} retries in the step)" if retried else ""
+        return dg.Failure(description=f"{what}: transient database error{again}, retried by policy: "
+                                      f"{type(op).__name__}: {one_line(op)}", allow_retries=True)
+    if ran_out:
+        return dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {one_line(op)}); nothing of "
+                                      "this step was committed: free the resource, then re-materialize",
+                          allow_retries=False)
+    kind = "" if isinstance(e, BackupAssetsError) else "unexpected error: "
+    return dg.Failure(description=f"{what}: {kind}{type(e).__name__}: {e}", allow_retries=False)
 
 
 @contextmanager
@@ -85,17 +65,7 @@ def engine_errors(what: str) -> Iterator[None]:
     except dg.Failure:
         raise
     except Exception as e:
-        op = _operational(e)
-        ran_out = _exhausted(op)
-        if op is not None and not ran_out:  # transient (see is_transient)
-            raise dg.Failure(description=f"{what}: transient database error, retried by policy: "
-                                         f"{type(op).__name__}: {_one_line(op)}", allow_retries=True) from e
-        if ran_out:
-            raise dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {_one_line(op)}); nothing of "
-                                         "this step was committed: free the resource, then re-materialize",
-                             allow_retries=False) from e
-        kind = "" if isinstance(e, BackupAssetsError) else "unexpected error: "
-        raise dg.Failure(description=f"{what}: {kind}{type(e).__name__}: {e}", allow_retries=False) from e
+        raise failure(what, e) from e
 
 
 def import_id_of(context: dg.AssetExecutionContext) -> str:

@@ -7,20 +7,15 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from backup_assets.assets import build_restore_graph, model_asset_specs
-from backup_assets.core.postgres import resolve_dsn
+from backup_assets.assets import build_restore_graph
 from backup_assets.core.decryptors import Decryptor
-from backup_assets.core.errors import TargetError
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.restore import Restore
 from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.settings_resource import ImportSettingsResource
-from backup_assets.translator import (BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY,
-                                      UNWRAPPED_TARBALL_KEY)
+from backup_assets.translator import PARSED_EXPORT_KEY
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource
 from resources.postgres import target_resource
@@ -83,36 +78,27 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
                           tags={TARGET_TAG: target_tag(dsn), BACKUP_TAG: path.name})
 
 
-STAGE_KEYS = (BACKUP_FILE_KEY, UNWRAPPED_TARBALL_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY)
+#: Every asset, and of the checks only the stage's (a stage asset cannot run without its checks).
+_WITHOUT_MODEL_CHECKS = dg.AssetSelection.all().without_checks() | dg.AssetSelection.checks_for_assets(PARSED_EXPORT_KEY)
 
 
 def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: ImportSettings | None = None,
                    manifest: Manifest | None = None, import_id: str | None = None,
                    decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
-                   log_level: str | None = None) -> list[dg.ExecuteInProcessResult]:
-    """The whole restore of one backup as two in-process runs of the same graph: the stages first, then
-    only the model assets that have staged rows, and ``restore_complete``. A model with nothing staged
-    has nothing to load or verify, so skipping its step changes no outcome and saves Dagster's
-    per-step cost (most models of a small export). Stops after the first run when it failed."""
+                   log_level: str | None = None) -> dg.ExecuteInProcessResult:
+    """The whole restore of one backup as one in-process run of the graph (what ``backup-assets import``
+    does): the stages, the models' step, ``restore_complete``. Without an instance and ``$DAGSTER_HOME``,
+    the run goes to an ephemeral instance, closed afterwards (it leaves no temporary folder behind), and
+    leaves the asset checks out of its selection: the engine still verifies every model and
+    ``restore_complete`` still fails on an ERROR check (from each model's ``failed_checks``), but no
+    check evaluation is recorded in an instance nobody reads."""
     if instance is None and not os.environ.get("DAGSTER_HOME"):
-        with dg.DagsterInstance.ephemeral() as ephemeral:  # closed: leaves no temporary folder behind
-            return restore_backup(backup_path, dsn, settings, manifest, import_id, decryptor, ephemeral, log_level)
-    manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
-    path = Path(backup_path).absolute()
-    key = check_import_id(import_id) if import_id else partition_key_for_file(path)
-    common = dict(dsn=dsn, settings=settings, manifest=manifest, import_id=key, decryptor=decryptor,
-                  instance=_instance(instance), log_level=log_level)
-    first = materialize_restore(path, selection=list(STAGE_KEYS), **common)
-    if not first.success:
-        return [first]
-    try:
-        staged = Restore(resolve_dsn(dsn), manifest, key, settings or ImportSettings()).staged_result()
-    except psycopg.Error as e:
-        raise TargetError(f"cannot read what import {key} staged: {str(e).strip()}") from None
-    rows = staged.rows_per_model if staged else {}
-    selection = [spec.key for m, spec in model_asset_specs(manifest).items() if rows.get(m)]
-    selection.append(RESTORE_COMPLETE_KEY)
-    return [first, materialize_restore(path, selection=selection, **common)]
+        with dg.DagsterInstance.ephemeral() as ephemeral:
+            return materialize_restore(backup_path, dsn, settings, manifest=manifest, import_id=import_id,
+                                       decryptor=decryptor, instance=ephemeral, log_level=log_level,
+                                       selection=_WITHOUT_MODEL_CHECKS)
+    return materialize_restore(backup_path, dsn, settings, manifest=manifest, import_id=import_id,
+                               decryptor=decryptor, instance=_instance(instance), log_level=log_level)
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str | None:

@@ -211,8 +211,8 @@ class RestoreCompleteConfig(dg.Config):
 def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.AssetKey, str],
                                  partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     """``restore_complete``: depends on every model asset; totals their loads, fails when a model with
-    staged rows was never materialized for the partition (a model with nothing staged may be skipped,
-    as ``run.restore_backup`` does) or failed an ERROR check (staging is then kept for re-runs), else
+    staged rows was never materialized for the partition (a model with nothing staged may have been
+    left out of a subset) or failed an ERROR check (staging is then kept for re-runs), else
     drops the staging area (unless ``staging.keep_after_restore``)."""
 
     def restore_complete(context: dg.AssetExecutionContext, config: RestoreCompleteConfig,

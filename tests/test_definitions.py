@@ -47,8 +47,10 @@ def graph_of(defs: dg.Definitions):
     return defs.resolve_asset_graph()
 
 
-def model_assets(assets: list[dg.AssetsDefinition]) -> dict[str, dg.AssetsDefinition]:
-    return {a.metadata_by_key[a.key]["sentry/model"]: a for a in assets if "sentry/model" in a.metadata_by_key[a.key]}
+def models_asset(assets: list[dg.AssetsDefinition]) -> tuple[dg.AssetsDefinition, dict[str, dg.AssetKey]]:
+    """The one multi-asset of the models, and model name -> its asset key."""
+    [models] = assets
+    return models, {models.metadata_by_key[k]["sentry/model"]: k for k in models.keys}
 
 
 def test_definitions_load_with_one_asset_per_relocatable_model_of_the_builtin_manifest():
@@ -65,7 +67,9 @@ def test_definitions_load_with_one_asset_per_relocatable_model_of_the_builtin_ma
     assert all("/".join(m.split(".")) not in keys for m in excluded)
     job = defs.resolve_job_def("restore_backup_job")
     assert job.executor_def is dg.in_process_executor
-    assert {n.name for n in job.graph.node_defs} >= {"sentry__organization", "sentry_backup__parsed_export"}
+    # one step for every model (a step costs ~0.3 s of orchestration), the stages around it
+    assert {n.name for n in job.graph.node_defs} == {"sentry_models", *(f"sentry_backup__{s}" for s in STAGES)} - {
+        "sentry_backup__round_trip"}
     complete = graph.get(RESTORE_COMPLETE_KEY)
     assert {k.to_user_string() for k in complete.parent_keys} == {"/".join(m.split(".")) for m in manifest.relocatable()}
     for key in graph.get_all_asset_keys():
@@ -74,31 +78,33 @@ def test_definitions_load_with_one_asset_per_relocatable_model_of_the_builtin_ma
 
 def test_model_assets_carry_keys_groups_deps_kinds_metadata_checks_retry_and_pool():
     manifest = Manifest.from_json(SMALL, source="test")
-    assets = model_assets(build_restore_assets(manifest))
-    assert set(assets) == {"sentry.user", "sentry.organization", "sentry.member", "social_auth.usersocialauth",
-                           "sentry.apitoken"}
-    member = assets["sentry.member"]
-    assert member.key == dg.AssetKey(["sentry", "member"])
-    assert member.group_names_by_key[member.key] == "organization"
-    spec = member.specs_by_key[member.key]
+    models, keys = models_asset(build_restore_assets(manifest))
+    assert set(keys) == {"sentry.user", "sentry.organization", "sentry.member", "social_auth.usersocialauth",
+                         "sentry.apitoken"}
+    assert models.can_subset and models.op.name == "sentry_models"
+    member = keys["sentry.member"]
+    assert member == dg.AssetKey(["sentry", "member"])
+    assert models.group_names_by_key[member] == "organization"
+    spec = models.specs_by_key[member]
     # the Excluded FK target has no asset, so no dependency on it
     assert {d.asset_key for d in spec.deps} == {PARSED_EXPORT_KEY, dg.AssetKey(["sentry", "organization"]),
                                                 dg.AssetKey(["sentry", "user"])}
     assert spec.kinds == {"postgres"}
-    md = member.metadata_by_key[member.key]
+    md = models.metadata_by_key[member]
     assert md["table"] == "sentry_member"
     assert [fk["model"] for fk in md["foreign_keys"].data] == ["sentry.organization", "sentry.secret", "sentry.user"]
-    assert {c.name for c in member.check_specs} == set(CHECKS) >= {"counts_reconcile", "no_dangling_fk",
-                                                                   "sequence_past_max"}
-    policy = member.op.retry_policy
+    checks = {(c.asset_key, c.name) for c in models.check_specs}
+    assert checks == {(k, name) for k in keys.values() for name in CHECKS}
+    assert set(CHECKS) >= {"counts_reconcile", "no_dangling_fk", "sequence_past_max"}
+    policy = models.op.retry_policy
     assert policy.max_retries >= 1 and policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
-    assert member.op.pool == DEFAULT_POOL == "sentry_target"
-    social = assets["social_auth.usersocialauth"]
-    assert social.key == dg.AssetKey(["social_auth", "usersocialauth"])
-    assert social.group_names_by_key[social.key] == "global"  # first scope other than Excluded
-    token = assets["sentry.apitoken"]
-    assert token.group_names_by_key[token.key] == "config"  # Sentry's enum order: Config before Global
-    assert dg.AssetKey(["sentry", "member"]) in {d.asset_key for d in token.specs_by_key[token.key].deps}
+    assert models.op.pool == DEFAULT_POOL == "sentry_target"
+    social = keys["social_auth.usersocialauth"]
+    assert social == dg.AssetKey(["social_auth", "usersocialauth"])
+    assert models.group_names_by_key[social] == "global"  # first scope other than Excluded
+    token = keys["sentry.apitoken"]
+    assert models.group_names_by_key[token] == "config"  # Sentry's enum order: Config before Global
+    assert dg.AssetKey(["sentry", "member"]) in {d.asset_key for d in models.specs_by_key[token].deps}
 
 
 def test_a_translator_subclass_changes_keys_groups_and_tags_and_deps_follow():
@@ -109,14 +115,14 @@ def test_a_translator_subclass_changes_keys_groups_and_tags_and_deps_follow():
                                            tags={**spec.tags, "team": "sre"})
 
     manifest = Manifest.from_json(SMALL, source="test")
-    assets = model_assets(build_restore_assets(manifest, translator=Mine(), retry_policy=None, pool="other"))
-    member = assets["sentry.member"]
-    assert member.key == dg.AssetKey(["restored", "sentry", "member"])
-    assert member.group_names_by_key[member.key] == "sentry_models"
-    assert member.tags_by_key[member.key]["team"] == "sre"
-    assert {d.asset_key for d in member.specs_by_key[member.key].deps} == {
+    models, keys = models_asset(build_restore_assets(manifest, translator=Mine(), retry_policy=None, pool="other"))
+    member = keys["sentry.member"]
+    assert member == dg.AssetKey(["restored", "sentry", "member"])
+    assert models.group_names_by_key[member] == "sentry_models"
+    assert models.tags_by_key[member]["team"] == "sre"
+    assert {d.asset_key for d in models.specs_by_key[member].deps} == {
         PARSED_EXPORT_KEY, dg.AssetKey(["restored", "sentry", "organization"]), dg.AssetKey(["restored", "sentry", "user"])}
-    assert member.op.retry_policy is None and member.op.pool == "other"
+    assert models.op.retry_policy is None and models.op.pool == "other"
     defs = build_definitions(manifest, translator=Mine())
     dg.Definitions.validate_loadable(defs)
     parents = graph_of(defs).get(RESTORE_COMPLETE_KEY).parent_keys

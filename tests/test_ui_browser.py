@@ -52,7 +52,7 @@ def restored(tmp_path, pg_dsn):
         run = server.launch_run(key, ALL_ASSETS, {"resources": {"import_settings": {"config": {"create_schema": True}}}},
                                 {})
         assert server.wait_runs([run], timeout=90)[run]["status"] == "SUCCESS", server.tail()
-        yield server, key
+        yield server, key, run
     finally:
         server.stop()
 
@@ -74,7 +74,7 @@ def no_dialog(page) -> None:
 
 
 def test_the_asset_graph_lineage_and_rows_written_are_on_screen(restored, page):
-    server, key = restored
+    server, key, _run = restored
 
     # the asset graph of the organization group: both model assets, their checks and partition
     page.goto(f"{server.url}/locations/backup_assets/asset-groups/organization")
@@ -109,3 +109,39 @@ def test_the_asset_graph_lineage_and_rows_written_are_on_screen(restored, page):
     assert row.locator("td").nth(1).inner_text().strip() == str(count_rows(**SMALL)["sentry.organizationmember"])
     dropped = page.locator("tr", has=page.get_by_text("rows_dropped", exact=True))
     assert dropped.locator("td").nth(1).inner_text().strip() == "0"
+
+
+def test_one_run_of_the_models_step_shows_a_materialization_and_checks_per_model(restored, page):
+    server, key, run = restored
+    # the run's steps: the stages, ONE step for every model, restore_complete; each model materialized
+    # by that step, each with its four checks evaluated there
+    data = server.graphql("""query($id: ID!) { runOrError(runId: $id) { ... on Run {
+          stepStats { stepKey status materializations { assetKey { path } } } } } }""", {"id": run})
+    steps = {s["stepKey"]: s for s in data["runOrError"]["stepStats"]}
+    assert set(steps) == {"sentry_models", *(f"sentry_backup__{s[1]}" for s in ALL_ASSETS[:5])}
+    assert {s["status"] for s in steps.values()} == {"SUCCESS"}
+    models = steps["sentry_models"]
+    assert sorted(m["assetKey"]["path"] for m in models["materializations"]) == sorted(m.split(".") for m in MODELS)
+    checks = server.graphql("""query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+          __typename ... on AssetCheckEvaluationEvent { stepKey evaluation { assetKey { path } checkName success } }
+          } } } }""", {"id": run})["logsForRun"]["events"]
+    evaluations = [e for e in checks if e["__typename"] == "AssetCheckEvaluationEvent"]
+    assert {e["stepKey"] for e in evaluations} == {"sentry_models"}
+    assert sorted((tuple(e["evaluation"]["assetKey"]["path"]), e["evaluation"]["success"]) for e in evaluations) \
+        == sorted((tuple(m.split(".")), True) for m in MODELS for _ in range(4))
+
+    # on screen: the run's page lists the models' step, and the member's checks come from this run
+    page.goto(f"{server.url}/runs/{run}")
+    page.get_by_text("sentry_models").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "ui-run-models-step.png"))
+    no_dialog(page)
+    text = page.locator("body").inner_text()
+    assert "sentry_models" in text and "restore_complete" in text
+    page.goto(f"{server.url}/assets/sentry/organizationmember?view=checks")
+    page.get_by_text("no_dangling_fk", exact=True).first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "ui-member-checks.png"))
+    checks_text = page.locator("body").inner_text()
+    for name in ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped"):
+        assert name in checks_text, name

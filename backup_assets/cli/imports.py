@@ -98,10 +98,9 @@ for _scope in SCOPE_HELP:
 
 def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
              settings: ImportSettings, import_id: str | None, silent: bool) -> RestoreResult:
-    """Restore through the asset graph in-process (the code path of the Dagster UI): the two runs of
-    :func:`backup_assets.run.restore_backup` (the stages, then the models with staged rows and
-    ``restore_complete``), then read what they did back from the engine's records. On a failed run
-    the import's staging is discarded and :class:`ImportFailed` raised."""
+    """Restore through the asset graph in-process (the code path of the Dagster UI): one run of
+    :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
+    a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
     from ..partitions import partition_key_for_file
     from ..run import failure_message, restore_backup
 
@@ -111,9 +110,9 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
     import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
     restore = Restore(dsn, manifest, import_id, settings)
     with restore.hold(), restore_progress(silent):
-        runs = restore_backup(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
-                              log_level="CRITICAL")
-    problem = failure_message(runs[-1])
+        run = restore_backup(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
+                             log_level="CRITICAL")
+    problem = failure_message(run)
     if problem:
         try:
             restore.discard_staging()

@@ -16,10 +16,7 @@ server backend at work, so the second core does the second load).
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from typing import BinaryIO, Callable, Iterator
 
@@ -33,6 +30,8 @@ from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
+from .retry import QUICK_RETRIES
+from .scheduler import ModelOutcome, default_workers, load_models  # noqa: F401 - default_workers re-exported
 from .schema import ensure_tables, find_table, tables_to_change
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
@@ -90,6 +89,11 @@ class Restore:
             return None
         self._local.conn = self.open_connection()
         return self._local.conn
+
+    def unbind_thread_connection(self) -> psycopg.Connection | None:
+        """Take this thread's session connection away (the caller closes it); None when it had none."""
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        return conn
 
     def open_connection(self) -> psycopg.Connection:
         """A new autocommit connection to the target, the project's state schema ensured."""
@@ -291,6 +295,11 @@ class Restore:
             self._fields = row[1] if row else None
         return self._counts, self._fields
 
+    def staged_counts(self) -> dict[str, int]:
+        """Rows staged per model (empty before the import is staged)."""
+        with self.connect() as conn:
+            return dict(self._stage_info(conn)[0])
+
     def load_result(self, model: str) -> LoadResult | None:
         with self.connect() as conn:
             return loader.recorded_result(conn, self.import_id, model)
@@ -343,26 +352,19 @@ LoadHook = Callable[[str, LoadResult], None]
 #: (below, building them later costs more statements than it saves).
 DEFER_CONSTRAINTS_AT = 1000
 
-#: Pauses (s) before a concurrent load that hit the target's ``lock_timeout`` is tried again.
-LOCK_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)
-
-
-def default_workers() -> int:
-    """Model loads run at once by :func:`run_restore`: two, or one on a single-core machine. Each is one
-    server backend at work (the client only waits), so more than the server's cores gains nothing."""
-    return max(1, min(2, os.cpu_count() or 1))
-
 
 def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings | None = None,
                 import_id: str | None = None, progress: ProgressFn | None = None,
                 on_load: LoadHook | None = None, workers: int | None = None) -> RestoreResult:
     """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
-    whether the restore succeeded or failed. Up to ``workers`` models load at once (each on its own
-    connection, a model only after the models it depends on; default :func:`default_workers`)."""
+    whether the restore succeeded or failed. The models load through :func:`~backup_assets.core.scheduler.
+    load_models`: up to ``workers`` at once (default :func:`~backup_assets.core.scheduler.default_workers`),
+    a model only after the models it depends on, transient errors retried (:data:`QUICK_RETRIES`). When
+    a model fails, the models that do not depend on it still load; then the first error is raised."""
     restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
     try:
         with restore.hold(), restore.session():
-            return _run(restore, backup, progress, on_load, workers or default_workers())
+            return _run(restore, backup, progress, on_load, workers)
     except BaseException:
         try:
             restore.discard_staging()
@@ -372,82 +374,22 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
 
 
 def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None,
-         workers: int) -> RestoreResult:
+         workers: int | None) -> RestoreResult:
     stage = restore.stage(backup, progress=progress)
     restore.prepare()
     out = RestoreResult(import_id=restore.import_id, stage=stage)
     plan = restore.plan()
-    done: dict[str, tuple[LoadResult, list[CheckOutcome]]] = {}
-
-    def load(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
-        return restore.load_model(model), restore.verify_model(model)
-
-    if workers <= 1:
-        for model in plan:
-            done[model] = load(model)
-            if on_load:
-                on_load(model, done[model][0])
-    else:
-        _load_concurrently(restore, plan, load, workers, done, on_load)
+    done: dict[str, ModelOutcome] = {}
+    failure: BaseException | None = None
+    for outcome in load_models(restore, plan, workers=workers, retry=QUICK_RETRIES):
+        done[outcome.model] = outcome
+        if outcome.error is not None:
+            failure = failure or outcome.error
+        elif outcome.loaded and on_load:
+            on_load(outcome.model, outcome.result)  # type: ignore[arg-type]
+    if failure is not None:
+        raise failure
     for model in plan:
-        out.loads[model], out.checks[model] = done[model]
+        out.loads[model], out.checks[model] = done[model].result, done[model].checks  # type: ignore[assignment]
     restore.finish()
     return out
-
-
-def _load_concurrently(restore: Restore, plan: list[str], load: Callable[[str], tuple[LoadResult, list[CheckOutcome]]],
-                       workers: int, done: dict, on_load: LoadHook | None) -> None:
-    """Load the plan's models on ``workers`` threads, each with its own session, a model as soon as every
-    model of the plan it depends on is loaded; among the models ready, the one with the most staged rows
-    first (the big loads start early, so the small ones fill the gaps). A load that hit the target's
-    ``lock_timeout`` (waiting for the other load) is tried again after a pause (:data:`LOCK_RETRIES`). The
-    first failure stops new loads; the running ones finish, then it is raised."""
-    waits_for = {m: {d for d in restore.manifest[m].dependencies if d in plan and d != m} for m in plan}
-    with restore.connect() as conn:
-        staged = restore._stage_info(conn)[0]
-    connections: list[psycopg.Connection] = []
-
-    def work(model: str) -> tuple[LoadResult, list[CheckOutcome]]:
-        opened = restore.bind_thread_connection()  # one connection per worker thread, for all its loads
-        if opened is not None:
-            connections.append(opened)
-        for pause in LOCK_RETRIES:
-            try:
-                return load(model)
-            except psycopg.errors.LockNotAvailable:
-                # the target's lock_timeout, hit while the other load held a lock this one needs (two loads
-                # adding foreign keys to one parent): the load rolled back whole; it is tried again
-                time.sleep(pause)
-        return load(model)
-
-    pending = list(plan)
-    running: dict[Future, str] = {}
-    failure: BaseException | None = None
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-assets-load")
-    try:
-        while pending or running:
-            if failure is None:
-                ready = [m for m in pending if not waits_for[m] - done.keys()]
-                for model in sorted(ready, key=lambda m: -staged.get(m, 0)):  # stable: plan order among equals
-                    if len(running) >= workers:
-                        break
-                    pending.remove(model)
-                    running[pool.submit(work, model)] = model
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                model = running.pop(future)
-                try:
-                    done[model] = future.result()
-                except BaseException as e:  # noqa: BLE001 - re-raised below, once the running loads finish
-                    failure = failure or e
-                    continue
-                if on_load:
-                    on_load(model, done[model][0])
-        if failure is not None:
-            raise failure
-    finally:
-        pool.shutdown(wait=True)
-        for conn in connections:
-            conn.close()

@@ -1,0 +1,293 @@
+"""The user's paths beside the engine, measured in one run: the same encrypted backup restored by
+``run_restore``, by ``backup-assets import global`` and by the sensor -> ``restore_backup_job`` run,
+next to a raw COPY of the same rows and the naive Sentry-style import.
+
+    .venv/bin/python benchmarks/paths.py [--sizes 100000,1000000] [--manifests builtin,full] [--repeat 1]
+
+For each manifest (``builtin``: the built-in one; ``full``: Sentry's whole ``model_dependencies/
+detailed.json`` from the conformance folder, 95 relocatable models) and each size, it generates the
+benchmark's export (``backup_assets.core.synthetic``), encrypts it with a fresh key pair, and measures
+each path in a fresh subprocess against a fresh database of one embedded PostgreSQL (fsync off), create
+mode, scope global:
+
+* **run_restore** - the engine's API (2 workers), the baseline of the 1.1x target;
+* **CLI** - ``backup-assets import global TAR --decrypt-with KEY --no-prompt --create-schema``: the
+  console script's wall time, process start included, and its peak RSS;
+* **job** - a fresh process that loads the code location (``backup_assets.definitions``, environment as a
+  deployment sets it), evaluates the backup folder sensor twice (a file is requested once it is stable),
+  adds the partition and executes the ``restore_backup_job`` run it requested on a persistent instance
+  (``$DAGSTER_HOME``): what the daemon's run worker does. Its ``seconds`` is the process's wall time;
+  ``defs_s`` and ``run_s`` split it. Twice: with the instance's storage in sqlite files (Dagster's
+  default: every event is a commit, and a WAL checkpoint when its connection closes) and in PostgreSQL
+  (a database of the same server; the block ``dagster.yaml`` ships commented out);
+* **raw COPY** - the rows the restore wrote, already shaped, copied into the same schema with its
+  constraints, in one transaction (``benchmarks/restore.py``'s);
+* **naive** - one ``INSERT ... RETURNING id`` per row through psycopg2 (``benchmarks/restore.py``'s), at
+  the size of ``--naive-rows`` and the built-in manifest only.
+
+``--tiny`` adds the fresh-install export of the conformance folder (34 rows, plain JSON, full
+manifest): the definitions' load time alone, the job's run after it, and the CLI end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backup_assets.core import keys  # noqa: E402
+from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
+from benchmarks.restore import (KEY_ENV, NAIVE, RAW_COPY, child, dump_rows, load_schema, make_backup,  # noqa: E402
+                                ordered_tables, pg_tool, psycopg_rows)
+
+FULL_MANIFEST = Path("/work/shared/conformance/model_dependencies/detailed.json")
+FRESH_INSTALL = Path("/work/shared/conformance/exports/fresh-install.json")
+
+ENGINE = textwrap.dedent("""
+    import json, resource, sys, time
+    from backup_assets.core.decryptors import PemDecryptor
+    from backup_assets.core.manifest import Manifest
+    from backup_assets.core.restore import run_restore
+    from backup_assets.core.settings import ImportSettings
+    from backup_assets.core.source import open_backup
+    t = time.perf_counter()
+    decryptor = PemDecryptor.from_env("%s") if sys.argv[2].endswith(".tar") else None
+    r = run_restore(sys.argv[1], open_backup(sys.argv[2], decryptor), Manifest.load(sys.argv[3] or None),
+                    ImportSettings(create_schema=True, replace_existing=True), workers=2)
+    print(json.dumps({"seconds": time.perf_counter() - t, "rows": r.stage.rows,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""" % KEY_ENV)
+
+#: Times a command as a whole (process start included): wall time and the child's peak RSS.
+COMMAND = textwrap.dedent("""
+    import json, resource, subprocess, sys, time
+    t = time.perf_counter()
+    out = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    print(json.dumps({"seconds": secs, "rows": int(sys.argv[1]),
+                      "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+""")
+
+JOB = textwrap.dedent("""
+    import time
+    t0 = time.perf_counter()
+    import json, resource, sys
+    import dagster as dg
+    from backup_assets.definitions import build_definitions
+    defs = build_definitions()
+    job = defs.resolve_job_def("restore_backup_job")
+    t_defs = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        sensor = defs.get_sensor_def("backup_folder_sensor")
+        resources = {k: v for k, v in defs.resources.items() if k in ("backup_source", "target")}
+        cursor, requests = None, []
+        for _ in range(2):  # the first tick sees the file, the second finds it stable and requests it
+            result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+            cursor = result.cursor
+            for add in result.dynamic_partitions_requests or []:
+                instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+            requests += result.run_requests or []
+        [request] = requests
+        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
+                                     run_config={"resources": {"import_settings": {"config": {
+                                         "create_schema": True, "replace_existing": True}}}})
+        assert run.success
+        rows = sum(e.materialization.metadata["rows_read"].value for e in run.get_asset_materialization_events()
+                   if e.asset_key.path[0] != "sentry_backup" and "rows_read" in e.materialization.metadata)
+    end = time.perf_counter()
+    print(json.dumps({"seconds": end - t0, "defs_s": t_defs - t0, "run_s": end - t_defs, "rows": rows,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+DEFS = textwrap.dedent("""
+    import time
+    t0 = time.perf_counter()
+    import json
+    from backup_assets.definitions import build_definitions
+    build_definitions().resolve_job_def("restore_backup_job")
+    print(json.dumps({"seconds": time.perf_counter() - t0, "rows": 0, "rss_mb": 0}))
+""")
+
+
+class Bench:
+    """One embedded server; each measurement in a fresh subprocess against a fresh database."""
+
+    def __init__(self, work: Path, private_pem: bytes) -> None:
+        self.work, self.server = work, EmbeddedPostgres(work / "pg", durable=False).start()
+        self.key_file = work / "bench-key.pem"
+        self.key_file.write_bytes(private_pem)
+        self.key_file.chmod(0o600)
+        self.env = {KEY_ENV: private_pem.decode()}
+        self.results: list[tuple[str, str, int, dict]] = []
+        self.storages = ["sqlite", "postgres"]
+        self._n = 0
+
+    def fresh_db(self, schema: str | None = None) -> str:
+        self._n += 1
+        db = f"run_{self._n}"
+        ensure_database(self.server.dsn(), db)
+        if schema is not None:
+            load_schema(self.server.dsn(db), schema)
+        psycopg_rows(self.server.dsn(), "CHECKPOINT")
+        return db
+
+    def drop(self, db: str) -> None:
+        psycopg_rows(self.server.dsn(), f'DROP DATABASE "{db}" WITH (FORCE)')
+
+    def measure(self, kind: str, manifest: str, size: int, code: str, *args: str, env: dict | None = None,
+                schema: str | None = None, keep: bool = False) -> str:
+        db = self.fresh_db(schema)
+        r = child(code, self.server.dsn(db), *args, env={**self.env, **(env or {})})
+        print(f"{kind} [{manifest}] {size}: {r}", file=sys.stderr)
+        self.results.append((kind, manifest, size, r))
+        if not keep:
+            self.drop(db)
+        return db
+
+    def cli(self, manifest: str, size: int, backup: Path, manifest_path: str) -> None:
+        db = self.fresh_db()
+        args = [str(Path(sys.executable).parent / "backup-assets"), "import", "global", str(backup), "--no-prompt",
+                "--create-schema", "--silent", "--dsn", self.server.dsn(db)]
+        if backup.suffix == ".tar":
+            args += ["--decrypt-with", str(self.key_file)]
+        if manifest_path:
+            args += ["--manifest", manifest_path]
+        r = child(COMMAND, str(size), *args)
+        print(f"CLI [{manifest}] {size}: {r}", file=sys.stderr)
+        self.results.append(("CLI", manifest, size, r))
+        self.drop(db)
+
+    def job(self, manifest: str, size: int, backup: Path, manifest_path: str, storage: str = "sqlite") -> None:
+        folder = self.work / f"inbox-{self._n}"
+        folder.mkdir()
+        (folder / backup.name).symlink_to(backup)
+        home = self.work / f"home-{self._n}"
+        home.mkdir()
+        config = "telemetry:\n  enabled: false\n"
+        if storage == "postgres":  # Dagster's runs and events in PostgreSQL (dagster.yaml's commented block)
+            events = self.fresh_db()
+            url = self.server.dsn(events).replace("postgresql://", "postgresql+psycopg2://", 1)
+            config += f"storage:\n  postgres:\n    postgres_url: \"{url}\"\n"
+        (home / "dagster.yaml").write_text(config)
+        db = self.fresh_db()
+        env = {"DAGSTER_HOME": str(home), "BACKUP_ASSETS_DSN": self.server.dsn(db),
+               "BACKUP_ASSETS_BACKUPS": str(folder), "BACKUP_ASSETS_PRIVATE_KEY": self.env[KEY_ENV],
+               "BACKUP_ASSETS_MANIFEST": manifest_path}
+        r = child(JOB, env={**self.env, **env})
+        kind = f"job ({storage} instance)"
+        print(f"{kind} [{manifest}] {size}: {r}", file=sys.stderr)
+        self.results.append((kind, manifest, size, r))
+        self.drop(db)
+
+    def raw_copy(self, manifest: str, size: int, restored: str) -> None:
+        dsn = self.server.dsn(restored)
+        tables = [r[0] for r in psycopg_rows(dsn, "SELECT table_name FROM information_schema.tables "
+                                                  "WHERE table_schema = 'public'")]
+        order = ordered_tables(tables)
+        folder = self.work / f"copy-{manifest}-{size}"
+        folder.mkdir()
+        dump_rows(dsn, order, folder)
+        schema = pg_tool(self.server, "pg_dump", "-s", "-n", "public", dsn)
+        self.measure("raw COPY", manifest, size, RAW_COPY, json.dumps(order), str(folder), schema=schema)
+        subprocess.run(["rm", "-rf", str(folder)])
+
+
+def run_size(bench: Bench, size: int, manifests: dict[str, str], repeat: int, naive_rows: int,
+             public_pem: bytes) -> None:
+    backup, _ = make_backup(bench.work, size, public_pem)
+    for name, path in manifests.items():
+        for rep in range(repeat):  # interleaved, so that a slow spell of the machine hits every path
+            restored = bench.measure("run_restore", name, size, ENGINE, str(backup), path, keep=rep == 0)
+            bench.cli(name, size, backup, path)
+            for storage in bench.storages:
+                bench.job(name, size, backup, path, storage)
+            if rep == 0:
+                bench.raw_copy(name, size, restored)
+                bench.drop(restored)
+    if size == naive_rows:
+        db = bench.fresh_db()
+        child(ENGINE, bench.server.dsn(db), str(backup), "", env=bench.env)
+        schema = pg_tool(bench.server, "pg_dump", "-s", "-n", "public", bench.server.dsn(db))
+        bench.drop(db)
+        bench.measure("naive", "builtin", size, NAIVE, str(backup), "psycopg2", schema=schema)
+    backup.unlink()
+
+
+def run_tiny(bench: Bench, repeat: int) -> None:
+    path = str(FULL_MANIFEST)
+    for _ in range(repeat):
+        r = child(DEFS, env={"BACKUP_ASSETS_MANIFEST": path})
+        print(f"definitions load [full]: {r}", file=sys.stderr)
+        bench.results.append(("definitions load", "full", 0, r))
+        bench.measure("run_restore", "full", 34, ENGINE, str(FRESH_INSTALL), path)
+        bench.cli("full", 34, FRESH_INSTALL, path)
+        for storage in bench.storages:
+            bench.job("full", 34, FRESH_INSTALL, path, storage)
+
+
+def best(results: list[tuple[str, str, int, dict]]) -> dict[tuple[str, str, int], dict]:
+    out: dict[tuple[str, str, int], dict] = {}
+    for kind, manifest, size, r in results:
+        if (kind, manifest, size) not in out or r["seconds"] < out[kind, manifest, size]["seconds"]:
+            out[kind, manifest, size] = r
+    return out
+
+
+def report(results: list[tuple[str, str, int, dict]]) -> None:
+    b = best(results)
+    naive_size, naive = next(((size, r) for (k, _, size), r in b.items() if k == "naive"), (0, None))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\nMachine: {os.cpu_count()} cores ({cpu}); date {time.strftime('%Y-%m-%d %H:%M')} UTC; best of the runs\n")
+    print("| path | manifest | rows | seconds | rows/s | peak RSS (MB) | vs run_restore (time) | vs raw COPY (rate) "
+          "| vs naive (rate) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (kind, manifest, size), r in sorted(b.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        engine = b.get(("run_restore", manifest, size))
+        raw = b.get(("raw COPY", manifest, size))
+        rate = size / r["seconds"] if size else 0.0
+        extra = f" (defs {r['defs_s']:.1f} + run {r['run_s']:.1f})" if "defs_s" in r else ""
+        vs_engine = f"{r['seconds'] / engine['seconds']:.2f}x" if engine and kind != "definitions load" else "-"
+        vs_raw = f"{rate / (size / raw['seconds']):.2f}x" if raw else "-"
+        vs_naive = f"{rate / (naive_size / naive['seconds']):.1f}x" if naive and size == naive_size else "-"
+        print(f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {rate:,.0f} | {r['rss_mb']:.0f} | "
+              f"{vs_engine} | {vs_raw} | {vs_naive} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated row counts (0 for none)")
+    ap.add_argument("--manifests", default="builtin,full", help="builtin and/or full")
+    ap.add_argument("--naive-rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each path per size; the best counts")
+    ap.add_argument("--tiny", action="store_true", help="also the fresh-install export (see the module doc)")
+    ap.add_argument("--storages", default="sqlite,postgres",
+                    help="Dagster instance storage(s) of the job: sqlite (the default of a DAGSTER_HOME), postgres")
+    a = ap.parse_args()
+    manifests = {m: ("" if m == "builtin" else str(FULL_MANIFEST)) for m in a.manifests.split(",")}
+    private_pem, public_pem = keys.generate_key_pair()
+    work = Path(tempfile.mkdtemp(prefix="bench-paths-"))
+    bench = Bench(work, private_pem)
+    bench.storages = a.storages.split(",")
+    try:
+        if a.tiny:
+            run_tiny(bench, a.repeat)
+        for size in sorted({int(s) for s in a.sizes.split(",") if int(s)}):
+            run_size(bench, size, manifests, a.repeat, a.naive_rows, public_pem)
+    finally:
+        bench.server.destroy()
+        subprocess.run(["rm", "-rf", str(work)])
+    report(bench.results)
+
+
+if __name__ == "__main__":
+    main()
