@@ -1,8 +1,9 @@
 """Run the restore graph in-process for one backup: what ``backup-assets import`` calls, so the command
-line and the Dagster UI share one code path (and one record, when ``$DAGSTER_HOME`` names an instance).
+line and the Dagster UI share one code path (and one record: see :mod:`backup_assets.dagster_home`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
+from backup_assets.dagster_home import cli_home
 from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.settings_resource import ImportSettingsResource
@@ -41,7 +43,8 @@ def target_tag(dsn: str | None) -> str:
 def _instance(instance: dg.DagsterInstance | None) -> dg.DagsterInstance:
     if instance is not None:
         return instance
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    home = cli_home()
+    return dg.DagsterInstance.from_config(str(home)) if home else dg.DagsterInstance.ephemeral()
 
 
 def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, settings: ImportSettings | None = None,
@@ -53,7 +56,7 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     """Restore ``backup_path`` into ``dsn`` by materializing the asset graph in-process, as one partition.
 
     ``import_id`` defaults to the file's partition key (readable stem + SHA-256 prefix); the partition is
-    added to ``instance`` (default: ``$DAGSTER_HOME``'s instance, else an ephemeral one). ``decryptor``
+    added to ``instance`` (default: the command line's, see :mod:`backup_assets.dagster_home`). ``decryptor``
     is handed to the stages as an object, so key material never enters run configuration. ``selection``
     restricts the run to some assets (a subset re-run of an import already staged). With
     ``raise_on_error=False`` a failed step is reported in the result (see :func:`failure_message`).
@@ -87,18 +90,22 @@ def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: Impo
                    decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
                    log_level: str | None = None) -> dg.ExecuteInProcessResult:
     """The whole restore of one backup as one in-process run of the graph (what ``backup-assets import``
-    does): the stages, the models' step, ``restore_complete``. Without an instance and ``$DAGSTER_HOME``,
-    the run goes to an ephemeral instance, closed afterwards (it leaves no temporary folder behind), and
-    leaves the asset checks out of its selection: the engine still verifies every model and
-    ``restore_complete`` still fails on an ERROR check (from each model's ``failed_checks``), but no
-    check evaluation is recorded in an instance nobody reads."""
-    if instance is None and not os.environ.get("DAGSTER_HOME"):
+    does): the stages, the models' step, ``restore_complete``. Without an instance, the run is recorded
+    in the command line's (:func:`backup_assets.dagster_home.cli_home`: ``$DAGSTER_HOME``, else the
+    shared ``.dagster_home`` the demo and the UI use), else in an ephemeral instance, closed afterwards
+    (it leaves no temporary folder behind), whose run leaves the models' checks out of its selection: the
+    engine still verifies every model and ``restore_complete`` still fails on an ERROR check (from each
+    model's ``failed_checks``), but no check evaluation is recorded in an instance nobody reads."""
+    run = functools.partial(materialize_restore, backup_path, dsn, settings, manifest=manifest, import_id=import_id,
+                            decryptor=decryptor, log_level=log_level)
+    if instance is not None:
+        return run(instance=instance)
+    home = cli_home()
+    if home is None:
         with dg.DagsterInstance.ephemeral() as ephemeral:
-            return materialize_restore(backup_path, dsn, settings, manifest=manifest, import_id=import_id,
-                                       decryptor=decryptor, instance=ephemeral, log_level=log_level,
-                                       selection=_WITHOUT_MODEL_CHECKS)
-    return materialize_restore(backup_path, dsn, settings, manifest=manifest, import_id=import_id,
-                               decryptor=decryptor, instance=_instance(instance), log_level=log_level)
+            return run(instance=ephemeral, selection=_WITHOUT_MODEL_CHECKS)
+    with dg.DagsterInstance.from_config(str(home)) as recorded:
+        return run(instance=recorded)
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str | None:

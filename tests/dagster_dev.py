@@ -1,5 +1,7 @@
 """A real ``dagster dev`` for end-to-end tests: loopback only, a temp DAGSTER_HOME, stopped cleanly.
 
+``backup-assets ui`` too, run in a folder of the test's as the README runs it.
+
 Used by ``test_backfill_e2e.py`` and ``test_ui_browser.py``. The server loads this repository's
 ``workspace.yaml`` (code location ``backup_assets``); the instance is the repository's ``dagster.yaml``
 copied into the temp home, so the tests exercise the shipped run-queue settings.
@@ -32,25 +34,34 @@ def free_port() -> int:
 
 
 class DagsterDev:
-    """``dagster dev -w workspace.yaml`` on 127.0.0.1, with ``env`` added to the environment."""
+    """``dagster dev -w workspace.yaml`` on 127.0.0.1, with ``env`` added to the environment; or, with
+    ``cwd``, ``backup-assets ui`` run there as a user would (its own home: ``cwd/.dagster_home``)."""
 
-    def __init__(self, home: Path, env: dict[str, str]):
-        self.home = home
+    def __init__(self, home: Path | None, env: dict[str, str], cwd: Path | None = None):
+        self.cwd = cwd
+        self.home = home or (cwd / ".dagster_home")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
-        self.log_path = home / "dagster-dev.log"
+        self.log_path = (cwd or self.home) / "dagster-dev.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "DagsterDev":
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        if self.cwd is not None:  # the README's `backup-assets ui`, which picks its home itself
+            env.pop("DAGSTER_HOME", None)
+            return [str(Path(sys.executable).with_name("backup-assets")), "ui", "-p", str(self.port)], env
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "dagster.yaml", self.home / "dagster.yaml")
-        env = {**os.environ, **self.env, "DAGSTER_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         dagster = Path(sys.executable).with_name("dagster")
+        env["DAGSTER_HOME"] = str(self.home)
+        return [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)], env
+
+    def start(self, timeout: float = 90) -> "DagsterDev":
+        argv, env = self._command()
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(argv, cwd=self.cwd or REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         self._wait_loaded(timeout)
         return self
 
@@ -108,6 +119,12 @@ class DagsterDev:
         result = data["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the instance: id, status and tags."""
+        data = self.graphql("""{ runsOrError { __typename ... on Runs { results { runId status
+              tags { key value } } } } }""")
+        return data["runsOrError"]["results"]
 
     def run_status(self, run_id: str) -> dict[str, Any]:
         data = self.graphql("""query($id: ID!) { runOrError(runId: $id) { __typename

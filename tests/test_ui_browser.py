@@ -9,15 +9,20 @@ with no first-visit dialog in the way (``nux: {enabled: false}`` in dagster.yaml
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.postgres import EmbeddedPostgres
 from backup_assets.core.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import partition_key_for_file
-from tests.dagster_dev import DagsterDev
+from tests.dagster_dev import REPO, DagsterDev
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -145,3 +150,48 @@ def test_one_run_of_the_models_step_shows_a_materialization_and_checks_per_model
     checks_text = page.locator("body").inner_text()
     for name in ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped"):
         assert name in checks_text, name
+
+
+def test_the_readme_flow_demo_then_ui_shows_the_demo_restore(tmp_path, page):
+    """The README's flow as written, from a fresh folder: `backup-assets demo`, then `backup-assets ui`.
+    The UI's first look is the demo's restore (its partition materialized, a model's four checks passed),
+    although the test launches no run of its own."""
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")  # the README runs from the repository root
+    embedded = Path(tempfile.mkdtemp(prefix="ba-ui-demo-"))  # the embedded server of this test only (not
+    env = {"BACKUP_ASSETS_HOME": str(embedded)}                 # under pytest's 0700 folders: its user reads it)
+    cli = Path(sys.executable).with_name("backup-assets")
+    demo_env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "BACKUP_ASSETS_DSN")}
+    server = DagsterDev(None, env, cwd=tmp_path)
+    try:
+        demo = subprocess.run([str(cli), "demo"], cwd=tmp_path, env={**demo_env, **env}, capture_output=True,
+                              text=True, timeout=280)
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        key = partition_key_for_file(tmp_path / "backups" / "demo-sentry-export.tar")
+        server.start()
+        [run] = server.runs()  # the demo's, recorded in the shared home
+        assert run["status"] == "SUCCESS" and {"key": "dagster/partition", "value": key} in run["tags"]
+
+        # the model's page: its latest materialization is the demo's partition, its four checks passed
+        page.goto(f"{server.url}/assets/sentry/organization")
+        page.get_by_text("Latest materialization").wait_for(timeout=TIMEOUT_MS)
+        page.get_by_text(key).first.wait_for(timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "ui-demo-first-look.png"))
+        no_dialog(page)
+        assert "Never materialized" not in page.locator("body").inner_text()
+        page.goto(f"{server.url}/assets/sentry/organization?view=checks")
+        page.get_by_text("Checks (4)").wait_for(timeout=TIMEOUT_MS)
+        page.get_by_text("Succeeded").nth(3).wait_for(timeout=TIMEOUT_MS)
+        page.screenshot(path=str(ARTIFACTS / "ui-demo-checks.png"))
+        assert page.get_by_text("Succeeded", exact=True).count() == 4
+        for name in ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped"):
+            assert page.get_by_text(name, exact=True).count() >= 1, name
+
+        page.goto(f"{server.url}/assets/sentry/organization?view=events&partition={key}")
+        page.get_by_text("rows_written", exact=True).wait_for(timeout=TIMEOUT_MS)
+        assert page.get_by_text(f"Partition {key} materialized in run").count() == 1
+        assert [r["runId"] for r in server.runs()] == [run["runId"]]  # nothing was launched to get here
+    finally:
+        server.stop()
+        EmbeddedPostgres(embedded / "postgres").destroy()
+        shutil.rmtree(embedded, ignore_errors=True)

@@ -36,5 +36,5 @@ def backup() -> None:
 
 
 # Command modules register themselves on `main` / `backup` when imported.
-for _name in ("crypto", "imports", "exports", "compare", "rollback", "demo"):
+for _name in ("crypto", "imports", "exports", "compare", "rollback", "demo", "ui"):
     importlib.import_module(f"{__name__}.{_name}")

@@ -30,6 +30,9 @@ from .imports import print_summary, restore_file
 def demo(folder: Path, scale: int, dsn: str | None) -> None:
     """Restore a demo backup into the embedded PostgreSQL, through the whole asset graph.
 
+    The run is recorded in $DAGSTER_HOME, else in .dagster_home/ of the working directory, which
+    `backup-assets ui` opens: the UI shows the demo's partition materialized, with its checks.
+
     Generates a Sentry-format export (organizations, users, teams, projects, keys, options...),
     encrypts it the way `sentry export --encrypt-with` does for a fresh demo key pair (written beside
     it as demo-key.pem / demo-key.pub), writes the tarball to FOLDER, and restores it in global scope
@@ -67,15 +70,31 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
                f"pair {key_file} (mode 0600) / {pub_file}", err=True)
     target = resolve_dsn(dsn)
     settings = ImportSettings(scope="global", create_schema=True, replace_existing=True)
-    result = restore_file(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings, None, silent=False)
+    home = _shared_home()
+    # the import is the backup file's partition, as the UI's sensor would name it
+    result = restore_file(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings,
+                          _partition_key(tar), silent=False)
     print_summary(result)
     click.echo(f"\nRestored into {target}\n"
                f"Try:\n"
                f"  psql {target} -c 'SELECT slug, name FROM sentry_organization'\n"
                f"  backup-assets export global demo-roundtrip.json --dsn {target}\n"
                f"  backup-assets backup compare {tar} demo-roundtrip.json --decrypt-left-with {key_file}\n"
-               f"  BACKUP_ASSETS_PRIVATE_KEY_PATH={key_file} dagster dev   # the asset graph, sensor and checks",
+               f"  backup-assets ui    # the asset graph with this restore, its checks, the sensor (instance {home})",
                err=True)
+
+
+def _shared_home() -> Path:
+    """The instance the restore is recorded in, which ``backup-assets ui`` opens (see :mod:`dagster_home`)."""
+    from ..dagster_home import ensure_home
+
+    return ensure_home()
+
+
+def _partition_key(path: Path) -> str:
+    from ..partitions import partition_key_for_file
+
+    return partition_key_for_file(path)
 
 
 _NO_MILLIS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z$")
