@@ -5,8 +5,9 @@ imports this module. The engine is dagster-celery's own (its tasks, its workers,
 this module adds two things around it:
 
 * **Per-target routing.** A run's steps go to the Celery queue of its target database: the run tag
-  ``dagster-celery/queue`` when given, else :func:`target_queue` of the run tag
-  ``backup_assets/target`` (``host:port/dbname``, never credentials). Start one worker with
+  ``dagster-celery/queue`` when given, else :func:`target_queue` of the database the ``target``
+  resource writes (``host:port/dbname``, never credentials; the run tag ``backup_assets/target``
+  when the DSN is not known to the launcher; a tag naming another database fails the run). Start one worker with
   ``--concurrency 1`` per queue and one database receives one step at a time while other databases
   restore in parallel on other workers. A step's own ``dagster-celery/queue`` tag still wins.
 * **A lost worker fails the run.** dagster-celery waits for a step's result forever; a worker killed
@@ -30,11 +31,14 @@ import dagster as dg
 from dagster._core.execution.context.system import PlanOrchestrationContext
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode
+from dagster._core.system_config.objects import ResolvedRunConfig
 from dagster_celery.core_execution_loop import core_celery_execution_loop
 from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor, _submit_task
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
-from backup_assets.run import TARGET_TAG
+from backup_assets.core.errors import ConfigurationError
+from backup_assets.core.postgres import DSN_ENV
+from backup_assets.run import TARGET_TAG, target_tag
 
 #: Environment variables read by the launching process when the run config names no broker / backend.
 BROKER_ENV = "BACKUP_ASSETS_CELERY_BROKER"
@@ -56,11 +60,30 @@ def target_queue(target: str) -> str:
     return QUEUE_PREFIX + (_UNSAFE.sub("-", target).strip("-") or "default")
 
 
-def run_queue(tags: Mapping[str, str]) -> str | None:
-    """The queue of a run's steps: its ``dagster-celery/queue`` tag, else its target's, else None."""
+def run_queue(tags: Mapping[str, str], target: str | None = None) -> str | None:
+    """The queue of a run's steps: its ``dagster-celery/queue`` tag, else that of its ``target``
+    (``host:port/dbname``, default: its target tag), else None (the executor's default queue)."""
     if tags.get(QUEUE_TAG):
         return tags[QUEUE_TAG]
-    return target_queue(tags[TARGET_TAG]) if tags.get(TARGET_TAG) else None
+    target = target or tags.get(TARGET_TAG)
+    return target_queue(target) if target else None
+
+
+def run_target(plan_context: PlanOrchestrationContext) -> str | None:
+    """``host:port/dbname`` of the database the run's ``target`` resource writes (as the steps resolve
+    it: the run config's DSN, else ``$BACKUP_ASSETS_DSN``); None when neither is set. A run tag naming
+    another database is refused: it would put the run in another database's queue and run limit."""
+    resolved = ResolvedRunConfig.build(plan_context.job.get_definition(), plan_context.run_config)
+    resource = resolved.resources.get("target")
+    dsn = (resource.config or {}).get("dsn") if resource is not None else None
+    dsn = dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        return None
+    actual, tagged = target_tag(dsn), plan_context.dagster_run.tags.get(TARGET_TAG)
+    if tagged and tagged != actual:
+        raise ConfigurationError(f"run tag {TARGET_TAG}={tagged} names another database than the run's target "
+                                 f"resource ({actual}): fix the tag, or leave it out")
+    return actual
 
 
 class WatchedResult:
@@ -115,7 +138,7 @@ class RestoreCeleryExecutor(CeleryExecutor):
         self.worker_lost_seconds = worker_lost_seconds
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan):  # type: ignore[override]
-        queue = run_queue(plan_context.dagster_run.tags)
+        queue = run_queue(plan_context.dagster_run.tags, run_target(plan_context))
         if queue:  # the execution loop sends every step without a queue tag to the app's default queue
             self.config_source.task_default_queue = queue
 
@@ -130,6 +153,8 @@ class RestoreCeleryExecutor(CeleryExecutor):
     name="backup_assets_celery",
     config_schema={
         **CELERY_CONFIG,
+        "backend": dg.Field(dg.Noneable(dg.StringSource), is_required=False,
+                            description=f"Celery result backend; default ${BACKEND_ENV}, else a redis broker."),
         "worker_lost_seconds": dg.Field(float, is_required=False, default_value=DEFAULT_WORKER_LOST_SECONDS,
                                         description="Seconds a running step's worker may stay silent before "
                                                     "the step and the run fail."),
@@ -141,8 +166,8 @@ def restore_celery_executor(init_context: dg.InitExecutorContext) -> RestoreCele
     default to ``$BACKUP_ASSETS_CELERY_BROKER`` / ``$BACKUP_ASSETS_CELERY_BACKEND`` (else the broker)."""
     config = init_context.executor_config
     broker = config.get("broker") or os.environ.get(BROKER_ENV)
-    backend = config.get("backend") if config.get("backend") not in (None, "rpc://") else None
-    backend = backend or os.environ.get(BACKEND_ENV) or (broker if broker and broker.startswith("redis") else None)
+    backend = config.get("backend") or os.environ.get(BACKEND_ENV) or (
+        broker if broker and broker.startswith("redis") else None)
     return RestoreCeleryExecutor(
         worker_lost_seconds=config["worker_lost_seconds"], broker=broker, backend=backend,
         config_source=config.get("config_source"), include=config.get("include"),

@@ -2,7 +2,7 @@
 and result backend), ``dagster-celery worker`` processes with their own queues, a persistent Dagster
 instance, and launcher processes running ``celery_restore_job`` (:mod:`backup_assets.celery_definitions`).
 
-Shared by ``tests/test_celery_e2e.py`` and ``benchmarks/celery.py``. Every process gets its whole
+Shared by ``tests/test_celery_e2e.py`` and ``benchmarks/celery_workers.py``. Every process gets its whole
 environment from :class:`Cluster` (the target DSNs as variables the runs name, the private key's PEM in
 a variable): nothing reaches a step through the launcher's memory.
 """
@@ -46,11 +46,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_config(dsn_env: str, worker_lost_seconds: float = 30.0) -> dict:
+def run_config(dsn_env: str, worker_lost_seconds: float = 30.0, scope: str = "global") -> dict:
     """A run's config: its target named by a variable (read on the worker), tables created in an empty
-    target, how long a worker may stay silent."""
+    target, the import scope, how long a worker may stay silent."""
     return {"resources": {"target": {"config": {"dsn": {"env": dsn_env}}},
-                          "import_settings": {"config": {"create_schema": True}}},
+                          "import_settings": {"config": {"create_schema": True, "scope": scope}}},
             "execution": {"config": {"worker_lost_seconds": worker_lost_seconds}}}
 
 
@@ -119,9 +119,11 @@ class Cluster:
         self.workers.pop(name).wait(30)
 
     def add_queue(self, name: str, queue: str) -> None:
-        """Make a running worker consume ``queue`` too (Celery's ``add_consumer`` remote control)."""
-        replies = self.app().control.add_consumer(queue, destination=[self.hostname(name)], reply=True, timeout=5)
-        assert replies, f"worker {name} did not confirm consuming {queue}"
+        """Make a running worker consume ``queue`` too, with the command the README gives."""
+        out = subprocess.run([str(Path(sys.executable).with_name("celery")), "-A", "dagster_celery.app", "-b",
+                              self.env[BROKER_ENV], "control", "-d", self.hostname(name), "add_consumer", queue],
+                             cwd=self.root, env=self.env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and f"add consumer {queue}" in out.stdout, out.stdout + out.stderr
 
     def app(self):
         if self._app is None:
@@ -156,11 +158,13 @@ class Cluster:
             return []
 
     # -- runs --------------------------------------------------------------------------------------
-    def launch(self, partition: str, dsn: str, dsn_env: str, parent: str | None = None,
-               worker_lost_seconds: float = 30.0) -> subprocess.Popen:
-        """A launcher process running one restore (or a re-execution from failure of ``parent``)."""
-        args = {"tags": {"dagster/partition": partition, TARGET_TAG: target_tag(dsn)},
-                "run_config": run_config(dsn_env, worker_lost_seconds), "parent": parent}
+    def launch(self, partition: str, dsn: str | None, dsn_env: str, parent: str | None = None,
+               worker_lost_seconds: float = 30.0, scope: str = "global") -> subprocess.Popen:
+        """A launcher process running one restore (or a re-execution from failure of ``parent``) into the
+        database named by ``dsn_env``, tagged with the target of ``dsn`` (no tag when None)."""
+        tags = {"dagster/partition": partition, **({TARGET_TAG: target_tag(dsn)} if dsn else {})}
+        args = {"tags": tags,
+                "run_config": run_config(dsn_env, worker_lost_seconds, scope), "parent": parent}
         return subprocess.Popen([sys.executable, "-c", _LAUNCH, json.dumps(args)], cwd=REPO, env=self.env,
                                 stdout=subprocess.PIPE, stderr=open(self.root / "launch.log", "ab"))
 

@@ -141,7 +141,8 @@ def test_three_backups_restore_on_the_workers_of_their_targets(cluster):
 def test_two_backups_for_one_target_never_load_at_the_same_time(cluster):
     """Two runs into target d at once: their steps go one at a time through d's queue; both exact."""
     (k1, e1), (k2, e2) = _backup(cluster, "d1-", items=2_000), _backup(cluster, "d2-", items=2_000)
-    procs = [cluster.launch(k, cluster.dsns["d"], _dsn_env("d")) for k in (k1, k2)]
+    # organizations scope: a global import refuses a database that already holds the other's rows
+    procs = [cluster.launch(k, cluster.dsns["d"], _dsn_env("d"), scope="organizations") for k in (k1, k2)]
     r1, r2 = (_finish(p) for p in procs)
     assert r1["success"] and r2["success"]
     with cluster.instance() as instance:
@@ -166,6 +167,21 @@ def _assert_sound(dsn: str, imports: dict[str, dict[str, int]]) -> None:
             records = dict(conn.execute("SELECT model, (result->>'rows_written')::int FROM backup_assets.load_record"
                                         " WHERE import_id = %s", (key,)).fetchall())
             assert records == expected
+
+
+def test_a_runs_queue_follows_its_target_resource_and_a_wrong_tag_is_refused(cluster):
+    """No target tag: the steps go to the queue of the database the run config names. A tag naming
+    another database than the resource's fails the run before any step runs."""
+    key, expected = _backup(cluster, "b-untagged-", items=300)
+    untagged = _finish(cluster.launch(key, None, _dsn_env("b"), scope="organizations"))  # b holds test 1's rows
+    wrong = _finish(cluster.launch(key, cluster.dsns["a"], _dsn_env("b"), scope="organizations"))
+    assert untagged["success"] and not wrong["success"]
+    with cluster.instance() as instance:
+        assert _step_pids(instance, untagged["run_id"]) <= cluster.worker_pids("w2")
+        assert _step_pids(instance, wrong["run_id"]) == set()  # no step started
+        logs = " ".join(repr(e) for e in instance.all_logs(wrong["run_id"]))
+    assert "names another database than the run's target resource" in logs
+    _assert_sound(cluster.dsns["b"], {key: expected})  # test 1's import, if it ran, is checked there
 
 
 def test_a_killed_worker_fails_the_run_and_the_survivor_finishes_it(cluster, pg_server):
