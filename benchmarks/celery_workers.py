@@ -13,6 +13,7 @@ each step's STEP_START -> STEP_SUCCESS. Results go to the "Celery" section of ``
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
 
 from backup_assets.core import synthetic  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
@@ -47,6 +50,7 @@ def measure(work: Path, server: EmbeddedPostgres, backups: list[Path], workers: 
     env = {"BACKUP_ASSETS_BACKUPS": str(backups[0].parent), "BACKUP_ASSETS_GLOB": "*.json",
            **{f"BENCH_TARGET_{i}": server.dsn(db) for i, db in enumerate(dbs)}}
     cluster = Cluster(work / label, env)
+    pg_before, ours_before = pg_cpu(server), children_cpu()
     try:
         cluster.start_redis()
         queues = [cluster.queue_of(server.dsn(db)) for db in dbs]
@@ -60,9 +64,28 @@ def measure(work: Path, server: EmbeddedPostgres, backups: list[Path], workers: 
         results = [p.communicate()[0] for p in procs]
         wall = time.perf_counter() - start
         ok = all(p.returncode == 0 and b'"success": true' in out for p, out in zip(procs, results))
-        return {"workers": workers, "wall_s": round(wall, 1), "ok": ok, "step_s": round(step_seconds(cluster), 1)}
+        steps = step_seconds(cluster)
     finally:
         cluster.stop()
+    pg, ours = pg_cpu(server) - pg_before, children_cpu() - ours_before
+    return {"workers": workers, "wall_s": round(wall, 1), "ok": ok, "step_s": round(steps, 1),
+            "postgres_cpu_s": round(pg, 1), "dagster_celery_cpu_s": round(ours, 1),
+            "cores_busy": round((pg + ours) / wall, 2)}
+
+
+def pg_cpu(server: EmbeddedPostgres) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster, its live children and those it reaped."""
+    pid = int((Path(server.data_dir) / "postmaster.pid").read_text().split()[0])
+    main = psutil.Process(pid)
+    t = main.cpu_times()
+    live = sum(sum(c.cpu_times()[:2]) for c in main.children() if c.is_running())
+    return t.user + t.system + t.children_user + t.children_system + live
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped descendants: workers, launchers, redis."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def step_seconds(cluster: Cluster) -> float:
