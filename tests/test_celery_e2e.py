@@ -23,12 +23,14 @@ if shutil.which("redis-server") is None:
                 allow_module_level=True)
 
 from backup_assets.celery import target_queue  # noqa: E402
+from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.postgres import ensure_database  # noqa: E402
 from backup_assets.core.synthetic import write_export  # noqa: E402
 from backup_assets.partitions import backups_partitions, partition_key_for_file  # noqa: E402
 from backup_assets.run import target_tag  # noqa: E402
 from tests.celery_cluster import Cluster  # noqa: E402
-from tests.crypto_helpers import make_key_pair, sentry_tarball  # noqa: E402
+from tests.crypto_helpers import OAEP, make_key_pair, sentry_encrypt, tar_of  # noqa: E402
+from tests.secret_scan import scan_tree, secret_forms  # noqa: E402
 from tests.fault_helpers import (FKS, TABLES, UNIQUE, assert_exact, counts, rows, table_counts,  # noqa: E402
                                  write_manifest)
 
@@ -50,7 +52,7 @@ def cluster(pg_server, tmp_path_factory):
            "BACKUP_ASSETS_PRIVATE_KEY": private.decode(),
            **{_dsn_env(t): pg_server.dsn(name) for t, name in dbs.items()}}
     c = Cluster(root, env)
-    c.public_pem = public
+    c.public_pem, c.private_pem, c.data_keys = public, private, []
     c.dsns = {t: pg_server.dsn(name) for t, name in dbs.items()}
     try:
         c.start_redis()
@@ -73,8 +75,10 @@ def _backup(c: Cluster, prefix: str, items: int) -> tuple[str, dict[str, int]]:
     plain = c.root / f"plain-{next(_files)}.json"
     write_export(plain, (_prefixed(r, prefix) for r in rows(orgs=3, items=items, tags=items // 3, notes=20)))
     path = c.root / "backups" / f"{prefix}nightly.tar"
-    path.write_bytes(sentry_tarball(plain.read_bytes(), c.public_pem))
+    token, wrapped, key_pub = sentry_encrypt(plain.read_bytes(), c.public_pem)
+    path.write_bytes(tar_of([("export.json", token), ("data.key", wrapped), ("key.pub", key_pub)]))
     plain.unlink()
+    c.data_keys.append(keys.load_private_key(c.private_pem).decrypt(wrapped, OAEP))
     key = partition_key_for_file(path)
     with c.instance() as instance:
         instance.add_dynamic_partitions(backups_partitions.name, [key])
@@ -182,6 +186,40 @@ def test_a_runs_queue_follows_its_target_resource_and_a_wrong_tag_is_refused(clu
         logs = " ".join(repr(e) for e in instance.all_logs(wrong["run_id"]))
     assert "names another database than the run's target resource" in logs
     _assert_sound(cluster.dsns["b"], {key: expected})  # test 1's import, if it ran, is checked there
+
+
+def test_no_key_and_no_plaintext_reach_the_instance_or_the_broker(cluster):
+    """After the runs above: Dagster's home (workers' config, compute logs, sqlite storage) and every
+    value the broker and result backend hold are free of the private key, the data keys and backup rows."""
+    if not cluster.data_keys:  # run alone: restore one backup first
+        key, _ = _backup(cluster, "scan-", items=300)
+        assert _finish(cluster.launch(key, cluster.dsns["c"], _dsn_env("c"), scope="organizations"))["success"]
+    needles = secret_forms(cluster.private_pem, cluster.data_keys[0])
+    for i, key in enumerate(cluster.data_keys[1:]):
+        needles.update({f"data key {i + 1} {k}": v for k, v in secret_forms(cluster.private_pem, key).items()
+                        if k.startswith(("data", "signing", "encryption"))})
+    needles["a backup row"] = b"-item-0000001"  # an item's name in every backup
+    assert scan_tree(cluster.home, needles) == []
+    assert scan_tree(cluster.home, {"control": b"faults__item"})  # the scan reads what the runs wrote
+    assert _in_redis(cluster, needles) == []
+    assert _in_redis(cluster, {"control": b"faults__item"})  # the step results are there to scan
+
+
+def _in_redis(cluster: Cluster, needles: dict[str, bytes]) -> list[str]:
+    """Where a needle occurs in a value of the broker's or the result backend's keys."""
+    import redis
+    found = []
+    for db in (0, 1):
+        client = redis.Redis(port=cluster.port, db=db)
+        for name in client.scan_iter():
+            kind = client.type(name)
+            values = {b"string": lambda: [client.get(name)], b"list": lambda: client.lrange(name, 0, -1),
+                      b"hash": lambda: list(client.hgetall(name).values()),
+                      b"set": lambda: list(client.smembers(name))}.get(kind, lambda: [])()
+            found += [f"redis db {db} {name!r}: {n}" for v in values for n, needle in needles.items()
+                      if needle in (v or b"")]
+        client.close()
+    return found
 
 
 def test_a_killed_worker_fails_the_run_and_the_survivor_finishes_it(cluster, pg_server):
