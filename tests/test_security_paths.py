@@ -71,7 +71,8 @@ class Paths:
 
 def backup(path: Path, private_pem: bytes, public_pem: bytes, seed: int) -> bytes:
     """An encrypted generated backup with the known plaintext as a username; returns its data key."""
-    rows = list(generate_rows(**SMALL, seed=seed, pk_offset=1000 * seed))
+    # only the manifest's models: the drill is strict, and refuses rows of models its manifest does not know
+    rows = [r for r in generate_rows(**SMALL, seed=seed, pk_offset=1000 * seed) if r["model"] in MANIFEST.models]
     next(r for r in rows if r["model"] == "sentry.user")["fields"]["username"] = f"{MARKER}-{seed}"
     plain = io.BytesIO()
     write_export(plain, rows)
