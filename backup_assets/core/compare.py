@@ -34,16 +34,20 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, ContextManager
 
 import ijson
 
 from .errors import ExportParseError
 from .findings import ComparatorFinding, ComparatorFindingKind as Kind, InstanceID
 from .manifest import Manifest
+from .parse import _CountingReader, _Doubt, _fast_rows
+from .spill import RowSpill
 
 Fields = dict[str, Any]
 
@@ -505,12 +509,32 @@ def iter_export(stream: BinaryIO, source: str = "export") -> Iterator[Any]:
         raise ExportParseError(f"{source}: not valid JSON: {detail}", row=index) from None
 
 
+def iter_rows(open_stream: Callable[[], ContextManager[BinaryIO]], source: str = "export") -> Iterator[Any]:
+    """The items of the export ``open_stream()`` gives, like :func:`iter_export` but faster: parsed by orjson a
+    read at a time (the restore's fast path, :mod:`backup_assets.core.parse`). Whatever that path is not sure
+    of makes the export be read again by :func:`iter_export`, which continues after the items already given
+    (the fast path gives the same items ijson does) and reports errors exactly as it always does."""
+    given = 0
+    with open_stream() as stream:
+        reader = _CountingReader(stream, surrogates=False)
+        if reader.peek_start() == ord("["):
+            try:
+                for item in _fast_rows(reader):
+                    yield item
+                    given += 1
+                return
+            except (_Doubt, ExportParseError):
+                pass
+    with open_stream() as stream:
+        for index, item in enumerate(iter_export(stream, source)):
+            if index >= given:
+                yield item
+
+
 # -- the comparison -------------------------------------------------------------------------------
 
-@dataclass
-class _Row:
-    pk: int
-    fields: Fields
+#: A way to read a side from the start: each call gives a fresh iterator over the export's rows.
+RowSource = Callable[[], Iterable[Any]]
 
 
 def _sort_key(value: Any) -> tuple:
@@ -524,79 +548,151 @@ def _sort_key(value: Any) -> tuple:
     return (3, json.dumps(value, sort_keys=True, default=str))
 
 
-def _group(rows: Iterable[Any], side: str) -> dict[str, list[_Row]]:
-    """Check each row's shape and group the rows per (lower-cased) model, in file order."""
-    grouped: dict[str, list[_Row]] = {}
+def _checked(row: Any, index: int, side: str) -> tuple[str, int, Fields]:
+    """A row's lower-cased model, pk and fields, or :class:`ExportParseError` naming what is wrong."""
+    if not isinstance(row, dict):
+        raise ExportParseError(f"{side}: a row must be an object, not {type(row).__name__}", row=index)
+    model = row.get("model")
+    if not isinstance(model, str) or not model:
+        raise ExportParseError(f"{side}: the row has no 'model' string", row=index)
+    model = model.lower()
+    pk, fields = row.get("pk"), row.get("fields")
+    if not isinstance(pk, int) or isinstance(pk, bool):
+        raise ExportParseError(f"{side}: 'pk' must be an integer, not {pk!r}", row=index, model=model)
+    if not isinstance(fields, dict):
+        raise ExportParseError(f"{side}: 'fields' must be an object", row=index, model=model)
+    return model, pk, fields
+
+
+class PkOrdinals(Mapping[int, int]):
+    """pk -> ordinal of a model whose pks ascend (ordinal = position + 1), kept as runs of consecutive pks in
+    two integer arrays: a few bytes per gap in the pks, whatever the number of rows."""
+
+    def __init__(self) -> None:
+        self._starts, self._ordinals = array("q"), array("q")  # first pk and its ordinal, per run
+        self._count = 0
+        self._last: int | None = None
+        self._big: dict[int, int] | None = None  # pks past 64 bits: a plain dict from then on
+
+    def append(self, pk: int) -> None:
+        """Add the next row's pk (greater than the last one)."""
+        self._count += 1
+        if self._big is not None:
+            self._big[pk] = self._count
+        elif self._last is None or pk != self._last + 1:
+            try:
+                self._starts.append(pk)
+                self._ordinals.append(self._count)
+            except OverflowError:
+                self._big = {p: n for n, p in enumerate(self, 1)}
+                self._big[pk] = self._count
+        self._last = pk
+
+    def get(self, pk: Any, default: Any = None) -> Any:  # type: ignore[override]
+        if self._big is not None and pk in self._big:
+            return self._big[pk]
+        i = bisect_right(self._starts, pk) - 1 if isinstance(pk, int) else -1
+        if i < 0:
+            return default
+        end = self._ordinals[i + 1] if i + 1 < len(self._ordinals) else self._count + 1
+        ordinal = self._ordinals[i] + pk - self._starts[i]
+        return ordinal if ordinal < end else default
+
+    def __getitem__(self, pk: int) -> int:
+        ordinal = self.get(pk)
+        if ordinal is None:
+            raise KeyError(pk)
+        return ordinal
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        if self._big is not None:
+            yield from self._big
+            return
+        bounds = [*self._ordinals[1:], self._count + 1]
+        for start, first, end in zip(self._starts, self._ordinals, bounds):
+            yield from range(start, start + end - first)
+
+
+@dataclass
+class _Side:
+    """What the first pass learns of one side: per model its count, pks, ordering findings and datetime
+    fields; the custom-ordinal models' key values; the usernames. Rows themselves are not kept."""
+
+    label: str  # "left" or "right"
+    counts: dict[str, int] = field(default_factory=dict)
+    pks: dict[str, Mapping[int, int]] = field(default_factory=dict)
+    unordered: dict[str, list[ComparatorFinding]] = field(default_factory=dict)
+    custom: dict[str, list[tuple[tuple, int]]] = field(default_factory=dict)  # (key values, pk) in file order
+    order: dict[str, list[int]] = field(default_factory=dict)  # custom model: file positions in ordinal order
+    usernames: dict[int, Any] = field(default_factory=dict)
+    dates: dict[str, set[str]] = field(default_factory=dict)
+
+    def note(self, model: str, pk: int, fields: Fields, dated: frozenset[str], previous: dict[str, int]) -> None:
+        count = self.counts[model] = self.counts.get(model, 0) + 1
+        custom = CUSTOM_ORDINALS.get(model)
+        if custom is not None:
+            self.custom.setdefault(model, []).append((tuple(fields.get(f) for f in custom), pk))
+        else:
+            last = previous.get(model)
+            if last is not None and pk <= last:
+                self.unordered.setdefault(model, []).append(ComparatorFinding(
+                    kind=Kind.UnorderedInput, on=InstanceID(model, count), **{f"{self.label}_pk": pk},
+                    reason=f"{self.label}: pk {pk} does not follow pk {last} in ascending order"))
+            else:
+                self.pks.setdefault(model, PkOrdinals()).append(pk)  # type: ignore[attr-defined]
+            previous[model] = pk
+        if model == "sentry.user":
+            self.usernames[pk] = fields.get("username")
+        if model in dated:
+            known = self.dates.setdefault(model, set())
+            known.update(f for f, v in fields.items() if f not in known and parse_datetime(v) is not None)
+
+    def order_custom(self, model: str) -> list[ComparatorFinding]:
+        """Number a custom-ordinal model's rows by their sorted key tuples; findings for duplicate tuples."""
+        entries, custom = self.custom.get(model, []), CUSTOM_ORDINALS[model]
+
+        def key(values: tuple) -> tuple:
+            return tuple(_sort_key(self.usernames.get(v, v) if f in _USER_FIELDS and isinstance(v, int) else v)
+                         for f, v in zip(custom, values))
+
+        keys = sorted((key(values), i) for i, (values, _) in enumerate(entries))
+        self.order[model] = [i for _, i in keys]
+        self.pks[model] = {entries[i][1]: n for n, (_, i) in enumerate(keys, 1)}
+        self.custom.pop(model, None)
+        if model in RENUMBERED_ON_DUPLICATES:
+            return []
+        return [ComparatorFinding(kind=Kind.DuplicateCustomOrdinal, on=InstanceID(model, n + 1),
+                                  **{f"{self.label}_pk": entries[keys[n][1]][1]},
+                                  reason=f"{self.label}: ({', '.join(f'{f}={v[-1]!r}' for f, v in zip(custom, keys[n][0]))})"
+                                         " appears more than once")
+                for n in range(1, len(keys)) if keys[n][0] == keys[n - 1][0]]
+
+
+def _index(rows: Iterable[Any], label: str, name: str, dated: frozenset[str]) -> _Side:
+    """First pass over one side: check every row's shape and note what pairing the rows needs."""
+    side, previous = _Side(label), {}
     for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ExportParseError(f"{side}: a row must be an object, not {type(row).__name__}", row=index)
-        model = row.get("model")
-        if not isinstance(model, str) or not model:
-            raise ExportParseError(f"{side}: the row has no 'model' string", row=index)
-        model = model.lower()
-        pk, fields = row.get("pk"), row.get("fields")
-        if not isinstance(pk, int) or isinstance(pk, bool):
-            raise ExportParseError(f"{side}: 'pk' must be an integer, not {pk!r}", row=index, model=model)
-        if not isinstance(fields, dict):
-            raise ExportParseError(f"{side}: 'fields' must be an object", row=index, model=model)
-        grouped.setdefault(model, []).append(_Row(pk, fields))
-    return grouped
-
-
-def _ordered(side: str, model: str, rows: list[_Row], usernames: Mapping[int, Any]
-             ) -> tuple[list[_Row], list[ComparatorFinding]]:
-    """The model's rows in ordinal order (ordinal = index + 1), with ordering findings."""
-    pk_side = "left_pk" if side == "left" else "right_pk"
-    custom = CUSTOM_ORDINALS.get(model)
-    if custom is None:
-        found = [ComparatorFinding(kind=Kind.UnorderedInput, on=InstanceID(model, i + 1), **{pk_side: row.pk},
-                                   reason=f"{side}: pk {row.pk} does not follow pk {rows[i - 1].pk} in ascending order")
-                 for i, row in enumerate(rows) if i and row.pk <= rows[i - 1].pk]
-        return rows, found
-
-    def key(row: _Row) -> tuple:
-        values = []
-        for f in custom:
-            value = row.fields.get(f)
-            if f in _USER_FIELDS and isinstance(value, int):
-                value = usernames.get(value, value)
-            values.append(_sort_key(value))
-        return tuple(values)
-
-    keys = sorted(((key(row), i) for i, row in enumerate(rows)))
-    ordered = [rows[i] for _, i in keys]
-    found = []
-    if model not in RENUMBERED_ON_DUPLICATES:
-        for n in range(1, len(keys)):
-            if keys[n][0] == keys[n - 1][0]:
-                row = ordered[n]
-                shown = ", ".join(f"{f}={v[-1]!r}" for f, v in zip(custom, keys[n][0]))
-                found.append(ComparatorFinding(kind=Kind.DuplicateCustomOrdinal, on=InstanceID(model, n + 1),
-                                               **{pk_side: row.pk}, reason=f"{side}: ({shown}) appears more than once"))
-    return ordered, found
-
-
-def _datetime_fields(rows: Iterable[_Row]) -> set[str]:
-    return {f for row in rows for f, v in row.fields.items() if parse_datetime(v) is not None}
-
-
-def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manifest: Manifest,
-                       rows: Iterable[_Row]) -> list[Comparator]:
-    """The table's comparators for ``model`` plus the automatic datetime and foreign-key ones."""
-    found = list(table.get(model, ()))
-    if found:
-        claimed = {f for c in found if isinstance(c, (DateUpdatedComparator, IgnoredComparator)) for f in c.fields}
-        dates = _datetime_fields(rows) - claimed
-        if dates:
-            found.append(DatetimeEqualityComparator(*dates))
-    spec = manifest.models.get(model)
-    if spec is not None and spec.foreign_keys:
-        found.append(ForeignKeyComparator({fk.field: fk.model for fk in spec.foreign_keys}))
-    return found
+        model, pk, fields = _checked(row, index, name)
+        side.note(model, pk, fields, dated, previous)
+    return side
 
 
 def _json_lines(fields: Fields) -> list[str]:
     return json.dumps(fields, sort_keys=True, indent=2, ensure_ascii=False, default=str).splitlines()
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two parsed JSON values are written alike (``1``, ``1.0`` and ``true`` are not)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same_json, a, b))
+    return a == b
 
 
 def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFinding]:
@@ -606,10 +702,145 @@ def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFin
         found.extend(missing if missing else comparator.compare(m))
     for comparator in comparators:
         comparator.scrub(m)
+    if _same_json(m.left, m.right):
+        return found
     diff = list(difflib.unified_diff(_json_lines(m.left), _json_lines(m.right), "left", "right", lineterm=""))
     if diff:
         found.append(m.finding(Kind.UnequalJSON, "\n".join(diff)))
     return found
+
+
+def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manifest: Manifest,
+                       dates: set[str]) -> list[Comparator]:
+    """The table's comparators for ``model`` plus the automatic datetime and foreign-key ones."""
+    found = list(table.get(model, ()))
+    if found:
+        claimed = {f for c in found if isinstance(c, (DateUpdatedComparator, IgnoredComparator)) for f in c.fields}
+        if dates - claimed:
+            found.append(DatetimeEqualityComparator(*(dates - claimed)))
+    spec = manifest.models.get(model)
+    if spec is not None and spec.foreign_keys:
+        found.append(ForeignKeyComparator({fk.field: fk.model for fk in spec.foreign_keys}))
+    return found
+
+
+def _pairs(left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int], names: tuple[str, str]
+           ) -> Iterator[tuple[str, Any, Any]]:
+    """(model, left row, right row): the n-th row of a model on the left with the n-th on the right, in the
+    left's order. Right rows that come before their turn (inputs in different orders) wait in an encrypted
+    spill queue; in Sentry's order none wait. Only ``compared`` models (model -> row count) are paired."""
+    waiting: dict[str, RowSpill] = {}
+    right_rows = iter(right)
+    try:
+        for row in left:
+            model = row["model"].lower()
+            if model not in compared:
+                continue
+            queue = waiting.get(model)
+            if queue:
+                yield model, row, queue.pop()
+                continue
+            for other in right_rows:
+                other_model = other["model"].lower()
+                if other_model == model:
+                    yield model, row, other
+                    break
+                if other_model in compared:
+                    waiting.setdefault(other_model, RowSpill()).push(other)
+            else:
+                raise ExportParseError(f"{names[1]}: has fewer {model} rows than when it was first read "
+                                       "(it changed during the comparison)", model=model)
+    finally:
+        for queue in waiting.values():
+            queue.close()
+
+
+class _Pairing:
+    """Second pass: every pair of rows with the same model and ordinal goes through the comparators. Rows of
+    custom-ordinal models (users' emails and options, options, relays) wait until their model is complete."""
+
+    def __init__(self, sides: tuple[_Side, _Side], comparators: dict[str, list[Comparator]]) -> None:
+        self.sides, self.comparators = sides, comparators
+        self.ordinals: dict[str, int] = {}
+        self.held: dict[str, tuple[list[_Row], list[_Row]]] = {}
+        self.findings: list[ComparatorFinding] = []
+
+    def add(self, model: str, left: Any, right: Any) -> None:
+        pair = _Row(left["pk"], left["fields"]), _Row(right["pk"], right["fields"])
+        if model not in CUSTOM_ORDINALS:
+            ordinal = self.ordinals[model] = self.ordinals.get(model, 0) + 1
+            self._compare(model, ordinal, *pair)
+            return
+        held = self.held.setdefault(model, ([], []))
+        held[0].append(pair[0])
+        held[1].append(pair[1])
+        if len(held[0]) == self.sides[0].counts[model]:
+            del self.held[model]
+            orders = self.sides[0].order[model], self.sides[1].order[model]
+            for ordinal, (i, j) in enumerate(zip(*orders), 1):
+                self._compare(model, ordinal, held[0][i], held[1][j])
+
+    def _compare(self, model: str, ordinal: int, left: _Row, right: _Row) -> None:
+        m = Match(InstanceID(model, ordinal), left.pk, right.pk, dict(left.fields), dict(right.fields))
+        self.findings.extend(_compare_pair(m, self.comparators[model]))
+
+
+@dataclass
+class _Row:
+    pk: int
+    fields: Fields
+
+
+def _first_pass_findings(sides: tuple[_Side, _Side], models: list[str]) -> list[ComparatorFinding]:
+    """Ordering findings of each side, then a finding per model whose counts differ."""
+    findings: list[ComparatorFinding] = []
+    for side in sides:
+        for model in models:
+            findings.extend(side.order_custom(model) if model in CUSTOM_ORDINALS else side.unordered.get(model, ()))
+    for model in models:
+        counts = sides[0].counts.get(model, 0), sides[1].counts.get(model, 0)
+        if counts[0] != counts[1]:
+            findings.append(ComparatorFinding(kind=Kind.UnequalCounts, on=InstanceID(model),
+                                              reason=f"{counts[0]} left rows, {counts[1]} right rows"))
+    return findings
+
+
+def compare_sources(left: RowSource, right: RowSource, manifest: Manifest,
+                    comparators: Mapping[str, list[Comparator]] | None = None, *,
+                    names: tuple[str, str] = ("left", "right"),
+                    skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
+    """Compare two exports, each read twice from the start by calling its source, in bounded memory.
+
+    The first pass reads each side to count, order and index its rows (pks as runs of integers); the
+    second reads both sides together and compares row pairs as they come. See :func:`compare` for the
+    arguments and the findings.
+    """
+    table = default_comparators() if comparators is None else comparators
+    dated = frozenset(model for model, found in table.items() if found)
+    sides = _index(left(), "left", names[0], dated), _index(right(), "right", names[1], dated)
+    models = []
+    for model in dict.fromkeys([*sides[0].counts, *sides[1].counts]):
+        if model in manifest:
+            models.append(model)
+        elif skipped is not None:
+            skipped[model] = (sides[0].counts.get(model, 0), sides[1].counts.get(model, 0))
+    findings = _first_pass_findings(sides, models)
+    if findings:
+        return findings
+
+    per_model = {}
+    for model in models:
+        dates = sides[0].dates.get(model, set()) | sides[1].dates.get(model, set())
+        per_model[model] = _model_comparators(model, table, manifest, dates)
+        for comparator in per_model[model]:
+            if isinstance(comparator, ForeignKeyComparator):
+                comparator.set_primary_key_maps(sides[0].pks, sides[1].pks)
+    pairing = _Pairing(sides, per_model)
+    counts = {model: sides[0].counts[model] for model in models}
+    for model, left_row, right_row in _pairs(left(), right(), counts, names):
+        pairing.add(model, left_row, right_row)
+    rank = {model: i for i, model in enumerate(models)}
+    return sorted(pairing.findings, key=lambda f: rank[f.on.model])
 
 
 def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manifest,
@@ -624,40 +855,12 @@ def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manif
     models of its dependency graph (an old export's ``sites.site``, say); ``skipped`` receives their
     counts (model -> (left rows, right rows)).
     Raises :class:`ExportParseError` for a row that is not ``{"model": str, "pk": int, "fields": {...}}``.
+
+    The rows are read twice: a side given as a one-shot iterator is first kept in a list. To compare in
+    bounded memory, give :func:`compare_sources` a way to read each side again.
     """
-    table = default_comparators() if comparators is None else comparators
-    sides = (_group(left_rows, names[0]), _group(right_rows, names[1]))
-    models = []
-    for model in dict.fromkeys([*sides[0], *sides[1]]):
-        if model in manifest:
-            models.append(model)
-        elif skipped is not None:
-            skipped[model] = (len(sides[0].get(model, ())), len(sides[1].get(model, ())))
-
-    findings: list[ComparatorFinding] = []
-    ordered: tuple[dict[str, list[_Row]], dict[str, list[_Row]]] = ({}, {})
-    for side, grouped, out in zip(("left", "right"), sides, ordered):
-        usernames = {row.pk: row.fields.get("username") for row in grouped.get("sentry.user", ())}
-        for model in models:
-            out[model], found = _ordered(side, model, grouped.get(model, []), usernames)
-            findings.extend(found)
-    for model in models:
-        counts = len(ordered[0][model]), len(ordered[1][model])
-        if counts[0] != counts[1]:
-            findings.append(ComparatorFinding(kind=Kind.UnequalCounts, on=InstanceID(model),
-                                              reason=f"{counts[0]} left rows, {counts[1]} right rows"))
-    if findings:
-        return findings
-
-    pk_maps = tuple({model: {row.pk: n for n, row in enumerate(rows, 1)} for model, rows in side.items()}
-                    for side in ordered)
-    for model in models:
-        pairs = list(zip(ordered[0][model], ordered[1][model]))
-        model_comparators = _model_comparators(model, table, manifest, (r for pair in pairs for r in pair))
-        for comparator in model_comparators:
-            if isinstance(comparator, ForeignKeyComparator):
-                comparator.set_primary_key_maps(*pk_maps)
-        for ordinal, (left, right) in enumerate(pairs, 1):
-            m = Match(InstanceID(model, ordinal), left.pk, right.pk, dict(left.fields), dict(right.fields))
-            findings.extend(_compare_pair(m, model_comparators))
-    return findings
+    sources = []
+    for rows in (left_rows, right_rows):
+        again = list(rows) if iter(rows) is rows else rows
+        sources.append(lambda again=again: iter(again))
+    return compare_sources(*sources, manifest, comparators, names=names, skipped=skipped)

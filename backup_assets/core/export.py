@@ -255,6 +255,9 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     with conn.transaction():
         if idle:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # every row is read: plans for the whole result, not the fast start a cursor's plan aims at by default
+        # (a nested loop over the import's pk map there)
+        conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         plan = [_describe(spec, table) for spec, table in export_plan(conn, manifest, scope)]
         temp = sql.Identifier(f"_backup_assets_export_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "
