@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, ClassVar, ContextManager
 
 import ijson
+import orjson
 
 from .errors import ExportParseError
 from .findings import ComparatorFinding, ComparatorFindingKind as Kind, InstanceID
@@ -69,6 +70,7 @@ RENUMBERED_ON_DUPLICATES = frozenset({"sentry.useroption"})
 _USER_FIELDS = frozenset({"user", "user_id"})
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_PKS: Mapping[int, int] = {}
 
 
 # -- matched rows ---------------------------------------------------------------------------------
@@ -101,6 +103,8 @@ class Comparator:
     """
 
     kind: ClassVar[Kind] = Kind.Unknown
+    #: Whether equal values (``==``) of every field are enough for this comparator to find nothing.
+    equal_is_fine: ClassVar[bool] = False
 
     def __init__(self, *fields: str) -> None:
         if not fields:
@@ -138,6 +142,12 @@ class Comparator:
     def check(self, field: str, left: Any, right: Any) -> str | None:
         raise NotImplementedError
 
+    def quick_ok(self, m: Match) -> bool:
+        """A cheap test, true only when :meth:`existence` and :meth:`compare` would find nothing (false:
+        run them to know)."""
+        left, right = m.left, m.right
+        return self.equal_is_fine and all(left.get(f) == right.get(f) for f in self.fields)
+
     def exempt(self, m: Match, field: str) -> bool:
         """Whether ``field`` of this pair is exempt from both the existence check and the check."""
         return False
@@ -164,6 +174,9 @@ class IgnoredComparator(Comparator):
 
     kind = Kind.IgnoredComparator
 
+    def quick_ok(self, m: Match) -> bool:
+        return True
+
     def existence(self, m: Match) -> list[ComparatorFinding]:
         return []
 
@@ -175,6 +188,7 @@ class AutoSuffixComparator(Comparator):
     """Equal, or the right value is the left one plus ``-<suffix>`` (a slug or username made unique)."""
 
     kind = Kind.AutoSuffixComparator
+    equal_is_fine = True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         if left == right or (isinstance(left, str) and isinstance(right, str) and right.startswith(left + "-")):
@@ -186,6 +200,11 @@ class DatetimeEqualityComparator(Comparator):
     """Both values are the same instant (``.000`` milliseconds or ``Z`` spelled or not)."""
 
     kind = Kind.DatetimeEqualityComparator
+
+    def quick_ok(self, m: Match) -> bool:
+        left, right = m.left, m.right
+        return all(left.get(f) == right.get(f) and (left.get(f) is None or parse_datetime(left.get(f)) is not None)
+                   for f in self.fields)
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         lt, rt = parse_datetime(left), parse_datetime(right)
@@ -201,6 +220,7 @@ class DateUpdatedComparator(Comparator):
     """The right datetime is not earlier than the left one (an update may only move it forward)."""
 
     kind = Kind.DateUpdatedComparator
+    equal_is_fine = True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         lt, rt = parse_datetime(left) or _EPOCH, parse_datetime(right) or _EPOCH
@@ -211,6 +231,8 @@ class DateUpdatedComparator(Comparator):
 
 class _ObfuscatingComparator(Comparator):
     """Equality of private values; reasons show only an obfuscated form of them."""
+
+    equal_is_fine = True
 
     def obfuscate(self, value: Any) -> str:
         raise NotImplementedError
@@ -254,6 +276,10 @@ class UserPasswordObfuscatingComparator(_ObfuscatingComparator):
     def __init__(self) -> None:
         super().__init__("password")
 
+    def quick_ok(self, m: Match) -> bool:
+        return not m.left.get("is_unclaimed") and not m.right.get("is_unclaimed") and \
+            m.left.get("password") == m.right.get("password")
+
     def compare(self, m: Match) -> list[ComparatorFinding]:
         found = []
         if m.left.get("is_unclaimed") and not m.right.get("is_unclaimed"):
@@ -281,6 +307,14 @@ class _PatternComparator(Comparator):
 
     def valid(self, value: Any) -> bool:
         return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+
+    def quick_ok(self, m: Match) -> bool:
+        for f in self.fields:
+            left, right = m.left.get(f), m.right.get(f)
+            if (left is not None or right is not None) and not (
+                    self.valid(left) and self.valid(right) and not (self.must_differ and left == right)):
+                return False
+        return True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         bad = [side for side, v in (("left", left), ("right", right)) if not self.valid(v)]
@@ -357,6 +391,7 @@ class EqualOrRemovedComparator(Comparator):
     """Equal, unless the right side no longer has the value (null or absent)."""
 
     kind = Kind.EqualOrRemovedComparator
+    equal_is_fine = True
 
     def existence(self, m: Match) -> list[ComparatorFinding]:
         return [m.finding(self.existence_kind, f"the left value of `{f}` is missing but the right one is set")
@@ -394,6 +429,20 @@ class ForeignKeyComparator(Comparator):
     def exempt(self, m: Match, field: str) -> bool:
         """The left value dangles and the right one is null: the import dropped the reference."""
         return m.right.get(field) is None and self._ordinal(0, field, m.left.get(field)) is None
+
+    def quick_ok(self, m: Match) -> bool:
+        left, right = m.left, m.right
+        maps = self._maps
+        for f, target in self.targets.items():
+            lv, rv = left.get(f), right.get(f)
+            if lv is None and rv is None:
+                continue
+            if type(lv) is not int or type(rv) is not int:
+                return False
+            ordinal = maps[0].get(target, _NO_PKS).get(lv)
+            if ordinal is None or ordinal != maps[1].get(target, _NO_PKS).get(rv):
+                return False
+        return True
 
     def _ordinal(self, side: int, field: str, value: Any) -> int | None:
         return self._maps[side].get(self.targets[field], {}).get(value) if isinstance(value, int) else None
@@ -550,6 +599,10 @@ def _sort_key(value: Any) -> tuple:
 
 def _checked(row: Any, index: int, side: str) -> tuple[str, int, Fields]:
     """A row's lower-cased model, pk and fields, or :class:`ExportParseError` naming what is wrong."""
+    if type(row) is dict:
+        model, pk, fields = row.get("model"), row.get("pk"), row.get("fields")
+        if type(model) is str and model and type(pk) is int and type(fields) is dict:
+            return model.lower(), pk, fields
     if not isinstance(row, dict):
         raise ExportParseError(f"{side}: a row must be an object, not {type(row).__name__}", row=index)
     model = row.get("model")
@@ -629,6 +682,7 @@ class _Side:
     order: dict[str, list[int]] = field(default_factory=dict)  # custom model: file positions in ordinal order
     usernames: dict[int, Any] = field(default_factory=dict)
     dates: dict[str, set[str]] = field(default_factory=dict)
+    dates_changed: set[str] = field(default_factory=set)  # models with datetime fields found since last looked at
 
     def note(self, model: str, pk: int, fields: Fields, dated: frozenset[str], previous: dict[str, int]) -> None:
         count = self.counts[model] = self.counts.get(model, 0) + 1
@@ -642,13 +696,20 @@ class _Side:
                     kind=Kind.UnorderedInput, on=InstanceID(model, count), **{f"{self.label}_pk": pk},
                     reason=f"{self.label}: pk {pk} does not follow pk {last} in ascending order"))
             else:
-                self.pks.setdefault(model, PkOrdinals()).append(pk)  # type: ignore[attr-defined]
+                pks = self.pks.get(model)
+                if pks is None:
+                    pks = self.pks[model] = PkOrdinals()
+                pks.append(pk)  # type: ignore[attr-defined]
             previous[model] = pk
         if model == "sentry.user":
             self.usernames[pk] = fields.get("username")
         if model in dated:
             known = self.dates.setdefault(model, set())
-            known.update(f for f, v in fields.items() if f not in known and parse_datetime(v) is not None)
+            found = [f for f, v in fields.items()
+                     if type(v) is str and v[4:5] == "-" and f not in known and parse_datetime(v) is not None]
+            if found:
+                known.update(found)
+                self.dates_changed.add(model)
 
     def order_custom(self, model: str) -> list[ComparatorFinding]:
         """Number a custom-ordinal model's rows by their sorted key tuples; findings for duplicate tuples."""
@@ -671,31 +732,41 @@ class _Side:
                 for n in range(1, len(keys)) if keys[n][0] == keys[n - 1][0]]
 
 
-def _index(rows: Iterable[Any], label: str, name: str, dated: frozenset[str]) -> _Side:
-    """First pass over one side: check every row's shape and note what pairing the rows needs."""
-    side, previous = _Side(label), {}
-    for index, row in enumerate(rows):
-        model, pk, fields = _checked(row, index, name)
-        side.note(model, pk, fields, dated, previous)
-    return side
-
-
 def _json_lines(fields: Fields) -> list[str]:
     return json.dumps(fields, sort_keys=True, indent=2, ensure_ascii=False, default=str).splitlines()
 
 
-def _same_json(a: Any, b: Any) -> bool:
-    """Whether two parsed JSON values are written alike (``1``, ``1.0`` and ``true`` are not)."""
+def _strictly_equal(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if type(a) is dict:
-        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+        return a.keys() == b.keys() and all(_strictly_equal(v, b[k]) for k, v in a.items())
     if type(a) is list:
-        return len(a) == len(b) and all(map(_same_json, a, b))
+        return len(a) == len(b) and all(map(_strictly_equal, a, b))
     return a == b
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two parsed JSON values are written alike (``1``, ``1.0`` and ``true`` are not)."""
+    if a != b:
+        return False
+    try:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, say
+        return _strictly_equal(a, b)
+
+
+def _quick(m: Match, comparators: list[Comparator], handled: frozenset[str]) -> bool:
+    """True only when the pair has no findings: every comparator's quick test passes and the fields no
+    comparator handles are alike (the usual case, decided without copying the rows)."""
+    return all(c.quick_ok(m) for c in comparators) and _same_json(
+        {k: v for k, v in m.left.items() if k not in handled}, {k: v for k, v in m.right.items() if k not in handled})
+
+
 def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFinding]:
+    """The findings of one pair: each comparator's existence check, else its check; then whatever fields no
+    comparator handled must be written alike (``UnequalJSON`` with a unified diff)."""
+    m.left, m.right = dict(m.left), dict(m.right)
     found: list[ComparatorFinding] = []
     for comparator in comparators:
         missing = comparator.existence(m)
@@ -755,40 +826,166 @@ def _pairs(left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int
             queue.close()
 
 
-class _Pairing:
-    """Second pass: every pair of rows with the same model and ordinal goes through the comparators. Rows of
-    custom-ordinal models (users' emails and options, options, relays) wait until their model is complete."""
-
-    def __init__(self, sides: tuple[_Side, _Side], comparators: dict[str, list[Comparator]]) -> None:
-        self.sides, self.comparators = sides, comparators
-        self.ordinals: dict[str, int] = {}
-        self.held: dict[str, tuple[list[_Row], list[_Row]]] = {}
-        self.findings: list[ComparatorFinding] = []
-
-    def add(self, model: str, left: Any, right: Any) -> None:
-        pair = _Row(left["pk"], left["fields"]), _Row(right["pk"], right["fields"])
-        if model not in CUSTOM_ORDINALS:
-            ordinal = self.ordinals[model] = self.ordinals.get(model, 0) + 1
-            self._compare(model, ordinal, *pair)
-            return
-        held = self.held.setdefault(model, ([], []))
-        held[0].append(pair[0])
-        held[1].append(pair[1])
-        if len(held[0]) == self.sides[0].counts[model]:
-            del self.held[model]
-            orders = self.sides[0].order[model], self.sides[1].order[model]
-            for ordinal, (i, j) in enumerate(zip(*orders), 1):
-                self._compare(model, ordinal, held[0][i], held[1][j])
-
-    def _compare(self, model: str, ordinal: int, left: _Row, right: _Row) -> None:
-        m = Match(InstanceID(model, ordinal), left.pk, right.pk, dict(left.fields), dict(right.fields))
-        self.findings.extend(_compare_pair(m, self.comparators[model]))
-
-
 @dataclass
 class _Row:
     pk: int
     fields: Fields
+
+
+@dataclass
+class _ModelPlan:
+    """A model's comparators, the fields they handle, its foreign-key comparator, and the datetime fields
+    the plan was made for."""
+
+    comparators: list[Comparator]
+    handled: frozenset[str]
+    foreign_keys: ForeignKeyComparator | None
+    dates: frozenset[str]
+
+
+class _Comparison:
+    """One comparison: a single pass over both sides together, and what is left to do after it.
+
+    Each row is noted as it is read (count, pk, ordering, custom-ordinal key, datetime fields) and the n-th
+    rows of a model on both sides are compared as they meet, when that can be decided now:
+
+    * a pair whose foreign keys point at rows not seen yet (or at a custom-ordinal model, numbered only at
+      the end) waits in an encrypted spill and is compared once everything was read;
+    * rows of custom-ordinal models are held until the end (they are numbered by sorted keys);
+    * a model whose datetime fields (which decide its comparators) grow after pairs holding such a field
+      were compared is "dirty": it is compared again, alone, in a second pass over both sides.
+
+    Pair findings are kept only if the pass finds no ordering problem and no unequal counts (else those
+    are the findings, as in Sentry's validator, which stops there).
+    """
+
+    def __init__(self, manifest: Manifest, table: Mapping[str, list[Comparator]], names: tuple[str, str]) -> None:
+        self.manifest, self.table, self.names = manifest, table, names
+        self.dated = frozenset(model for model, found in table.items() if found)
+        self.sides = (_Side("left"), _Side("right"))
+        self.previous: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self.plans: dict[str, _ModelPlan] = {}
+        self.ordinals: dict[str, int] = {}
+        self.used: dict[str, set[str]] = {}  # dated model -> fields of the pairs compared so far
+        self.dirty: set[str] = set()
+        self.held: dict[str, tuple[list[_Row], list[_Row]]] = {}
+        self.deferred = RowSpill()
+        self.findings: list[ComparatorFinding] = []
+
+    def read(self, left: Iterable[Any], right: Iterable[Any]) -> None:
+        """The pass: left rows in their order, each with the next right row of its model."""
+        right_rows = self._noted(right, 1)
+        waiting: dict[str, RowSpill] = {}
+        try:
+            for model, pk, fields in self._noted(left, 0):
+                if model not in self.manifest:
+                    continue
+                queue = waiting.get(model)
+                other = queue.pop() if queue else self._next(model, right_rows, waiting)
+                if other is not None:
+                    self._pair(model, pk, fields, *other)
+            for _ in right_rows:  # the rest of the right side is noted (counts)
+                pass
+        finally:
+            for queue in waiting.values():
+                queue.close()
+
+    def _noted(self, rows: Iterable[Any], side: int) -> Iterator[tuple[str, int, Fields]]:
+        noted, previous, name = self.sides[side], self.previous[side], self.names[side]
+        for index, row in enumerate(rows):
+            model, pk, fields = _checked(row, index, name)
+            noted.note(model, pk, fields, self.dated, previous)
+            yield model, pk, fields
+
+    def _next(self, model: str, right_rows: Iterator[tuple[str, int, Fields]], waiting: dict[str, RowSpill]
+              ) -> tuple[int, Fields] | None:
+        """The next right row of ``model``; rows of other models read on the way wait in a spill queue."""
+        for other, pk, fields in right_rows:
+            if other == model:
+                return pk, fields
+            if other in self.manifest:
+                queue = waiting.get(other)
+                if queue is None:
+                    queue = waiting[other] = RowSpill()
+                queue.push([pk, fields])
+        return None
+
+    def _pair(self, model: str, left_pk: int, left: Fields, right_pk: int, right: Fields) -> None:
+        if model in CUSTOM_ORDINALS:
+            held = self.held.setdefault(model, ([], []))
+            held[0].append(_Row(left_pk, left))
+            held[1].append(_Row(right_pk, right))
+            return
+        ordinal = self.ordinals[model] = self.ordinals.get(model, 0) + 1
+        plan = self._plan(model)
+        if model in self.dirty:
+            return
+        if model in self.dated:
+            used = self.used.setdefault(model, set())
+            used.update(left)
+            used.update(right)
+        m = Match(InstanceID(model, ordinal), left_pk, right_pk, left, right)
+        if _quick(m, plan.comparators, plan.handled):
+            return
+        if plan.foreign_keys is not None and not self._resolved(plan.foreign_keys, left, right):
+            self.deferred.push([model, ordinal, left_pk, left, right_pk, right])
+            return
+        self.findings.extend(_compare_pair(m, plan.comparators))
+
+    def _plan(self, model: str) -> _ModelPlan:
+        """The model's comparators for the datetime fields seen so far (made again when they grow)."""
+        plan = self.plans.get(model)
+        if plan is not None and not (model in self.sides[0].dates_changed or model in self.sides[1].dates_changed):
+            return plan
+        for side in self.sides:
+            side.dates_changed.discard(model)
+        dates = frozenset(self.sides[0].dates.get(model, set()) | self.sides[1].dates.get(model, set()))
+        if plan is not None and (dates - plan.dates) & self.used.get(model, set()):
+            self.dirty.add(model)
+        comparators = _model_comparators(model, self.table, self.manifest, set(dates))
+        foreign_keys = next((c for c in comparators if isinstance(c, ForeignKeyComparator)), None)
+        if foreign_keys is not None:
+            foreign_keys.set_primary_key_maps(self.sides[0].pks, self.sides[1].pks)
+        plan = self.plans[model] = _ModelPlan(comparators, frozenset(f for c in comparators for f in c.fields),
+                                              foreign_keys, dates)
+        return plan
+
+    def _resolved(self, comparator: ForeignKeyComparator, left: Fields, right: Fields) -> bool:
+        """Whether every foreign key of the pair points at a row already numbered on its side."""
+        for f, target in comparator.targets.items():
+            for side, fields in zip(self.sides, (left, right)):
+                value = fields.get(f)
+                if isinstance(value, int) and (target in CUSTOM_ORDINALS or target not in side.pks
+                                               or side.pks[target].get(value) is None):
+                    return False
+        return True
+
+    def _compare_now(self, model: str, ordinal: int, left: _Row, right: _Row) -> None:
+        plan = self._plan(model)
+        m = Match(InstanceID(model, ordinal), left.pk, right.pk, left.fields, right.fields)
+        if not _quick(m, plan.comparators, plan.handled):
+            self.findings.extend(_compare_pair(m, plan.comparators))
+
+    def finish(self, models: list[str], left: RowSource, right: RowSource) -> list[ComparatorFinding]:
+        """What the pass left: held custom-ordinal models, deferred pairs, dirty models; findings in order."""
+        for model, (lefts, rights) in self.held.items():
+            orders = self.sides[0].order[model], self.sides[1].order[model]
+            for ordinal, (i, j) in enumerate(zip(*orders), 1):
+                self._compare_now(model, ordinal, lefts[i], rights[j])
+        self.held.clear()
+        for model, ordinal, left_pk, left_fields, right_pk, right_fields in self.deferred.drain():
+            if model not in self.dirty:
+                self._compare_now(model, ordinal, _Row(left_pk, left_fields), _Row(right_pk, right_fields))
+        if self.dirty:
+            self.findings = [f for f in self.findings if f.on.model not in self.dirty]
+            counts = {model: self.sides[0].counts[model] for model in self.dirty}
+            ordinals: dict[str, int] = {}
+            for model, left_row, right_row in _pairs(left(), right(), counts, self.names):
+                ordinals[model] = ordinal = ordinals.get(model, 0) + 1
+                self._compare_now(model, ordinal, _Row(left_row["pk"], left_row["fields"]),
+                                  _Row(right_row["pk"], right_row["fields"]))
+        rank = {model: i for i, model in enumerate(models)}
+        return sorted(self.findings, key=lambda f: (rank[f.on.model], f.on.ordinal or 0))
 
 
 def _first_pass_findings(sides: tuple[_Side, _Side], models: list[str]) -> list[ComparatorFinding]:
@@ -809,38 +1006,25 @@ def compare_sources(left: RowSource, right: RowSource, manifest: Manifest,
                     comparators: Mapping[str, list[Comparator]] | None = None, *,
                     names: tuple[str, str] = ("left", "right"),
                     skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
-    """Compare two exports, each read twice from the start by calling its source, in bounded memory.
+    """Compare two exports in bounded memory; each side is read by calling its source (once, or twice when
+    a model's comparators could only be known at the end: see :class:`_Comparison`).
 
-    The first pass reads each side to count, order and index its rows (pks as runs of integers); the
-    second reads both sides together and compares row pairs as they come. See :func:`compare` for the
-    arguments and the findings.
+    Held in memory: per model its count and its pks as runs of integers, the rows of custom-ordinal models
+    (users' emails and options, options, relays), usernames; rows of the other models are compared as they
+    come, or wait in an encrypted spill. See :func:`compare` for the arguments and the findings.
     """
-    table = default_comparators() if comparators is None else comparators
-    dated = frozenset(model for model, found in table.items() if found)
-    sides = _index(left(), "left", names[0], dated), _index(right(), "right", names[1], dated)
-    models = []
-    for model in dict.fromkeys([*sides[0].counts, *sides[1].counts]):
-        if model in manifest:
-            models.append(model)
-        elif skipped is not None:
-            skipped[model] = (sides[0].counts.get(model, 0), sides[1].counts.get(model, 0))
-    findings = _first_pass_findings(sides, models)
-    if findings:
-        return findings
-
-    per_model = {}
-    for model in models:
-        dates = sides[0].dates.get(model, set()) | sides[1].dates.get(model, set())
-        per_model[model] = _model_comparators(model, table, manifest, dates)
-        for comparator in per_model[model]:
-            if isinstance(comparator, ForeignKeyComparator):
-                comparator.set_primary_key_maps(sides[0].pks, sides[1].pks)
-    pairing = _Pairing(sides, per_model)
-    counts = {model: sides[0].counts[model] for model in models}
-    for model, left_row, right_row in _pairs(left(), right(), counts, names):
-        pairing.add(model, left_row, right_row)
-    rank = {model: i for i, model in enumerate(models)}
-    return sorted(pairing.findings, key=lambda f: rank[f.on.model])
+    run = _Comparison(manifest, default_comparators() if comparators is None else comparators, names)
+    try:
+        run.read(left(), right())
+        models = []
+        for model in dict.fromkeys([*run.sides[0].counts, *run.sides[1].counts]):
+            if model in manifest:
+                models.append(model)
+            elif skipped is not None:
+                skipped[model] = (run.sides[0].counts.get(model, 0), run.sides[1].counts.get(model, 0))
+        return _first_pass_findings(run.sides, models) or run.finish(models, left, right)
+    finally:
+        run.deferred.close()
 
 
 def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manifest,

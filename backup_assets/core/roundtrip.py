@@ -32,7 +32,6 @@ from .findings import Finding
 from .manifest import IMPORT_SCOPES, Manifest
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
-from .spill import RowSpill
 from .settings import ImportSettings
 from .staging import IMPORT, PK_MAP
 
@@ -118,23 +117,17 @@ def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int
         (import_id,))}
 
 
-def _tee(rows: Iterable[Any], copy: RowSpill) -> Iterator[Any]:
-    for row in rows:
-        copy.push(row)
-        yield row
-
-
 def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
     ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
 
-    Bounded memory: the backup is read twice (:func:`backup_assets.core.compare.compare_sources`); the
-    re-export is made once, and kept for the second pass in an encrypted spill (:class:`RowSpill`)."""
+    Bounded memory: the backup and the re-export are read together, once
+    (:func:`backup_assets.core.compare.compare_sources`; twice in the rare case it explains)."""
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name="backup-assets verify")
     except psycopg.OperationalError as e:
         raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
-    with conn, RowSpill() as reexport:
+    with conn:
         settings = import_settings(conn, import_id)
         skipped = _not_written(conn, import_id)
         reset = reset_fields(manifest, settings)
@@ -145,14 +138,9 @@ def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> l
                     if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
             return _without(canonical_datetimes(kept), reset)
 
-        exported: list[bool] = []
-
         def right() -> Iterator[Any]:
-            if exported:  # the second pass: the copy the first one made
-                return reexport.drain()
-            exported.append(True)
-            rows = export_rows(conn, manifest, settings.scope, import_id=import_id)
-            return _tee(_without(canonical_datetimes(rows), reset), reexport)
+            return _without(canonical_datetimes(export_rows(conn, manifest, settings.scope, import_id=import_id)),
+                            reset)
 
         return list(compare_sources(left, right, manifest,
                                     names=(str(backup.path), f"re-export of import {import_id}")))
