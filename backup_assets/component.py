@@ -62,6 +62,9 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
     drill_cron: Optional[str] = Field(default=None, description=f"Cron of the restore drill (default {DEFAULT_CRON}).")
     standby_dsn_env: str = Field(default=STANDBY_DSN_ENV,
                                  description="Name of the variable holding the drill's standby DSN.")
+    round_trip_check: bool = Field(
+        default=False, description="Also prove every restore by its round trip (a check of restore_complete); "
+                                   "the drill always does.")
 
     def manifest(self) -> Manifest:
         return Manifest.load(self.manifest_path or None)
@@ -87,7 +90,8 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
             self.manifest(), resources=self.resources(),
             sensor=build_backup_sensor(JOB_NAME, max_runs_per_tick=self.max_runs_per_tick,
                                        minimum_interval_seconds=self.sensor_interval_seconds),
-            schedule=build_restore_drill_schedule(self.drill_cron, standby_dsn_env=self.standby_dsn_env))
+            schedule=build_restore_drill_schedule(self.drill_cron, standby_dsn_env=self.standby_dsn_env),
+            round_trip_check=self.round_trip_check)
 
 
 @dg.definitions

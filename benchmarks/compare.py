@@ -36,6 +36,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -103,15 +105,27 @@ def planted(src: Path, key: str, kind: str) -> Iterator[Any]:
 
 
 def reordered(src: Path, key: str, folder: Path) -> Path:
-    """The re-export with its models in reverse order (rows of a model keep their order)."""
-    models = list(dict.fromkeys(r["model"] for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext)))
+    """The re-export with its models in reverse order (rows of a model keep their order); one file per model
+    on the way (synthetic data)."""
+    parts: dict[str, Any] = {}
+    try:
+        for row in iter_rows(open_backup(src, _decryptor(key)).open_plaintext):
+            out = parts.get(row["model"])
+            if out is None:
+                out = parts[row["model"]] = open(folder / f"part-{len(parts)}.jsonl", "w+b")
+            out.write(orjson.dumps(row) + b"\n")
 
-    def rows() -> Iterator[Any]:
-        for model in reversed(models):
-            yield from (r for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext) if r["model"] == model)
-    dest = folder / "reexport-reversed.json"
-    synthetic.write_export(dest, rows())
-    return dest
+        def rows() -> Iterator[Any]:
+            for out in reversed(parts.values()):
+                out.seek(0)
+                yield from map(orjson.loads, out)
+        dest = folder / "reexport-reversed.json"
+        synthetic.write_export(dest, rows())
+        return dest
+    finally:
+        for out in parts.values():
+            out.close()
+            os.unlink(out.name)
 
 
 def _decryptor(key: str):
