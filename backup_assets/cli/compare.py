@@ -29,9 +29,9 @@ def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_wi
 
     LEFT is the original, RIGHT the copy (for example a re-export after a restore). Rows are matched
     per model by ordinal; foreign keys are compared through the rows they point at, so different pks
-    are fine; regenerated secrets, suffixed slugs and forward-moving timestamps are allowed. Each file
-    is read twice (index, then compare); exports in Sentry's order are merged as they are read, rows of
-    others wait in an encrypted temporary spill.
+    are fine; regenerated secrets, suffixed slugs and forward-moving timestamps are allowed. Both files
+    are read together, once, in bounded memory: exports in Sentry's order are merged as they are read;
+    rows of inputs in other orders wait in an encrypted temporary spill.
 
     Exit code: 0 when the exports match, 1 when differences were found or an input is unreadable.
 

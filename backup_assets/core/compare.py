@@ -22,9 +22,15 @@ allowance Sentry's validator does not make), and, for models that have any compa
 :class:`DateUpdatedComparator` or :class:`IgnoredComparator`. A manifest does not carry field types,
 so datetime fields are recognised by their values (ISO-8601 strings with a time part).
 
-Memory: the input is parsed as a stream (ijson), but both sides' rows are held in memory, grouped by
-model, for the duration of the comparison (ordinals of a custom-ordinal model are known only once all
-of its rows are seen, and counts are checked before any row is compared).
+Memory: bounded, whatever the size (:func:`compare_sources`). Both sides are read together, once: each
+row is noted as it comes (per model a count, and the pks as runs of integers: :class:`PkOrdinals`) and
+the n-th rows of a model on both sides are compared when they meet. Held until the end: the rows of the
+custom-ordinal models (numbered only once all are seen; users' emails and options, options, relays), the
+usernames, the findings. Right rows that arrive before their turn (inputs in different orders) and pairs
+whose foreign keys point at rows not read yet wait in an encrypted spill (:mod:`.spill`); a model whose
+datetime fields turn up only after pairs holding such a field were compared is compared again in a
+second pass. Counts and ordering are known only at the end: when they fail, those findings are the
+result and the pair findings are dropped, as Sentry's validator stops there.
 """
 from __future__ import annotations
 
@@ -876,13 +882,18 @@ class _Comparison:
         """The pass: left rows in their order, each with the next right row of its model."""
         right_rows = self._noted(right, 1)
         waiting: dict[str, RowSpill] = {}
+        short = False  # the right side ran out of a model's rows: counts differ, pairs no longer matter
         try:
             for model, pk, fields in self._noted(left, 0):
-                if model not in self.manifest:
+                if model not in self.manifest or short:
                     continue
                 queue = waiting.get(model)
                 other = queue.pop() if queue else self._next(model, right_rows, waiting)
-                if other is not None:
+                if other is None:
+                    short = True
+                    for queue in waiting.values():
+                        queue.close()
+                else:
                     self._pair(model, pk, fields, *other)
             for _ in right_rows:  # the rest of the right side is noted (counts)
                 pass
