@@ -151,7 +151,10 @@ def _describe(spec: ModelSpec, table: TableInfo) -> _Model:
 
 
 def _in_exported(temp: sql.Identifier, column: sql.Composable, model: str) -> tuple[sql.Composable, str]:
-    return sql.SQL("{c} IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s)").format(c=column, tmp=temp), model
+    """``column`` names an exported row of ``model``. An index probe per row: the ``IN (SELECT ...)`` this
+    was, beside ``IS NULL OR``, stays a subplan, hashed only while the pks fit in ``work_mem``, else
+    scanned again for every row (quadratic)."""
+    return sql.SQL("EXISTS (SELECT 1 FROM {tmp} e WHERE e.model = %s AND e.pk = {c})").format(c=column, tmp=temp), model
 
 
 class _Filters:
