@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import deque
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -77,7 +77,7 @@ class RowSpill:
         self._size -= 1
         return self._head.popleft()
 
-    def drain(self):
+    def drain(self) -> Iterator[Any]:
         """Pop every row, oldest first (a generator)."""
         while self._size:
             yield self.pop()
