@@ -677,7 +677,7 @@ class PkOrdinals(Mapping[int, int]):
 
 @dataclass
 class _Side:
-    """What the first pass learns of one side: per model its count, pks, ordering findings and datetime
+    """What the pass learns of one side: per model its count, pks, ordering findings and datetime
     fields; the custom-ordinal models' key values; the usernames. Rows themselves are not kept."""
 
     label: str  # "left" or "right"
@@ -1051,8 +1051,9 @@ def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manif
     counts (model -> (left rows, right rows)).
     Raises :class:`ExportParseError` for a row that is not ``{"model": str, "pk": int, "fields": {...}}``.
 
-    The rows are read twice: a side given as a one-shot iterator is first kept in a list. To compare in
-    bounded memory, give :func:`compare_sources` a way to read each side again.
+    A side may have to be read a second time (see :class:`_Comparison`), so a side given as a one-shot
+    iterator is first kept in a list. To compare in bounded memory, give :func:`compare_sources` a way to
+    read each side again.
     """
     sources = []
     for rows in (left_rows, right_rows):
