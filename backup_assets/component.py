@@ -64,6 +64,9 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
                                  description="Name of the variable holding the drill's standby DSN.")
     workers: int = Field(default=0, ge=0, description="Models loaded at once by the models' step, each on its "
                                                       "own connection (0: two, or one on a one-core machine).")
+    round_trip_check: bool = Field(
+        default=False, description="Also prove every restore by its round trip (a check of restore_complete); "
+                                   "the drill always does.")
 
     def manifest(self) -> Manifest:
         return Manifest.load(self.manifest_path or None)
@@ -90,7 +93,8 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
             sensor=build_backup_sensor(JOB_NAME, max_runs_per_tick=self.max_runs_per_tick,
                                        minimum_interval_seconds=self.sensor_interval_seconds),
             schedule=build_restore_drill_schedule(self.drill_cron, standby_dsn_env=self.standby_dsn_env),
-            workers=self.workers or None)
+            workers=self.workers or None,
+            round_trip_check=self.round_trip_check)
 
 
 @dg.definitions

@@ -12,8 +12,9 @@ Environment, read when the code location loads:
 ``BACKUP_ASSETS_DRILL_CRON`` cron of the restore drill schedule (default 04:00 daily; the schedule is off
                             until started)
 
-Besides ``restore_backup_job`` (every asset but ``sentry_backup/round_trip``): ``restore_drill_job``
-and its schedule (:mod:`backup_assets.schedules`), ``verify_restore_job`` (the round trip) and
+Besides ``restore_backup_job`` (every asset but ``sentry_backup/round_trip``; with ``round_trip_check=True``
+the round trip runs in it as a check of ``restore_complete``, off by default): ``restore_drill_job``
+and its schedule (:mod:`backup_assets.schedules`, the round trip on), ``verify_restore_job`` (the round trip) and
 ``rollback_import_job`` (:mod:`backup_assets.verification`), and the backup folder sensor
 (:mod:`backup_assets.sensors`, off until started).
 
@@ -33,7 +34,8 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.schedules import build_restore_drill_schedule, drill_job
 from backup_assets.sensors import RESTORE_JOB_NAME, build_backup_sensor
 from backup_assets.settings_resource import ImportSettingsResource
-from backup_assets.verification import ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset, verify_job
+from backup_assets.verification import (ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset,
+                                       build_round_trip_check, verify_job)
 from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
 from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource
@@ -73,7 +75,7 @@ def default_resources() -> dict[str, object]:
 
 
 def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
-    """Every asset of the graph, for one backup partition, in-process."""
+    """Every asset of the graph (and the checks defined on them), for one backup partition, in-process."""
     return dg.define_asset_job(name, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
                                executor_def=dg.in_process_executor,
                                description="Restore one backup (a partition) into the target database.")
@@ -81,16 +83,19 @@ def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
 
 def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[str, object] | None = None,
                       sensor: dg.SensorDefinition | None = None, schedule: dg.ScheduleDefinition | None = None,
-                      **graph_options: object) -> dg.Definitions:
+                      round_trip_check: bool = False, **graph_options: object) -> dg.Definitions:
     """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`).
 
     ``resources`` (default: :func:`default_resources`), ``sensor`` (default: the backup folder sensor)
     and ``schedule`` (default: the restore drill) can be replaced; the Component passes its own.
+    ``round_trip_check``: run the round trip in every restore, as the check ``round_trip`` of
+    ``restore_complete`` (it re-reads the backup and re-exports the import: about the restore's time again).
     """
     manifest = manifest or load_manifest()
     return dg.Definitions(
         assets=[*build_restore_graph(manifest, **graph_options), build_round_trip_asset(manifest)],  # type: ignore[arg-type]
-        jobs=[restore_job(), drill_job(), verify_job(), build_rollback_job(manifest)],
+        asset_checks=[build_round_trip_check(manifest)] if round_trip_check else [],
+        jobs=[restore_job(), drill_job(round_trip_check=round_trip_check), verify_job(), build_rollback_job(manifest)],
         sensors=[sensor or build_backup_sensor(JOB_NAME)],
         schedules=[schedule or build_restore_drill_schedule()],
         resources=dict(resources) if resources is not None else default_resources(),

@@ -6,6 +6,10 @@ A backup nobody has restored is a hope, not a backup. The drill takes the newest
 ``target`` resource at the standby database and imports with global scope, replacing what the
 standby holds (``ImportSettings(scope="global", replace_existing=True)``).
 
+The drill's proof is the round trip (``sentry_backup/round_trip``, on by default: every asset is
+selected): the standby's copy is re-exported and compared with the backup as Sentry's validator does, in
+bounded memory, so a large backup does not fail its drill for want of memory.
+
 A model whose ERROR-severity check fails makes ``restore_complete`` fail (see
 :mod:`backup_assets.stages`; the drill also sets its ``fail_on_dropped_rows``, so rows dropped because
 their parent is missing from the backup fail the drill, where an ordinary restore only warns), so the
@@ -32,6 +36,7 @@ from backup_assets.core.errors import BackupAssetsError
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 from backup_assets.translator import RESTORE_COMPLETE_KEY
+from backup_assets.verification import ROUND_TRIP_CHECK_KEY
 from resources.backup_source import BackupSourceResource
 
 DRILL_JOB_NAME = "restore_drill_job"
@@ -43,9 +48,14 @@ DEFAULT_CRON = "0 4 * * *"
 DRILL_TAG = "backup_assets/drill"
 
 
-def drill_job(name: str = DRILL_JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
-    """Every asset (and so every check) of the graph, in-process, tagged as a drill."""
-    return dg.define_asset_job(name, selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
+def drill_job(name: str = DRILL_JOB_NAME, *, round_trip_check: bool = False) -> dg.UnresolvedAssetJobDefinition:
+    """Every asset (and so every check) of the graph, the round trip included, in-process, tagged as a drill.
+    ``round_trip_check``: the definitions hold the restore's opt-in round-trip check, which the drill leaves
+    out (its ``round_trip`` asset does the same)."""
+    selection = dg.AssetSelection.all()
+    if round_trip_check:
+        selection = selection - dg.AssetSelection.checks(ROUND_TRIP_CHECK_KEY)
+    return dg.define_asset_job(name, selection=selection, executor_def=dg.in_process_executor,
                                tags={DRILL_TAG: "true"},
                                description="Restore drill: the newest backup into the standby database "
                                            "(global replace), every check verified; fails on an ERROR check.")

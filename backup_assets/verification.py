@@ -1,15 +1,22 @@
 """Proof of a restore, and its undo, as Dagster definitions.
 
 * ``sentry_backup/round_trip`` — re-exports what the partition's import wrote and compares it with the
-  backup as Sentry's validator does (``core/roundtrip.py``); the findings are attached to the
-  materialization and a check fails (ERROR) when there are any. It is not part of the restore job
-  (comparing holds both sides of a model in memory): ``verify_restore_job`` and the drill run it.
+  backup as Sentry's validator does (``core/roundtrip.py``: both read together, in bounded memory); the
+  findings are attached to the materialization and a check fails (ERROR) when there are any. It is not
+  part of the restore job: ``verify_restore_job`` and the drill run it (on by default in the drill).
+* the check ``round_trip`` of ``sentry_backup/restore_complete`` — the same comparison as an asset check
+  of every restore; opt-in (``build_definitions(round_trip_check=True)``, the component's
+  ``round_trip_check``), off by default.
 * ``rollback_import_job`` — removes everything an import inserted and puts overwritten rows back
   (``core/rollback.py``), for the import id given in its config.
 """
 
+import warnings
+from typing import Any
+
 import dagster as dg
 
+from backup_assets.core.findings import Finding
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.rollback import rollback
 from backup_assets.core.roundtrip import verify_round_trip
@@ -22,7 +29,26 @@ from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource
 
 ROUND_TRIP_KEY = dg.AssetKey([STAGE_PREFIX, "round_trip"])
+#: The opt-in check of the restore: the round trip, run after ``restore_complete``.
+ROUND_TRIP_CHECK_KEY = dg.AssetCheckKey(RESTORE_COMPLETE_KEY, "round_trip")
 FINDINGS_SHOWN = 50
+
+
+def _round_trip(context: Any, backup_source: BackupSourceResource, decryptor: DecryptorResource,
+                target: PostgresTargetResource, manifest: Manifest) -> list[Finding]:
+    """The findings of the run's partition: its backup against a re-export of what its import wrote."""
+    backup = open_run_backup(context, backup_source, decryptor)
+    with engine_errors("round trip"):
+        return verify_round_trip(target.resolved_dsn(), backup, manifest, import_id_of(context))
+
+
+def findings_metadata(findings: list[Finding]) -> dict[str, Any]:
+    """How many findings, how many of each kind, and the first :data:`FINDINGS_SHOWN` of them."""
+    by_kind: dict[str, int] = {}
+    for f in findings:
+        by_kind[f.kind_name] = by_kind.get(f.kind_name, 0) + 1
+    return {"findings": len(findings), "findings_by_kind": dg.MetadataValue.json(by_kind),
+            "first_findings": dg.MetadataValue.json([f.to_json() for f in findings[:FINDINGS_SHOWN]])}
 
 
 def build_round_trip_asset(manifest: Manifest,
@@ -35,22 +61,33 @@ def build_round_trip_asset(manifest: Manifest,
                           "validator does; the findings are attached.")
     def round_trip(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
                    decryptor: DecryptorResource, target: PostgresTargetResource) -> dg.MaterializeResult:
-        backup = open_run_backup(context, backup_source, decryptor)
-        with engine_errors("round trip"):
-            findings = verify_round_trip(target.resolved_dsn(), backup, manifest, import_id_of(context))
-        shown = [f.to_json() for f in findings[:FINDINGS_SHOWN]]
-        by_kind: dict[str, int] = {}
-        for f in findings:
-            by_kind[f.kind_name] = by_kind.get(f.kind_name, 0) + 1
+        findings = _round_trip(context, backup_source, decryptor, target, manifest)
         return dg.MaterializeResult(
-            metadata={"findings": len(findings), "findings_by_kind": dg.MetadataValue.json(by_kind),
-                      "first_findings": dg.MetadataValue.json(shown)},
+            metadata=findings_metadata(findings),
             check_results=[dg.AssetCheckResult(
                 check_name="round_trip_clean", passed=not findings, severity=dg.AssetCheckSeverity.ERROR,
                 description=f"{len(findings)} differences between the backup and the re-export",
                 metadata={"findings": len(findings)})])
 
     return round_trip
+
+
+def build_round_trip_check(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None = backups_partitions
+                           ) -> dg.AssetChecksDefinition:
+    """The opt-in check ``round_trip`` of ``restore_complete`` (see the module doc): ERROR when the re-export
+    of the import differs from the backup, the findings attached as with the asset."""
+    def round_trip(context: dg.AssetCheckExecutionContext, backup_source: BackupSourceResource,
+                   decryptor: DecryptorResource, target: PostgresTargetResource) -> dg.AssetCheckResult:
+        findings = _round_trip(context, backup_source, decryptor, target, manifest)
+        return dg.AssetCheckResult(passed=not findings, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=f"{len(findings)} differences between the backup and the re-export",
+                                   metadata=findings_metadata(findings))
+
+    with warnings.catch_warnings():  # partitioned checks are a "preview" of Dagster's; a restore's check needs one
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.asset_check(asset=RESTORE_COMPLETE_KEY, name=ROUND_TRIP_CHECK_KEY.name, partitions_def=partitions_def,
+                              description="Opt-in round trip: re-export what this import wrote and compare it with "
+                                          "the backup, as Sentry's validator does.")(round_trip)
 
 
 def verify_job() -> "dg.UnresolvedAssetJobDefinition":

@@ -5,15 +5,20 @@ import dagster as dg
 import psycopg
 import pytest
 
+from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.synthetic import generate_rows, write_export
+from backup_assets.definitions import build_definitions, default_resources
 from backup_assets.partitions import backups_partitions
 from backup_assets.run import materialize_restore
-from backup_assets.verification import build_rollback_job, build_round_trip_asset
+from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.translator import RESTORE_COMPLETE_KEY
+from backup_assets.verification import build_rollback_job, build_round_trip_asset, build_round_trip_check
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource
 from resources.postgres import PostgresTargetResource
+from resources.staging import StagingResource
 
 MANIFEST = Manifest.builtin()
 KEY = "verify-me-0123abcd"
@@ -72,3 +77,39 @@ def test_the_rollback_job_removes_the_import_and_twice_is_harmless(restored, pg_
         for table in ("sentry_organization", "sentry_project", "auth_user", "sentry_projectkey"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM backup_assets.pk_map WHERE import_id = %s", (KEY,)).fetchone()[0] == 0
+
+
+def verify_with_check(instance, path, dsn) -> dg.ExecuteInProcessResult:
+    """``restore_complete`` again (it only sums up what the restore did) and, after it, the opt-in check."""
+    resources = {"backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name,
+                                                       pinned={KEY: str(path)}),
+                 "decryptor": DecryptorResource(), "target": PostgresTargetResource(dsn=dsn),
+                 "import_settings": ImportSettingsResource(create_schema=True), "staging": StagingResource()}
+    return dg.materialize([*build_restore_graph(MANIFEST), build_round_trip_check(MANIFEST)], instance=instance,
+                          partition_key=KEY, resources=resources, selection=dg.AssetSelection.assets(RESTORE_COMPLETE_KEY))
+
+
+def test_the_opt_in_round_trip_check_of_the_restore_passes_then_fails_on_a_change(restored, pg_dsn):
+    instance, path = restored
+    checks = verify_with_check(instance, path, pg_dsn).get_asset_check_evaluations()
+    [check] = [c for c in checks if c.check_name == "round_trip"]
+    assert check.passed and check.check_name == "round_trip" and check.asset_key == RESTORE_COMPLETE_KEY
+    assert check.metadata["findings"].value == 0
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE sentry_project SET name = name || ' (edited)' WHERE id = (SELECT min(id) FROM sentry_project)")
+    checks = verify_with_check(instance, path, pg_dsn).get_asset_check_evaluations()
+    [check] = [c for c in checks if c.check_name == "round_trip"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["findings_by_kind"].value == {"UnequalJSON": 1}
+
+
+def test_the_round_trip_check_is_in_the_restore_job_only_when_asked_for():
+    def ops(defs: dg.Definitions, job: str) -> set[str]:
+        return {name for name in defs.get_repository_def().get_job(job).graph.node_dict if "round_trip" in name}
+
+    default = build_definitions(MANIFEST, resources=default_resources())
+    assert ops(default, "restore_backup_job") == set()
+    assert ops(default, "restore_drill_job") == {"sentry_backup__round_trip"}  # the drill proves by default
+    opted = build_definitions(MANIFEST, resources=default_resources(), round_trip_check=True)
+    assert ops(opted, "restore_backup_job") == {"sentry_backup__restore_complete_round_trip"}
+    assert ops(opted, "restore_drill_job") == {"sentry_backup__round_trip"}  # not twice

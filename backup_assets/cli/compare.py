@@ -1,12 +1,11 @@
 """``backup-assets backup compare``: Sentry's round-trip validation of two exports."""
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import click
 
-from ..core.compare import compare as compare_exports, iter_export
+from ..core.compare import compare_sources, iter_rows
 from ..core.decryptors import LocalFileDecryptor
 from ..core.findings import write_findings
 from ..core.manifest import Manifest
@@ -26,11 +25,13 @@ from .common import EXISTING_FILE, NEW_FILE, manifest_option, project_errors
 @project_errors
 def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_with: Path | None,
             decrypt_right_with: Path | None, manifest: Path | None) -> None:
-    """Compare two exports (JSON or encrypted tarballs) as Sentry's validator does.
+    """Compare two exports (JSON or encrypted tarballs) as Sentry's validator does, in bounded memory.
 
     LEFT is the original, RIGHT the copy (for example a re-export after a restore). Rows are matched
     per model by ordinal; foreign keys are compared through the rows they point at, so different pks
-    are fine; regenerated secrets, suffixed slugs and forward-moving timestamps are allowed.
+    are fine; regenerated secrets, suffixed slugs and forward-moving timestamps are allowed. Both files
+    are read together, once, in bounded memory: exports in Sentry's order are merged as they are read;
+    rows of inputs in other orders wait in an encrypted temporary spill.
 
     Exit code: 0 when the exports match, 1 when differences were found or an input is unreadable.
 
@@ -40,13 +41,13 @@ def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_wi
       backup-assets backup compare backup.tar after.json --decrypt-left-with private.pem
     """
     models = Manifest.load(manifest)
-    with ExitStack() as stack:
-        streams = []
-        for path, key in ((left, decrypt_left_with), (right, decrypt_right_with)):
-            source = open_backup(path, LocalFileDecryptor(key) if key else None)
-            streams.append(iter_export(stack.enter_context(source.open_plaintext()), str(path)))
-        skipped: dict[str, tuple[int, int]] = {}
-        findings = compare_exports(*streams, models, names=(str(left), str(right)), skipped=skipped)
+    sources = []
+    for path, key in ((left, decrypt_left_with), (right, decrypt_right_with)):
+        backup = open_backup(path, LocalFileDecryptor(key) if key else None)
+        backup.check_key()
+        sources.append(lambda backup=backup, name=str(path): iter_rows(backup.open_plaintext, name))
+    skipped: dict[str, tuple[int, int]] = {}
+    findings = compare_sources(*sources, models, names=(str(left), str(right)), skipped=skipped)
     if skipped:
         click.echo("Not compared (models the manifest does not know): " + ", ".join(
             f"{m} ({n} left, {k} right)" for m, (n, k) in sorted(skipped.items())), err=True)

@@ -22,9 +22,15 @@ allowance Sentry's validator does not make), and, for models that have any compa
 :class:`DateUpdatedComparator` or :class:`IgnoredComparator`. A manifest does not carry field types,
 so datetime fields are recognised by their values (ISO-8601 strings with a time part).
 
-Memory: the input is parsed as a stream (ijson), but both sides' rows are held in memory, grouped by
-model, for the duration of the comparison (ordinals of a custom-ordinal model are known only once all
-of its rows are seen, and counts are checked before any row is compared).
+Memory: bounded, whatever the size (:func:`compare_sources`). Both sides are read together, once: each
+row is noted as it comes (per model a count, and the pks as runs of integers: :class:`PkOrdinals`) and
+the n-th rows of a model on both sides are compared when they meet. Held until the end: the rows of the
+custom-ordinal models (numbered only once all are seen; users' emails and options, options, relays), the
+usernames, the findings. Right rows that arrive before their turn (inputs in different orders) and pairs
+whose foreign keys point at rows not read yet wait in an encrypted spill (:mod:`.spill`); a model whose
+datetime fields turn up only after pairs holding such a field were compared is compared again in a
+second pass. Counts and ordering are known only at the end: when they fail, those findings are the
+result and the pair findings are dropped, as Sentry's validator stops there.
 """
 from __future__ import annotations
 
@@ -34,16 +40,21 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, ContextManager
 
 import ijson
+import orjson
 
 from .errors import ExportParseError
 from .findings import ComparatorFinding, ComparatorFindingKind as Kind, InstanceID
 from .manifest import Manifest
+from .parse import _CountingReader, _Doubt, _fast_rows
+from .spill import RowSpill
 
 Fields = dict[str, Any]
 
@@ -65,6 +76,7 @@ RENUMBERED_ON_DUPLICATES = frozenset({"sentry.useroption"})
 _USER_FIELDS = frozenset({"user", "user_id"})
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_PKS: Mapping[int, int] = {}
 
 
 # -- matched rows ---------------------------------------------------------------------------------
@@ -97,6 +109,8 @@ class Comparator:
     """
 
     kind: ClassVar[Kind] = Kind.Unknown
+    #: Whether equal values (``==``) of every field are enough for this comparator to find nothing.
+    equal_is_fine: ClassVar[bool] = False
 
     def __init__(self, *fields: str) -> None:
         if not fields:
@@ -134,6 +148,12 @@ class Comparator:
     def check(self, field: str, left: Any, right: Any) -> str | None:
         raise NotImplementedError
 
+    def quick_ok(self, m: Match) -> bool:
+        """A cheap test, true only when :meth:`existence` and :meth:`compare` would find nothing (false:
+        run them to know)."""
+        left, right = m.left, m.right
+        return self.equal_is_fine and all(left.get(f) == right.get(f) for f in self.fields)
+
     def exempt(self, m: Match, field: str) -> bool:
         """Whether ``field`` of this pair is exempt from both the existence check and the check."""
         return False
@@ -160,6 +180,9 @@ class IgnoredComparator(Comparator):
 
     kind = Kind.IgnoredComparator
 
+    def quick_ok(self, m: Match) -> bool:
+        return True
+
     def existence(self, m: Match) -> list[ComparatorFinding]:
         return []
 
@@ -171,6 +194,7 @@ class AutoSuffixComparator(Comparator):
     """Equal, or the right value is the left one plus ``-<suffix>`` (a slug or username made unique)."""
 
     kind = Kind.AutoSuffixComparator
+    equal_is_fine = True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         if left == right or (isinstance(left, str) and isinstance(right, str) and right.startswith(left + "-")):
@@ -182,6 +206,11 @@ class DatetimeEqualityComparator(Comparator):
     """Both values are the same instant (``.000`` milliseconds or ``Z`` spelled or not)."""
 
     kind = Kind.DatetimeEqualityComparator
+
+    def quick_ok(self, m: Match) -> bool:
+        left, right = m.left, m.right
+        return all(left.get(f) == right.get(f) and (left.get(f) is None or parse_datetime(left.get(f)) is not None)
+                   for f in self.fields)
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         lt, rt = parse_datetime(left), parse_datetime(right)
@@ -197,6 +226,7 @@ class DateUpdatedComparator(Comparator):
     """The right datetime is not earlier than the left one (an update may only move it forward)."""
 
     kind = Kind.DateUpdatedComparator
+    equal_is_fine = True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         lt, rt = parse_datetime(left) or _EPOCH, parse_datetime(right) or _EPOCH
@@ -207,6 +237,8 @@ class DateUpdatedComparator(Comparator):
 
 class _ObfuscatingComparator(Comparator):
     """Equality of private values; reasons show only an obfuscated form of them."""
+
+    equal_is_fine = True
 
     def obfuscate(self, value: Any) -> str:
         raise NotImplementedError
@@ -250,6 +282,10 @@ class UserPasswordObfuscatingComparator(_ObfuscatingComparator):
     def __init__(self) -> None:
         super().__init__("password")
 
+    def quick_ok(self, m: Match) -> bool:
+        return not m.left.get("is_unclaimed") and not m.right.get("is_unclaimed") and \
+            m.left.get("password") == m.right.get("password")
+
     def compare(self, m: Match) -> list[ComparatorFinding]:
         found = []
         if m.left.get("is_unclaimed") and not m.right.get("is_unclaimed"):
@@ -277,6 +313,14 @@ class _PatternComparator(Comparator):
 
     def valid(self, value: Any) -> bool:
         return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+
+    def quick_ok(self, m: Match) -> bool:
+        for f in self.fields:
+            left, right = m.left.get(f), m.right.get(f)
+            if (left is not None or right is not None) and not (
+                    self.valid(left) and self.valid(right) and not (self.must_differ and left == right)):
+                return False
+        return True
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         bad = [side for side, v in (("left", left), ("right", right)) if not self.valid(v)]
@@ -353,6 +397,7 @@ class EqualOrRemovedComparator(Comparator):
     """Equal, unless the right side no longer has the value (null or absent)."""
 
     kind = Kind.EqualOrRemovedComparator
+    equal_is_fine = True
 
     def existence(self, m: Match) -> list[ComparatorFinding]:
         return [m.finding(self.existence_kind, f"the left value of `{f}` is missing but the right one is set")
@@ -390,6 +435,20 @@ class ForeignKeyComparator(Comparator):
     def exempt(self, m: Match, field: str) -> bool:
         """The left value dangles and the right one is null: the import dropped the reference."""
         return m.right.get(field) is None and self._ordinal(0, field, m.left.get(field)) is None
+
+    def quick_ok(self, m: Match) -> bool:
+        left, right = m.left, m.right
+        maps = self._maps
+        for f, target in self.targets.items():
+            lv, rv = left.get(f), right.get(f)
+            if lv is None and rv is None:
+                continue
+            if type(lv) is not int or type(rv) is not int:
+                return False
+            ordinal = maps[0].get(target, _NO_PKS).get(lv)
+            if ordinal is None or ordinal != maps[1].get(target, _NO_PKS).get(rv):
+                return False
+        return True
 
     def _ordinal(self, side: int, field: str, value: Any) -> int | None:
         return self._maps[side].get(self.targets[field], {}).get(value) if isinstance(value, int) else None
@@ -505,12 +564,32 @@ def iter_export(stream: BinaryIO, source: str = "export") -> Iterator[Any]:
         raise ExportParseError(f"{source}: not valid JSON: {detail}", row=index) from None
 
 
+def iter_rows(open_stream: Callable[[], ContextManager[BinaryIO]], source: str = "export") -> Iterator[Any]:
+    """The items of the export ``open_stream()`` gives, like :func:`iter_export` but faster: parsed by orjson a
+    read at a time (the restore's fast path, :mod:`backup_assets.core.parse`). Whatever that path is not sure
+    of makes the export be read again by :func:`iter_export`, which continues after the items already given
+    (the fast path gives the same items ijson does) and reports errors exactly as it always does."""
+    given = 0
+    with open_stream() as stream:
+        reader = _CountingReader(stream, surrogates=False)
+        if reader.peek_start() == ord("["):
+            try:
+                for item in _fast_rows(reader):
+                    yield item
+                    given += 1
+                return
+            except (_Doubt, ExportParseError):
+                pass
+    with open_stream() as stream:
+        for index, item in enumerate(iter_export(stream, source)):
+            if index >= given:
+                yield item
+
+
 # -- the comparison -------------------------------------------------------------------------------
 
-@dataclass
-class _Row:
-    pk: int
-    fields: Fields
+#: A way to read a side from the start: each call gives a fresh iterator over the export's rows.
+RowSource = Callable[[], Iterable[Any]]
 
 
 def _sort_key(value: Any) -> tuple:
@@ -524,92 +603,439 @@ def _sort_key(value: Any) -> tuple:
     return (3, json.dumps(value, sort_keys=True, default=str))
 
 
-def _group(rows: Iterable[Any], side: str) -> dict[str, list[_Row]]:
-    """Check each row's shape and group the rows per (lower-cased) model, in file order."""
-    grouped: dict[str, list[_Row]] = {}
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ExportParseError(f"{side}: a row must be an object, not {type(row).__name__}", row=index)
-        model = row.get("model")
-        if not isinstance(model, str) or not model:
-            raise ExportParseError(f"{side}: the row has no 'model' string", row=index)
-        model = model.lower()
-        pk, fields = row.get("pk"), row.get("fields")
-        if not isinstance(pk, int) or isinstance(pk, bool):
-            raise ExportParseError(f"{side}: 'pk' must be an integer, not {pk!r}", row=index, model=model)
-        if not isinstance(fields, dict):
-            raise ExportParseError(f"{side}: 'fields' must be an object", row=index, model=model)
-        grouped.setdefault(model, []).append(_Row(pk, fields))
-    return grouped
+def _checked(row: Any, index: int, side: str) -> tuple[str, int, Fields]:
+    """A row's lower-cased model, pk and fields, or :class:`ExportParseError` naming what is wrong."""
+    if type(row) is dict:
+        model, pk, fields = row.get("model"), row.get("pk"), row.get("fields")
+        if type(model) is str and model and type(pk) is int and type(fields) is dict:
+            return model.lower(), pk, fields
+    if not isinstance(row, dict):
+        raise ExportParseError(f"{side}: a row must be an object, not {type(row).__name__}", row=index)
+    model = row.get("model")
+    if not isinstance(model, str) or not model:
+        raise ExportParseError(f"{side}: the row has no 'model' string", row=index)
+    model = model.lower()
+    pk, fields = row.get("pk"), row.get("fields")
+    if not isinstance(pk, int) or isinstance(pk, bool):
+        raise ExportParseError(f"{side}: 'pk' must be an integer, not {pk!r}", row=index, model=model)
+    if not isinstance(fields, dict):
+        raise ExportParseError(f"{side}: 'fields' must be an object", row=index, model=model)
+    return model, pk, fields
 
 
-def _ordered(side: str, model: str, rows: list[_Row], usernames: Mapping[int, Any]
-             ) -> tuple[list[_Row], list[ComparatorFinding]]:
-    """The model's rows in ordinal order (ordinal = index + 1), with ordering findings."""
-    pk_side = "left_pk" if side == "left" else "right_pk"
-    custom = CUSTOM_ORDINALS.get(model)
-    if custom is None:
-        found = [ComparatorFinding(kind=Kind.UnorderedInput, on=InstanceID(model, i + 1), **{pk_side: row.pk},
-                                   reason=f"{side}: pk {row.pk} does not follow pk {rows[i - 1].pk} in ascending order")
-                 for i, row in enumerate(rows) if i and row.pk <= rows[i - 1].pk]
-        return rows, found
+class PkOrdinals(Mapping[int, int]):
+    """pk -> ordinal of a model whose pks ascend (ordinal = position + 1), kept as runs of consecutive pks in
+    two integer arrays: a few bytes per gap in the pks, whatever the number of rows."""
 
-    def key(row: _Row) -> tuple:
-        values = []
-        for f in custom:
-            value = row.fields.get(f)
-            if f in _USER_FIELDS and isinstance(value, int):
-                value = usernames.get(value, value)
-            values.append(_sort_key(value))
-        return tuple(values)
+    def __init__(self) -> None:
+        self._starts, self._ordinals = array("q"), array("q")  # first pk and its ordinal, per run
+        self._count = 0
+        self._last: int | None = None
+        self._big: dict[int, int] | None = None  # pks past 64 bits: a plain dict from then on
 
-    keys = sorted(((key(row), i) for i, row in enumerate(rows)))
-    ordered = [rows[i] for _, i in keys]
-    found = []
-    if model not in RENUMBERED_ON_DUPLICATES:
-        for n in range(1, len(keys)):
-            if keys[n][0] == keys[n - 1][0]:
-                row = ordered[n]
-                shown = ", ".join(f"{f}={v[-1]!r}" for f, v in zip(custom, keys[n][0]))
-                found.append(ComparatorFinding(kind=Kind.DuplicateCustomOrdinal, on=InstanceID(model, n + 1),
-                                               **{pk_side: row.pk}, reason=f"{side}: ({shown}) appears more than once"))
-    return ordered, found
+    def append(self, pk: int) -> None:
+        """Add the next row's pk (greater than the last one)."""
+        self._count += 1
+        if self._big is not None:
+            self._big[pk] = self._count
+        elif self._last is None or pk != self._last + 1:
+            try:
+                self._starts.append(pk)
+                self._ordinals.append(self._count)
+            except OverflowError:
+                self._big = {p: n for n, p in enumerate(self, 1)}
+                self._big[pk] = self._count
+        self._last = pk
+
+    def get(self, pk: Any, default: Any = None) -> Any:  # type: ignore[override]
+        if self._big is not None and pk in self._big:
+            return self._big[pk]
+        i = bisect_right(self._starts, pk) - 1 if isinstance(pk, int) else -1
+        if i < 0:
+            return default
+        end = self._ordinals[i + 1] if i + 1 < len(self._ordinals) else self._count + 1
+        ordinal = self._ordinals[i] + pk - self._starts[i]
+        return ordinal if ordinal < end else default
+
+    def __getitem__(self, pk: int) -> int:
+        ordinal = self.get(pk)
+        if ordinal is None:
+            raise KeyError(pk)
+        return ordinal
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        if self._big is not None:
+            yield from self._big
+            return
+        bounds = [*self._ordinals[1:], self._count + 1]
+        for start, first, end in zip(self._starts, self._ordinals, bounds):
+            yield from range(start, start + end - first)
 
 
-def _datetime_fields(rows: Iterable[_Row]) -> set[str]:
-    return {f for row in rows for f, v in row.fields.items() if parse_datetime(v) is not None}
+@dataclass
+class _Side:
+    """What the pass learns of one side: per model its count, pks, ordering findings and datetime
+    fields; the custom-ordinal models' key values; the usernames. Rows themselves are not kept."""
 
+    label: str  # "left" or "right"
+    counts: dict[str, int] = field(default_factory=dict)
+    pks: dict[str, Mapping[int, int]] = field(default_factory=dict)
+    unordered: dict[str, list[ComparatorFinding]] = field(default_factory=dict)
+    custom: dict[str, list[tuple[tuple, int]]] = field(default_factory=dict)  # (key values, pk) in file order
+    order: dict[str, list[int]] = field(default_factory=dict)  # custom model: file positions in ordinal order
+    usernames: dict[int, Any] = field(default_factory=dict)
+    dates: dict[str, set[str]] = field(default_factory=dict)
+    dates_changed: set[str] = field(default_factory=set)  # models with datetime fields found since last looked at
 
-def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manifest: Manifest,
-                       rows: Iterable[_Row]) -> list[Comparator]:
-    """The table's comparators for ``model`` plus the automatic datetime and foreign-key ones."""
-    found = list(table.get(model, ()))
-    if found:
-        claimed = {f for c in found if isinstance(c, (DateUpdatedComparator, IgnoredComparator)) for f in c.fields}
-        dates = _datetime_fields(rows) - claimed
-        if dates:
-            found.append(DatetimeEqualityComparator(*dates))
-    spec = manifest.models.get(model)
-    if spec is not None and spec.foreign_keys:
-        found.append(ForeignKeyComparator({fk.field: fk.model for fk in spec.foreign_keys}))
-    return found
+    def note(self, model: str, pk: int, fields: Fields, dated: frozenset[str], previous: dict[str, int]) -> None:
+        count = self.counts[model] = self.counts.get(model, 0) + 1
+        custom = CUSTOM_ORDINALS.get(model)
+        if custom is not None:
+            self.custom.setdefault(model, []).append((tuple(fields.get(f) for f in custom), pk))
+        else:
+            last = previous.get(model)
+            if last is not None and pk <= last:
+                self.unordered.setdefault(model, []).append(ComparatorFinding(
+                    kind=Kind.UnorderedInput, on=InstanceID(model, count), **{f"{self.label}_pk": pk},
+                    reason=f"{self.label}: pk {pk} does not follow pk {last} in ascending order"))
+            else:
+                pks = self.pks.get(model)
+                if pks is None:
+                    pks = self.pks[model] = PkOrdinals()
+                pks.append(pk)  # type: ignore[attr-defined]
+            previous[model] = pk
+        if model == "sentry.user":
+            self.usernames[pk] = fields.get("username")
+        if model in dated:
+            known = self.dates.setdefault(model, set())
+            found = [f for f, v in fields.items()
+                     if type(v) is str and v[4:5] == "-" and f not in known and parse_datetime(v) is not None]
+            if found:
+                known.update(found)
+                self.dates_changed.add(model)
+
+    def order_custom(self, model: str) -> list[ComparatorFinding]:
+        """Number a custom-ordinal model's rows by their sorted key tuples; findings for duplicate tuples."""
+        entries, custom = self.custom.get(model, []), CUSTOM_ORDINALS[model]
+
+        def key(values: tuple) -> tuple:
+            return tuple(_sort_key(self.usernames.get(v, v) if f in _USER_FIELDS and isinstance(v, int) else v)
+                         for f, v in zip(custom, values))
+
+        keys = sorted((key(values), i) for i, (values, _) in enumerate(entries))
+        self.order[model] = [i for _, i in keys]
+        self.pks[model] = {entries[i][1]: n for n, (_, i) in enumerate(keys, 1)}
+        self.custom.pop(model, None)
+        if model in RENUMBERED_ON_DUPLICATES:
+            return []
+        return [ComparatorFinding(kind=Kind.DuplicateCustomOrdinal, on=InstanceID(model, n + 1),
+                                  **{f"{self.label}_pk": entries[keys[n][1]][1]},
+                                  reason=f"{self.label}: ({', '.join(f'{f}={v[-1]!r}' for f, v in zip(custom, keys[n][0]))})"
+                                         " appears more than once")
+                for n in range(1, len(keys)) if keys[n][0] == keys[n - 1][0]]
 
 
 def _json_lines(fields: Fields) -> list[str]:
     return json.dumps(fields, sort_keys=True, indent=2, ensure_ascii=False, default=str).splitlines()
 
 
+def _strictly_equal(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_strictly_equal(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_strictly_equal, a, b))
+    return a == b
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two parsed JSON values are written alike (``1``, ``1.0`` and ``true`` are not)."""
+    if a != b:
+        return False
+    try:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, say
+        return _strictly_equal(a, b)
+
+
+def _quick(m: Match, comparators: list[Comparator], handled: frozenset[str]) -> bool:
+    """True only when the pair has no findings: every comparator's quick test passes and the fields no
+    comparator handles are alike (the usual case, decided without copying the rows)."""
+    return all(c.quick_ok(m) for c in comparators) and _same_json(
+        {k: v for k, v in m.left.items() if k not in handled}, {k: v for k, v in m.right.items() if k not in handled})
+
+
 def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFinding]:
+    """The findings of one pair: each comparator's existence check, else its check; then whatever fields no
+    comparator handled must be written alike (``UnequalJSON`` with a unified diff)."""
+    m.left, m.right = dict(m.left), dict(m.right)
     found: list[ComparatorFinding] = []
     for comparator in comparators:
         missing = comparator.existence(m)
         found.extend(missing if missing else comparator.compare(m))
     for comparator in comparators:
         comparator.scrub(m)
+    if _same_json(m.left, m.right):
+        return found
     diff = list(difflib.unified_diff(_json_lines(m.left), _json_lines(m.right), "left", "right", lineterm=""))
     if diff:
         found.append(m.finding(Kind.UnequalJSON, "\n".join(diff)))
     return found
+
+
+def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manifest: Manifest,
+                       dates: set[str]) -> list[Comparator]:
+    """The table's comparators for ``model`` plus the automatic datetime and foreign-key ones."""
+    found = list(table.get(model, ()))
+    if found:
+        claimed = {f for c in found if isinstance(c, (DateUpdatedComparator, IgnoredComparator)) for f in c.fields}
+        if dates - claimed:
+            found.append(DatetimeEqualityComparator(*(dates - claimed)))
+    spec = manifest.models.get(model)
+    if spec is not None and spec.foreign_keys:
+        found.append(ForeignKeyComparator({fk.field: fk.model for fk in spec.foreign_keys}))
+    return found
+
+
+def _pairs(left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int], names: tuple[str, str]
+           ) -> Iterator[tuple[str, Any, Any]]:
+    """(model, left row, right row): the n-th row of a model on the left with the n-th on the right, in the
+    left's order. Right rows that come before their turn (inputs in different orders) wait in an encrypted
+    spill queue; in Sentry's order none wait. Only ``compared`` models (model -> row count) are paired."""
+    waiting: dict[str, RowSpill] = {}
+    right_rows = iter(right)
+    try:
+        for row in left:
+            model = row["model"].lower()
+            if model not in compared:
+                continue
+            queue = waiting.get(model)
+            if queue:
+                yield model, row, queue.pop()
+                continue
+            for other in right_rows:
+                other_model = other["model"].lower()
+                if other_model == model:
+                    yield model, row, other
+                    break
+                if other_model in compared:
+                    waiting.setdefault(other_model, RowSpill()).push(other)
+            else:
+                raise ExportParseError(f"{names[1]}: has fewer {model} rows than when it was first read "
+                                       "(it changed during the comparison)", model=model)
+    finally:
+        for queue in waiting.values():
+            queue.close()
+
+
+@dataclass
+class _Row:
+    pk: int
+    fields: Fields
+
+
+@dataclass
+class _ModelPlan:
+    """A model's comparators, the fields they handle, its foreign-key comparator, and the datetime fields
+    the plan was made for."""
+
+    comparators: list[Comparator]
+    handled: frozenset[str]
+    foreign_keys: ForeignKeyComparator | None
+    dates: frozenset[str]
+
+
+class _Comparison:
+    """One comparison: a single pass over both sides together, and what is left to do after it.
+
+    Each row is noted as it is read (count, pk, ordering, custom-ordinal key, datetime fields) and the n-th
+    rows of a model on both sides are compared as they meet, when that can be decided now:
+
+    * a pair whose foreign keys point at rows not seen yet (or at a custom-ordinal model, numbered only at
+      the end) waits in an encrypted spill and is compared once everything was read;
+    * rows of custom-ordinal models are held until the end (they are numbered by sorted keys);
+    * a model whose datetime fields (which decide its comparators) grow after pairs holding such a field
+      were compared is "dirty": it is compared again, alone, in a second pass over both sides.
+
+    Pair findings are kept only if the pass finds no ordering problem and no unequal counts (else those
+    are the findings, as in Sentry's validator, which stops there).
+    """
+
+    def __init__(self, manifest: Manifest, table: Mapping[str, list[Comparator]], names: tuple[str, str]) -> None:
+        self.manifest, self.table, self.names = manifest, table, names
+        self.dated = frozenset(model for model, found in table.items() if found)
+        self.sides = (_Side("left"), _Side("right"))
+        self.previous: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self.plans: dict[str, _ModelPlan] = {}
+        self.ordinals: dict[str, int] = {}
+        self.used: dict[str, set[str]] = {}  # dated model -> fields of the pairs compared so far
+        self.dirty: set[str] = set()
+        self.held: dict[str, tuple[list[_Row], list[_Row]]] = {}
+        self.deferred = RowSpill()
+        self.findings: list[ComparatorFinding] = []
+
+    def read(self, left: Iterable[Any], right: Iterable[Any]) -> None:
+        """The pass: left rows in their order, each with the next right row of its model."""
+        right_rows = self._noted(right, 1)
+        waiting: dict[str, RowSpill] = {}
+        short = False  # the right side ran out of a model's rows: counts differ, pairs no longer matter
+        try:
+            for model, pk, fields in self._noted(left, 0):
+                if model not in self.manifest or short:
+                    continue
+                queue = waiting.get(model)
+                other = queue.pop() if queue else self._next(model, right_rows, waiting)
+                if other is None:
+                    short = True
+                    for queue in waiting.values():
+                        queue.close()
+                else:
+                    self._pair(model, pk, fields, *other)
+            for _ in right_rows:  # the rest of the right side is noted (counts)
+                pass
+        finally:
+            for queue in waiting.values():
+                queue.close()
+
+    def _noted(self, rows: Iterable[Any], side: int) -> Iterator[tuple[str, int, Fields]]:
+        noted, previous, name = self.sides[side], self.previous[side], self.names[side]
+        for index, row in enumerate(rows):
+            model, pk, fields = _checked(row, index, name)
+            noted.note(model, pk, fields, self.dated, previous)
+            yield model, pk, fields
+
+    def _next(self, model: str, right_rows: Iterator[tuple[str, int, Fields]], waiting: dict[str, RowSpill]
+              ) -> tuple[int, Fields] | None:
+        """The next right row of ``model``; rows of other models read on the way wait in a spill queue."""
+        for other, pk, fields in right_rows:
+            if other == model:
+                return pk, fields
+            if other in self.manifest:
+                queue = waiting.get(other)
+                if queue is None:
+                    queue = waiting[other] = RowSpill()
+                queue.push([pk, fields])
+        return None
+
+    def _pair(self, model: str, left_pk: int, left: Fields, right_pk: int, right: Fields) -> None:
+        if model in CUSTOM_ORDINALS:
+            held = self.held.setdefault(model, ([], []))
+            held[0].append(_Row(left_pk, left))
+            held[1].append(_Row(right_pk, right))
+            return
+        ordinal = self.ordinals[model] = self.ordinals.get(model, 0) + 1
+        plan = self._plan(model)
+        if model in self.dirty:
+            return
+        if model in self.dated:
+            used = self.used.setdefault(model, set())
+            used.update(left)
+            used.update(right)
+        m = Match(InstanceID(model, ordinal), left_pk, right_pk, left, right)
+        if _quick(m, plan.comparators, plan.handled):
+            return
+        if plan.foreign_keys is not None and not self._resolved(plan.foreign_keys, left, right):
+            self.deferred.push([model, ordinal, left_pk, left, right_pk, right])
+            return
+        self.findings.extend(_compare_pair(m, plan.comparators))
+
+    def _plan(self, model: str) -> _ModelPlan:
+        """The model's comparators for the datetime fields seen so far (made again when they grow)."""
+        plan = self.plans.get(model)
+        if plan is not None and not (model in self.sides[0].dates_changed or model in self.sides[1].dates_changed):
+            return plan
+        for side in self.sides:
+            side.dates_changed.discard(model)
+        dates = frozenset(self.sides[0].dates.get(model, set()) | self.sides[1].dates.get(model, set()))
+        if plan is not None and (dates - plan.dates) & self.used.get(model, set()):
+            self.dirty.add(model)
+        comparators = _model_comparators(model, self.table, self.manifest, set(dates))
+        foreign_keys = next((c for c in comparators if isinstance(c, ForeignKeyComparator)), None)
+        if foreign_keys is not None:
+            foreign_keys.set_primary_key_maps(self.sides[0].pks, self.sides[1].pks)
+        plan = self.plans[model] = _ModelPlan(comparators, frozenset(f for c in comparators for f in c.fields),
+                                              foreign_keys, dates)
+        return plan
+
+    def _resolved(self, comparator: ForeignKeyComparator, left: Fields, right: Fields) -> bool:
+        """Whether every foreign key of the pair points at a row already numbered on its side."""
+        for f, target in comparator.targets.items():
+            for side, fields in zip(self.sides, (left, right)):
+                value = fields.get(f)
+                if isinstance(value, int) and (target in CUSTOM_ORDINALS or target not in side.pks
+                                               or side.pks[target].get(value) is None):
+                    return False
+        return True
+
+    def _compare_now(self, model: str, ordinal: int, left: _Row, right: _Row) -> None:
+        plan = self._plan(model)
+        m = Match(InstanceID(model, ordinal), left.pk, right.pk, left.fields, right.fields)
+        if not _quick(m, plan.comparators, plan.handled):
+            self.findings.extend(_compare_pair(m, plan.comparators))
+
+    def finish(self, models: list[str], left: RowSource, right: RowSource) -> list[ComparatorFinding]:
+        """What the pass left: held custom-ordinal models, deferred pairs, dirty models; findings in order."""
+        for model, (lefts, rights) in self.held.items():
+            orders = self.sides[0].order[model], self.sides[1].order[model]
+            for ordinal, (i, j) in enumerate(zip(*orders), 1):
+                self._compare_now(model, ordinal, lefts[i], rights[j])
+        self.held.clear()
+        for model, ordinal, left_pk, left_fields, right_pk, right_fields in self.deferred.drain():
+            if model not in self.dirty:
+                self._compare_now(model, ordinal, _Row(left_pk, left_fields), _Row(right_pk, right_fields))
+        if self.dirty:
+            self.findings = [f for f in self.findings if f.on.model not in self.dirty]
+            counts = {model: self.sides[0].counts[model] for model in self.dirty}
+            ordinals: dict[str, int] = {}
+            for model, left_row, right_row in _pairs(left(), right(), counts, self.names):
+                ordinals[model] = ordinal = ordinals.get(model, 0) + 1
+                self._compare_now(model, ordinal, _Row(left_row["pk"], left_row["fields"]),
+                                  _Row(right_row["pk"], right_row["fields"]))
+        rank = {model: i for i, model in enumerate(models)}
+        return sorted(self.findings, key=lambda f: (rank[f.on.model], f.on.ordinal or 0))
+
+
+def _first_pass_findings(sides: tuple[_Side, _Side], models: list[str]) -> list[ComparatorFinding]:
+    """Ordering findings of each side, then a finding per model whose counts differ."""
+    findings: list[ComparatorFinding] = []
+    for side in sides:
+        for model in models:
+            findings.extend(side.order_custom(model) if model in CUSTOM_ORDINALS else side.unordered.get(model, ()))
+    for model in models:
+        counts = sides[0].counts.get(model, 0), sides[1].counts.get(model, 0)
+        if counts[0] != counts[1]:
+            findings.append(ComparatorFinding(kind=Kind.UnequalCounts, on=InstanceID(model),
+                                              reason=f"{counts[0]} left rows, {counts[1]} right rows"))
+    return findings
+
+
+def compare_sources(left: RowSource, right: RowSource, manifest: Manifest,
+                    comparators: Mapping[str, list[Comparator]] | None = None, *,
+                    names: tuple[str, str] = ("left", "right"),
+                    skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
+    """Compare two exports in bounded memory; each side is read by calling its source (once, or twice when
+    a model's comparators could only be known at the end: see :class:`_Comparison`).
+
+    Held in memory: per model its count and its pks as runs of integers, the rows of custom-ordinal models
+    (users' emails and options, options, relays), usernames; rows of the other models are compared as they
+    come, or wait in an encrypted spill. See :func:`compare` for the arguments and the findings.
+    """
+    run = _Comparison(manifest, default_comparators() if comparators is None else comparators, names)
+    try:
+        run.read(left(), right())
+        models = []
+        for model in dict.fromkeys([*run.sides[0].counts, *run.sides[1].counts]):
+            if model in manifest:
+                models.append(model)
+            elif skipped is not None:
+                skipped[model] = (run.sides[0].counts.get(model, 0), run.sides[1].counts.get(model, 0))
+        return _first_pass_findings(run.sides, models) or run.finish(models, left, right)
+    finally:
+        run.deferred.close()
 
 
 def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manifest,
@@ -624,40 +1050,13 @@ def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manif
     models of its dependency graph (an old export's ``sites.site``, say); ``skipped`` receives their
     counts (model -> (left rows, right rows)).
     Raises :class:`ExportParseError` for a row that is not ``{"model": str, "pk": int, "fields": {...}}``.
+
+    A side may have to be read a second time (see :class:`_Comparison`), so a side given as a one-shot
+    iterator is first kept in a list. To compare in bounded memory, give :func:`compare_sources` a way to
+    read each side again.
     """
-    table = default_comparators() if comparators is None else comparators
-    sides = (_group(left_rows, names[0]), _group(right_rows, names[1]))
-    models = []
-    for model in dict.fromkeys([*sides[0], *sides[1]]):
-        if model in manifest:
-            models.append(model)
-        elif skipped is not None:
-            skipped[model] = (len(sides[0].get(model, ())), len(sides[1].get(model, ())))
-
-    findings: list[ComparatorFinding] = []
-    ordered: tuple[dict[str, list[_Row]], dict[str, list[_Row]]] = ({}, {})
-    for side, grouped, out in zip(("left", "right"), sides, ordered):
-        usernames = {row.pk: row.fields.get("username") for row in grouped.get("sentry.user", ())}
-        for model in models:
-            out[model], found = _ordered(side, model, grouped.get(model, []), usernames)
-            findings.extend(found)
-    for model in models:
-        counts = len(ordered[0][model]), len(ordered[1][model])
-        if counts[0] != counts[1]:
-            findings.append(ComparatorFinding(kind=Kind.UnequalCounts, on=InstanceID(model),
-                                              reason=f"{counts[0]} left rows, {counts[1]} right rows"))
-    if findings:
-        return findings
-
-    pk_maps = tuple({model: {row.pk: n for n, row in enumerate(rows, 1)} for model, rows in side.items()}
-                    for side in ordered)
-    for model in models:
-        pairs = list(zip(ordered[0][model], ordered[1][model]))
-        model_comparators = _model_comparators(model, table, manifest, (r for pair in pairs for r in pair))
-        for comparator in model_comparators:
-            if isinstance(comparator, ForeignKeyComparator):
-                comparator.set_primary_key_maps(*pk_maps)
-        for ordinal, (left, right) in enumerate(pairs, 1):
-            m = Match(InstanceID(model, ordinal), left.pk, right.pk, dict(left.fields), dict(right.fields))
-            findings.extend(_compare_pair(m, model_comparators))
-    return findings
+    sources = []
+    for rows in (left_rows, right_rows):
+        again = list(rows) if iter(rows) is rows else rows
+        sources.append(lambda again=again: iter(again))
+    return compare_sources(*sources, manifest, comparators, names=names, skipped=skipped)

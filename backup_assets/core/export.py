@@ -151,7 +151,10 @@ def _describe(spec: ModelSpec, table: TableInfo) -> _Model:
 
 
 def _in_exported(temp: sql.Identifier, column: sql.Composable, model: str) -> tuple[sql.Composable, str]:
-    return sql.SQL("{c} IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s)").format(c=column, tmp=temp), model
+    """``column`` names an exported row of ``model``. An index probe per row: the ``IN (SELECT ...)`` this
+    was, beside ``IS NULL OR``, stays a subplan, hashed only while the pks fit in ``work_mem``, else
+    scanned again for every row (quadratic)."""
+    return sql.SQL("EXISTS (SELECT 1 FROM {tmp} e WHERE e.model = %s AND e.pk = {c})").format(c=column, tmp=temp), model
 
 
 class _Filters:
@@ -255,6 +258,9 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     with conn.transaction():
         if idle:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # every row is read: plans for the whole result, not the fast start a cursor's plan aims at by default
+        # (a nested loop over the import's pk map there)
+        conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         plan = [_describe(spec, table) for spec, table in export_plan(conn, manifest, scope)]
         temp = sql.Identifier(f"_backup_assets_export_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "

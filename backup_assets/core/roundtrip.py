@@ -8,7 +8,7 @@ dropped, F filtered, and E mapped onto an existing row, which a re-export of the
 contain). The right side is :func:`backup_assets.core.export.export_rows` restricted to the import
 (``pk_map`` kinds I and O). Fields the import sets to fixed values by Sentry's rules (``is_staff`` of
 users outside a global import, for example: :func:`reset_fields`) are left out of both sides. Both go
-through :func:`backup_assets.core.compare.compare`, so pks may differ, foreign keys are compared through the rows they point at, and Sentry's comparators apply.
+through :func:`backup_assets.core.compare.compare_sources`, so pks may differ, foreign keys are compared through the rows they point at, and Sentry's comparators apply.
 
 One normalisation on both sides: a string that is a complete ISO-8601 datetime is rewritten in the
 format exports use today (UTC, three millisecond digits, ``Z``). Exports made before Sentry 23.7.1
@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .compare import compare, iter_export
+from .compare import compare_sources, iter_rows
 from .errors import ConfigurationError, TargetError
 from .export import export_rows, format_datetime
 from .findings import Finding
@@ -56,19 +56,24 @@ def relocatable_rows(rows: Iterable[Any], manifest: Manifest, scope: str = "glob
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, str) and _ISO.match(value):
-        try:
-            return format_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc))
-        except ValueError:
-            return value
-    return value
+    if type(value) is not str or len(value) < 20 or value[10] != "T" or not _ISO.match(value):
+        return value
+    if len(value) == 24 and value[19] == "." and value[23] == "Z":  # already today's format
+        return value
+    try:
+        return format_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc))
+    except ValueError:
+        return value
 
 
 def canonical_datetimes(rows: Iterable[Any]) -> Iterator[Any]:
     """Rows with every top-level field value that is a complete ISO datetime string in today's format."""
     for row in rows:
-        if isinstance(row, dict) and isinstance(row.get("fields"), dict):
-            row = {**row, "fields": {k: _canonical(v) for k, v in row["fields"].items()}}
+        fields = row.get("fields") if isinstance(row, dict) else None
+        if isinstance(fields, dict):
+            changed = {k: new for k, v in fields.items() if (new := _canonical(v)) is not v}
+            if changed:
+                row = {**row, "fields": {**fields, **changed}}
         yield row
 
 
@@ -114,7 +119,10 @@ def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int
 
 def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
-    ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact."""
+    ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
+
+    Bounded memory: the backup and the re-export are read together, once
+    (:func:`backup_assets.core.compare.compare_sources`; twice in the rare case it explains)."""
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name="backup-assets verify")
     except psycopg.OperationalError as e:
@@ -123,10 +131,16 @@ def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> l
         settings = import_settings(conn, import_id)
         skipped = _not_written(conn, import_id)
         reset = reset_fields(manifest, settings)
-        right = list(_without(canonical_datetimes(export_rows(conn, manifest, settings.scope, import_id=import_id)),
-                              reset))
-    with backup.open_plaintext() as stream:
-        kept = (row for row in relocatable_rows(iter_export(stream, str(backup.path)), manifest, settings.scope)
-                if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
-        return list(compare(_without(canonical_datetimes(kept), reset), right, manifest,
-                            names=(str(backup.path), f"re-export of import {import_id}")))
+
+        def left() -> Iterator[Any]:
+            rows = relocatable_rows(iter_rows(backup.open_plaintext, str(backup.path)), manifest, settings.scope)
+            kept = (row for row in rows
+                    if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
+            return _without(canonical_datetimes(kept), reset)
+
+        def right() -> Iterator[Any]:
+            return _without(canonical_datetimes(export_rows(conn, manifest, settings.scope, import_id=import_id)),
+                            reset)
+
+        return list(compare_sources(left, right, manifest,
+                                    names=(str(backup.path), f"re-export of import {import_id}")))
