@@ -11,7 +11,7 @@ each model's load by it); this module words it for Dagster.
   ``LockNotAvailable``: the lock or the load is likely free on the next attempt). It becomes
   ``dagster.Failure(allow_retries=True)`` naming the model or stage, so the step's log and the run's
   final error say which load it was; the engine makes a retried step idempotent.
-* Resource exhaustion is not transient (:data:`EXHAUSTED`: disk full, out of memory, a configured
+* Resource exhaustion is not transient (:data:`~backup_assets.core.retry.EXHAUSTED`: disk full, out of memory, a configured
   limit such as ``temp_file_limit``, a program limit): retrying would fail the same way, so it fails
   at once with a message that says what ran out and that nothing of the step was committed.
 * A :class:`~backup_assets.core.errors.BackupAssetsError` says the input or the configuration is
@@ -28,8 +28,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
-from backup_assets.core.retry import (EXHAUSTED, exhausted, exhausted_resource, is_transient,  # noqa: F401
-                                      one_line, operational)
+from backup_assets.core.retry import exhausted_resource, one_line, operational
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import check_import_id
