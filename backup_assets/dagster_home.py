@@ -25,8 +25,9 @@ SHARED_HOME = ".dagster_home"
 LOCATION_NAME = "backup_assets"
 
 #: Instance settings of a home made outside the repository (no ``dagster.yaml`` to copy): no telemetry,
-#: no first-visit dialog.
-_MINIMAL_INSTANCE = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+#: no first-visit dialog, the event log of :mod:`backup_assets.event_log`.
+_MINIMAL_INSTANCE = ("telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+                     "event_log_storage:\n  module: backup_assets.event_log\n  class: KeptOpenSqliteEventLogStorage\n")
 _WORKSPACE = ("load_from:\n  - python_module:\n      module_name: backup_assets.definitions\n"
               "      working_directory: {cwd}\n      location_name: " + LOCATION_NAME + "\n")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
-from backup_assets.dagster_home import cli_home
+from backup_assets.dagster_home import HOME_ENV, cli_home
 from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.settings_resource import ImportSettingsResource
@@ -40,11 +42,19 @@ def target_tag(dsn: str | None) -> str:
     return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
 
 
-def _instance(instance: dg.DagsterInstance | None) -> dg.DagsterInstance:
-    if instance is not None:
-        return instance
+@contextmanager
+def cli_instance() -> Iterator[tuple[dg.DagsterInstance, bool]]:
+    """The command line's instance and whether it records (see :mod:`backup_assets.dagster_home`): the
+    home's, with ``$DAGSTER_HOME`` set to it for this process as Dagster's own commands have it (the
+    event log ``dagster.yaml`` ships finds its folder there), else an ephemeral one; closed afterwards."""
     home = cli_home()
-    return dg.DagsterInstance.from_config(str(home)) if home else dg.DagsterInstance.ephemeral()
+    if home is None:
+        with dg.DagsterInstance.ephemeral() as ephemeral:
+            yield ephemeral, False
+        return
+    os.environ[HOME_ENV] = str(home)
+    with dg.DagsterInstance.get() as recorded:
+        yield recorded, True
 
 
 def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, settings: ImportSettings | None = None,
@@ -62,10 +72,13 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     ``raise_on_error=False`` a failed step is reported in the result (see :func:`failure_message`).
     ``log_level`` sets Dagster's console logger (the CLI passes ``CRITICAL`` and shows its own progress).
     """
+    if instance is None:
+        with cli_instance() as (instance, _):
+            return materialize_restore(backup_path, dsn, settings, manifest, import_id, decryptor, instance, selection,
+                                       raise_on_error=raise_on_error, staging=staging, log_level=log_level)
     path = Path(backup_path).absolute()
     manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
     key = check_import_id(import_id) if import_id else partition_key_for_file(path)
-    instance = _instance(instance)
     if not instance.has_dynamic_partition(backups_partitions.name, key):
         instance.add_dynamic_partitions(backups_partitions.name, [key])
     resources = {
@@ -100,12 +113,8 @@ def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: Impo
                             decryptor=decryptor, log_level=log_level)
     if instance is not None:
         return run(instance=instance)
-    home = cli_home()
-    if home is None:
-        with dg.DagsterInstance.ephemeral() as ephemeral:
-            return run(instance=ephemeral, selection=_WITHOUT_MODEL_CHECKS)
-    with dg.DagsterInstance.from_config(str(home)) as recorded:
-        return run(instance=recorded)
+    with cli_instance() as (instance, recorded):
+        return run(instance=instance, selection=None if recorded else _WITHOUT_MODEL_CHECKS)
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str | None:
