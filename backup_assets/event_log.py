@@ -14,6 +14,9 @@ Dagster reads to batch them, unless the environment sets it. Everything else is 
 (``_db_lock``, sqlite's busy timeout), the durability (sqlite's defaults) and the watchers that stream
 a run's events to the UI.
 
+:func:`ephemeral_instance` does the same for the in-memory instance of a command-line restore that
+records nowhere.
+
 Use it in ``dagster.yaml`` (``base_dir`` defaults to ``$DAGSTER_HOME/storage``, where Dagster's default
 storage keeps the same files, so an existing home keeps its history)::
 
@@ -31,9 +34,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
+from dagster import DagsterInstance
 from dagster._config import Field, StringSource
+from dagster._core.instance import InstanceType
+from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
+from dagster._core.run_coordinator import DefaultRunCoordinator
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
+from dagster._core.storage.root import TemporaryLocalArtifactStorage
+from dagster._core.storage.runs import InMemoryRunStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
@@ -160,3 +171,22 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
             for shard in list(self._engines):
                 self._forget(shard)
         super().dispose()
+
+
+class KeptOpenInMemoryEventLogStorage(InMemoryEventLogStorage):
+    """Dagster's in-memory event log (an ephemeral instance's) through the one connection it already
+    holds to keep the database alive, where Dagster's opens another per statement."""
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:  # type: ignore[override]
+        with self._db_lock, self._held_conn.begin():
+            yield self._held_conn
+
+
+def ephemeral_instance() -> DagsterInstance:
+    """``DagsterInstance.ephemeral()`` with :class:`KeptOpenInMemoryEventLogStorage`: nothing on disk
+    but an empty temporary folder for artifacts, removed when the instance is disposed."""
+    return DagsterInstance(instance_type=InstanceType.EPHEMERAL, local_artifact_storage=TemporaryLocalArtifactStorage(),
+                           run_storage=InMemoryRunStorage(), event_storage=KeptOpenInMemoryEventLogStorage(),
+                           compute_log_manager=NoOpComputeLogManager(), run_coordinator=DefaultRunCoordinator(),
+                           run_launcher=SyncInMemoryRunLauncher())

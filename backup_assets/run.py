@@ -16,6 +16,7 @@ from backup_assets.assets import build_restore_graph
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
 from backup_assets.dagster_home import HOME_ENV, cli_home
+from backup_assets.event_log import ephemeral_instance
 from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.settings_resource import ImportSettingsResource
@@ -46,10 +47,11 @@ def target_tag(dsn: str | None) -> str:
 def cli_instance() -> Iterator[tuple[dg.DagsterInstance, bool]]:
     """The command line's instance and whether it records (see :mod:`backup_assets.dagster_home`): the
     home's, with ``$DAGSTER_HOME`` set to it for this process as Dagster's own commands have it (the
-    event log ``dagster.yaml`` ships finds its folder there), else an ephemeral one; closed afterwards."""
+    event log ``dagster.yaml`` ships finds its folder there), else an ephemeral one (in memory, see
+    :func:`backup_assets.event_log.ephemeral_instance`); closed afterwards."""
     home = cli_home()
     if home is None:
-        with dg.DagsterInstance.ephemeral() as ephemeral:
+        with ephemeral_instance() as ephemeral:
             yield ephemeral, False
         return
     os.environ[HOME_ENV] = str(home)

@@ -15,7 +15,8 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
-from backup_assets.event_log import OPEN_RUN_FILES, KeptOpenSqliteEventLogStorage
+from backup_assets.event_log import (OPEN_RUN_FILES, KeptOpenInMemoryEventLogStorage, KeptOpenSqliteEventLogStorage,
+                                   ephemeral_instance)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,3 +130,18 @@ def test_base_dir_defaults_to_the_homes_storage_folder_and_needs_a_home(tmp_path
     monkeypatch.delenv("DAGSTER_HOME")
     with pytest.raises(ValueError, match="DAGSTER_HOME"):
         KeptOpenSqliteEventLogStorage()
+
+
+def test_the_ephemeral_instance_runs_in_memory_and_leaves_nothing_behind():
+    with ephemeral_instance() as instance:
+        assert type(instance.event_log_storage) is KeptOpenInMemoryEventLogStorage
+        artifacts = Path(instance.root_directory)
+        result = dg.materialize([upstream, downstream], instance=instance)
+        assert result.success
+        record = instance.get_latest_materialization_event(dg.AssetKey("downstream"))
+        assert record is not None and record.run_id == result.run_id
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("downstream"), "positive"), 10)
+        assert check.status.value == "SUCCEEDED"
+        assert not list(artifacts.rglob("*.db"))  # events are in memory, not in files
+    assert not artifacts.exists()
