@@ -17,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 import yaml
@@ -151,7 +153,7 @@ def restore_in_process(backup: str, dsn: str, start_at: float) -> dict:
     """One in-process materialization of the backup's partition, started at ``start_at`` (wall clock), in a
     process of its own (Dagster's in-process execution is not meant to share one interpreter between threads)."""
     manifest = Manifest.builtin().restrict(MODELS)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         time.sleep(max(0.0, start_at - time.time()))
         result = materialize_restore(backup, dsn, SETTINGS, manifest=manifest, instance=instance)
         return {"error": failure_message(result),

@@ -9,6 +9,8 @@ import signal
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -33,7 +35,7 @@ def home(tmp_path) -> Path:
 
 @pytest.fixture
 def instance(home):
-    with dg.instance_for_test(temp_dir=str(home)) as inst:
+    with instance_for_test(temp_dir=str(home)) as inst:
         yield inst
 
 

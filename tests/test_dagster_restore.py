@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -50,7 +52,7 @@ def small_manifest() -> Manifest:
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with instance_for_test() as inst:
         yield inst
 
 

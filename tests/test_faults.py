@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -56,7 +58,7 @@ def big_backup(tmp_path_factory) -> tuple[Path, dict[str, int], str]:
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with instance_for_test() as inst:
         yield inst
 
 
@@ -173,7 +175,7 @@ def test_two_runs_of_the_same_import_at_once_write_nothing_twice(tmp_path, pg_ds
     folder.mkdir()
     set_job_env(monkeypatch, pg_dsn, folder, home)
     expected = write_backup(folder / "twice.json", orgs=4, items=30_000, tags=400, notes=20)
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with instance_for_test(temp_dir=str(home)) as instance:
         key = _partition(instance, partition_key_for_file(folder / "twice.json"))
         runs = [spawn_run(key) for _ in range(2)]
         assert [p.wait(240) for p in runs] == [0, 0]

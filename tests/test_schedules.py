@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -33,7 +35,7 @@ def manifest() -> Manifest:
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with instance_for_test() as inst:
         yield inst
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -146,7 +148,7 @@ def world(tmp_path_factory, pg_server):
         (root / "dagster_home").mkdir()
         password = f"pw{secrets.token_hex(12)}"
         target = pg_server.dsn(name).replace("postgres@", f"postgres:{password}@", 1)
-        with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+        with instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
             yield World(root, tmpdir, backup, root / "key.pem", root / "other.pem", private_pem, other_pem,
                         data_key, instance, target, password)
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
@@ -206,7 +208,7 @@ def test_the_scanner_catches_a_dsn_given_as_config_and_the_run_target_carries_no
     needles = {"DSN password": password.encode()}
     for name, resource in (("old", PostgresTargetResource(dsn=dsn)), ("new", target_resource(dsn))):
         (tmp_path / name).mkdir()
-        with dg.instance_for_test(temp_dir=str(tmp_path / name)) as instance:
+        with instance_for_test(temp_dir=str(tmp_path / name)) as instance:
             result = dg.materialize([_needs_target], instance=instance, resources={"target": resource})
             assert result.success and result.output_for_node("_needs_target") == len(dsn)
     found = scan_tree(tmp_path / "old", needles)

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import pytest
 
 from backup_assets import sensors
@@ -49,7 +51,7 @@ class Ticker:
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with instance_for_test() as inst:
         yield inst
 
 

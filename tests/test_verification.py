@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dagster as dg
+
+from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -29,7 +31,7 @@ def restored(tmp_path, pg_dsn):
     """A generated plain backup restored (global, create mode) as partition KEY of a test instance."""
     path = tmp_path / "verify-me.json"
     write_export(path, generate_rows(pk_offset=500))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = materialize_restore(path, pg_dsn, ImportSettings(create_schema=True), manifest=MANIFEST,
                                      import_id=KEY, instance=instance)
         assert result.success
