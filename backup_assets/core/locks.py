@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -102,7 +103,7 @@ def lock_imports(conn: psycopg.Connection, *, exclusive: bool) -> None:
 
 
 #: import id -> [the connection holding its import lock, how many blocks of this process share it]
-_held: dict[str, list] = {}
+_held: dict[str, list[Any]] = {}
 _held_guard = threading.Lock()
 
 
@@ -117,15 +118,8 @@ def hold_imports(connect: Callable[[], psycopg.Connection], import_id: str, run_
         if shared is not None:
             shared[1] += 1
     opened = shared is None
-    if opened:
-        conn = connect()
-        try:
-            lock_imports(conn, exclusive=exclusive)
-            admit(conn, import_id, run_id, exclusive=exclusive)
-        except BaseException:
-            conn.close()
-            raise
-        shared = [conn, 1]
+    if shared is None:
+        shared = [_lock_and_admit(connect(), import_id, run_id, exclusive), 1]
         with _held_guard:  # unless another thread got there first: then each keeps its own
             _held.setdefault(import_id, shared)
     try:
@@ -138,6 +132,17 @@ def hold_imports(connect: Callable[[], psycopg.Connection], import_id: str, run_
                 del _held[import_id]
         if last:
             shared[0].close()
+
+
+def _lock_and_admit(conn: psycopg.Connection, import_id: str, run_id: str | None,
+                    exclusive: bool) -> psycopg.Connection:
+    try:
+        lock_imports(conn, exclusive=exclusive)
+        admit(conn, import_id, run_id, exclusive=exclusive)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def admit(conn: psycopg.Connection, import_id: str, run_id: str | None, *, exclusive: bool) -> None:
