@@ -47,7 +47,7 @@ from backup_assets.core.retry import NO_RETRIES, RetryPlan, one_line, operationa
 from backup_assets.core.scheduler import ModelOutcome, load_models
 from backup_assets.core.settings import CheckOutcome, LoadResult
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
-from backup_assets.execution import Stopwatch, engine_errors, failure, open_restore
+from backup_assets.execution import Stopwatch, engine_errors, failure, held, open_restore
 from backup_assets.partitions import backups_partitions
 from backup_assets.settings_resource import ImportSettingsResource
 from backup_assets.stages import build_restore_complete_asset, build_stage_assets, open_run_backup
@@ -316,8 +316,9 @@ def build_models_asset(manifest: Manifest, translator: SentryRestoreTranslator |
                 backup_source: BackupSourceResource, decryptor: DecryptorResource) -> Iterator[dg.MaterializeResult]:
         restore = open_restore(context, manifest, target, import_settings, staging)
         selected = {m: k for m, k in keys.items() if k in context.selected_asset_keys}
-        yield from load_selected(context, restore, selected, config.workers or workers, retry,
-                                 (backup_source, decryptor))
+        with held(restore):
+            yield from load_selected(context, restore, selected, config.workers or workers, retry,
+                                     (backup_source, decryptor))
 
     return _models
 

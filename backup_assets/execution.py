@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import dagster as dg
 
@@ -82,7 +82,18 @@ def open_restore(context: dg.AssetExecutionContext, manifest: Manifest, target: 
     import_id = import_id_of(context)
     with engine_errors("configuration"):
         return Restore(target.resolved_dsn(), manifest, import_id, import_settings.to_settings(),
-                       unlogged_staging=staging.unlogged)
+                       unlogged_staging=staging.unlogged, run_id=context.run.run_id)
+
+
+@contextmanager
+def held(restore: Restore) -> Iterator[None]:
+    """Hold the import lock for the step (:meth:`Restore.hold`: the steps of a run may be separate
+    processes); an import that may not run now (another global import's marker stands, a lock wait timed
+    out) fails the step at once, naming why."""
+    with ExitStack() as stack:
+        with engine_errors("import lock"):
+            stack.enter_context(restore.hold())
+        yield
 
 
 class Stopwatch:

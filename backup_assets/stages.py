@@ -24,7 +24,7 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.core.settings import StageResult
 from backup_assets.core.source import Backup, open_backup
 from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
-from backup_assets.execution import Stopwatch, engine_errors, import_id_of, open_restore
+from backup_assets.execution import Stopwatch, engine_errors, held, import_id_of, open_restore
 from backup_assets.settings_resource import ImportSettingsResource
 from backup_assets.translator import (
     BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, UNWRAPPED_TARBALL_KEY,
@@ -142,7 +142,7 @@ def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefiniti
                       import_settings: ImportSettingsResource, staging: StagingResource) -> dg.MaterializeResult:
         backup = open_run_backup(context, backup_source, decryptor)
         restore = open_restore(context, manifest, target, import_settings, staging)
-        with engine_errors("parse"), Stopwatch() as sw:
+        with held(restore), engine_errors("parse"), Stopwatch() as sw:
             staged = restore.stage(backup)
             restore.prepare()
         return dg.MaterializeResult(metadata=_stage_metadata(staged, sw.seconds),
@@ -253,9 +253,8 @@ def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.Asse
                 parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
             raise dg.Failure(f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
                              "(staging kept: fix and re-materialize those models)", allow_retries=False)
-        if not staging.keep_after_restore:
-            with engine_errors("finish"):
-                restore.finish()
+        with held(restore), engine_errors("finish"):  # a global import's marker goes: other imports may run
+            restore.finish(keep_staging=staging.keep_after_restore)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": totals["rows_written"] + totals["rows_merged"], **totals,
             "models": len(model_keys), "staging_dropped": not staging.keep_after_restore})

@@ -17,19 +17,23 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
 
 from backup_assets.core import synthetic
 from backup_assets.core.errors import TargetError
-from backup_assets.core.locks import LockWaitTimeout, lock_table
+from backup_assets.core.locks import GlobalImportUnfinished, LockWaitTimeout, lock_table
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.postgres import ensure_database
 from backup_assets.core.restore import Restore, run_restore
+from backup_assets.core.rollback import rollback
 from backup_assets.core.semantics import REGENERATED, SECRETS
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
+from backup_assets.run import failure_message, materialize_restore
+from backup_assets.translator import PARSED_EXPORT_KEY
 
 SCRIPT = Path(sys.executable).with_name("backup-assets")
 MANIFEST = Manifest.builtin()
@@ -111,14 +115,18 @@ def _sequential(dsn: str, export: Path, scopes: list[str]) -> list[dict[str, Cou
     return out
 
 
+def _start(dsn: str, export: Path, command: str, err) -> subprocess.Popen:
+    """``backup-assets import SCOPE [FLAGS] EXPORT`` into ``dsn``, its output to the file ``err``."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return subprocess.Popen([SCRIPT, "import", *command.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+
+
 def _import_at_once(dsn: str, export: Path, commands: list[str]) -> None:
     """Start one ``backup-assets import SCOPE [FLAGS]`` process per command at once; every one must exit 0."""
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     with ExitStack() as stack:
         errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]  # files: no pipe fills up
-        procs = [subprocess.Popen([SCRIPT, "import", *c.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
-                                  env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-                 for c, err in zip(commands, errs)]
+        procs = [_start(dsn, export, c, err) for c, err in zip(commands, errs)]
         codes = [p.wait(timeout=300) for p in procs]
         failed = []
         for command, code, err in zip(commands, codes, errs):
@@ -250,3 +258,159 @@ def test_only_ddl_and_a_global_wipe_wait_for_the_loads_running(pg_dsn, export, t
         assert conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0] == 4
         assert conn.execute("SELECT to_regclass('sentry_team') IS NOT NULL AND NOT EXISTS (SELECT FROM "
                             "information_schema.columns WHERE column_name = 'extra_note')").fetchone()[0]
+
+
+GLOBAL = ImportSettings(scope="global", create_schema=True, replace_existing=True)
+ORGS = ImportSettings(scope="organizations")
+#: The global import's run stopped after ``parsed_export`` (wipe done, marker written), and the rest of it.
+STAGES = dg.AssetSelection.assets(PARSED_EXPORT_KEY).upstream()
+REST = dg.AssetSelection.all() - STAGES
+
+
+def _marker(dsn: str) -> tuple | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT import_id, run_id FROM backup_assets.global_import").fetchone()
+
+
+def _orgs(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0]
+
+
+def _wait_until_waiting_for_a_lock(dsn: str, proc: subprocess.Popen, err) -> None:
+    """Until ``proc`` waits for an advisory lock in ``dsn`` (it must not exit meanwhile)."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        while not watch.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
+                                "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                                ).fetchone()[0]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err.seek(0)
+                pytest.fail(f"the import did not wait for the lock (exit code {proc.poll()}): {err.read()[-800:]}")
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(600)
+def test_a_dagster_global_import_runs_alone_between_its_steps_and_within_them(pg_server, export, tmp_path):
+    """A global import run in Dagster (a real instance) stopped after ``parsed_export``: the database is
+    emptied, no process holds a lock, the marker stands. A CLI organizations import then fails at once,
+    naming the global import and its run and saying what to do, and so does another Dagster run; neither
+    writes anything. The rest of the global
+    import (a second run of the partition, as a re-execution from failure is) goes through; a CLI import
+    that starts while it runs (the test holds the global import's lock, as the process driving its steps
+    does) waits for it and then imports. The end state is that of the imports run one after the other."""
+    reference = _sequential(_database(pg_server, "seq_dagster"), export, ["organizations", "global", "organizations"])
+    dsn = _database(pg_server, "dagster_global")
+    run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        stages = materialize_restore(export, dsn, GLOBAL, manifest=MANIFEST, import_id="nightly-global",
+                                     instance=instance, selection=STAGES)
+        assert stages.success, failure_message(stages)
+        assert _marker(dsn) == ("nightly-global", stages.run_id) and _orgs(dsn) == 0
+
+        with tempfile.TemporaryFile("w+") as err:
+            assert _start(dsn, export, "organizations", err).wait(timeout=300) == 1
+            err.seek(0)
+            said = err.read()
+        assert f"global import nightly-global (Dagster run {stages.run_id}, began " in said, said
+        assert f"re-execute run {stages.run_id} from failure" in said and "backup-assets rollback nightly-global" in said
+        other = materialize_restore(export, dsn, ORGS, manifest=MANIFEST, import_id="other-orgs", instance=instance)
+        assert failure_message(other).startswith(
+            "sentry_backup__parsed_export: import lock: GlobalImportUnfinished: global import nightly-global "), \
+            failure_message(other)
+        assert _orgs(dsn) == 0
+
+        with tempfile.TemporaryFile("w+") as err:
+            with Restore(dsn, MANIFEST, "nightly-global", GLOBAL).hold():
+                waiting = _start(dsn, export, "organizations", err)
+                _wait_until_waiting_for_a_lock(dsn, waiting, err)
+                rest = materialize_restore(export, dsn, GLOBAL, manifest=MANIFEST, import_id="nightly-global",
+                                           instance=instance, selection=REST)
+                assert rest.success, failure_message(rest)
+                assert _marker(dsn) is None and waiting.poll() is None
+            assert waiting.wait(timeout=300) == 0, err.seek(0) or err.read()[-800:]
+    assert _snapshot(dsn) == reference[-1]
+
+
+def test_a_global_import_that_failed_mid_way_keeps_other_imports_out_until_it_is_finished(pg_server, export):
+    """A global import that emptied the database and loaded part of it, then stopped: every other import,
+    a new global one too, fails naming it and writes nothing; the same import run again (same id) is let
+    through and finishes it; then the others go on, ending as the imports run one after the other do."""
+    reference = _sequential(_database(pg_server, "seq_failed"), export, ["organizations", "global", "organizations"])
+    dsn = _database(pg_server, "failed_global")
+    run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
+    failed = Restore(dsn, MANIFEST, "nightly", GLOBAL, run_id="run-1")
+    with failed.hold():
+        failed.stage(open_backup(export))
+        failed.prepare()
+        failed.load_model("sentry.user")
+    for settings in (ORGS, ImportSettings(scope="global", replace_existing=True)):
+        with pytest.raises(GlobalImportUnfinished, match=r"^global import nightly \(Dagster run run-1, began .*\) has "
+                                                         r"emptied this database and not finished.*--import-id nightly"):
+            run_restore(dsn, open_backup(export), MANIFEST, settings)
+    assert _orgs(dsn) == 0
+    run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="nightly")
+    assert _marker(dsn) is None
+    run_restore(dsn, open_backup(export), MANIFEST, ORGS)
+    assert _snapshot(dsn) == reference[-1]
+
+
+@pytest.mark.timeout(300)
+def test_a_cli_global_import_that_failed_mid_way_says_how_to_finish_it_and_finishes(pg_server, export):
+    """``backup-assets import global`` failing after its wipe (a trigger refuses the organizations) says that
+    the database is partly restored and how to finish it; run again with ``--import-id``, it finishes, and
+    the database ends as after the same imports run without a failure."""
+    reference = _sequential(_database(pg_server, "seq_cli_failed"), export, ["organizations", "global"])
+    dsn = _database(pg_server, "cli_failed")
+    run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "RAISE EXCEPTION 'refused by the test'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON sentry_organization FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with tempfile.TemporaryFile("w+") as err:
+        assert _start(dsn, export, "global --create-schema --import-id nightly", err).wait(timeout=120) == 1
+        err.seek(0)
+        said = " ".join(err.read().split())
+    assert "refused by the test" in said and "partly restored" in said, said
+    assert "run it again with --import-id nightly to finish it" in said and "backup-assets rollback nightly" in said
+    assert _marker(dsn)[0] == "nightly"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER refuse ON sentry_organization")
+    _import_at_once(dsn, export, ["global --create-schema --import-id nightly"])
+    assert _marker(dsn) is None
+    assert _snapshot(dsn) == reference[-1]
+
+
+def test_a_global_import_rolled_back_after_its_wipe_lets_the_others_in_and_cannot_resume(pg_dsn, export):
+    """``backup-assets rollback`` of a global import that stopped mid-way removes what it loaded and its
+    marker: other imports run again; the rolled-back import itself is refused, not resumed on top of them."""
+    failed = Restore(pg_dsn, MANIFEST, "nightly", GLOBAL)
+    with failed.hold():
+        failed.stage(open_backup(export))
+        failed.prepare()
+        failed.load_model("sentry.user")
+    assert rollback(pg_dsn, "nightly", MANIFEST).deleted["sentry.user"] == 4
+    assert _marker(pg_dsn) is None
+    with pytest.raises(TargetError, match=r"global import nightly was rolled back after it emptied the database"):
+        run_restore(pg_dsn, open_backup(export), MANIFEST, GLOBAL, import_id="nightly")
+    run_restore(pg_dsn, open_backup(export), MANIFEST, ORGS)
+    assert _orgs(pg_dsn) == 2
+
+
+def test_the_session_bookkeeping_holds_only_sessions_that_are_alive(pg_dsn, export):
+    """``backup_assets.session`` does not grow with every import: each session recorded prunes the rows of
+    the sessions that have ended."""
+    for scope in ("global", "organizations", "organizations"):
+        run_restore(pg_dsn, open_backup(export), MANIFEST, ImportSettings(scope=scope, create_schema=True), workers=2)
+    with psycopg.connect(pg_dsn, autocommit=True) as watch:
+        recorded = watch.execute("SELECT count(*) FROM backup_assets.session").fetchone()[0]
+        deadline = time.monotonic() + 30
+        while watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup-assets'"
+                            ).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.02)  # the backends of closed connections exit on their own
+        with Restore(pg_dsn, MANIFEST, "one-more", ORGS).open_connection() as conn:
+            me = conn.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+            rows = watch.execute("SELECT pid, backend_start, import_id FROM backup_assets.session").fetchall()
+    assert recorded > 1  # the imports' sessions were recorded while they ran
+    assert rows == [(*me, "one-more")]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..core import locks
 from ..core.decryptors import LocalFileDecryptor
 from ..core.errors import BackupAssetsError
 from ..core.findings import InstanceID, RpcImportError, write_findings
@@ -114,6 +115,7 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
                              log_level="CRITICAL")
     problem = failure_message(run)
     if problem:
+        problem += _partial_restore_note(restore)
         try:
             restore.discard_staging()
         except Exception as e:  # noqa: BLE001 - the run's failure is the news; say the cleanup failed too
@@ -127,6 +129,20 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
             if load is not None:
                 out.loads[model] = load
     return out
+
+
+def _partial_restore_note(restore: Restore) -> str:
+    """What to do after a global import failed past its wipe (its marker stands), else nothing."""
+    try:
+        with restore.connect() as conn:
+            marker = locks.global_import(conn)
+    except Exception:  # noqa: BLE001 - the run's failure is the news
+        return ""
+    if marker is None or marker[0] != restore.import_id:
+        return ""
+    return (f"\n(the database was emptied and is partly restored; other imports are refused until this one "
+            f"ends: run it again with --import-id {restore.import_id} to finish it, or undo what it loaded "
+            f"with `backup-assets rollback {restore.import_id}`)")
 
 
 class ImportFailed(BackupAssetsError):

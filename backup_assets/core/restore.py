@@ -42,8 +42,9 @@ from .verify import verify_model
 
 class Restore:
     def __init__(self, dsn: str, manifest: Manifest, import_id: str, settings: ImportSettings | None = None, *,
-                 unlogged_staging: bool = True) -> None:
+                 unlogged_staging: bool = True, run_id: str | None = None) -> None:
         self.dsn = dsn
+        self.run_id = run_id  #: the Dagster run driving this import, if any (named to other imports)
         self.manifest = manifest
         self.import_id = check_import_id(import_id)
         self.settings = settings or ImportSettings()
@@ -55,20 +56,30 @@ class Restore:
     @contextmanager
     def session(self) -> Iterator["Restore"]:
         """Share one connection between the calls this thread makes inside this block (one process doing
-        every stage); other threads open sessions of their own."""
-        with self.connect() as conn:
-            self._local.conn = conn
-            try:
-                yield self
-            finally:
-                self._local.conn = None
+        every stage); other threads open sessions of their own. Inside :meth:`hold`, its connection."""
+        with self.connect() as conn, self._bound(conn):
+            yield self
+
+    @contextmanager
+    def _bound(self, conn: psycopg.Connection | None) -> Iterator[None]:
+        """``conn`` as this thread's session connection for the block, unless the thread has one."""
+        if conn is None or getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        self._local.conn = conn
+        try:
+            yield
+        finally:
+            self._local.conn = None
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Hold the import lock for the block, on a connection of its own (see :func:`.locks.lock_imports`):
-        a global import runs alone, waiting for the imports running and making the later ones wait."""
-        with self.open_connection() as conn:
-            locks.lock_imports(conn, exclusive=self.settings.scope == "global")
+        """Hold the import lock for the block, on a connection of its own (see :func:`.locks.hold_imports`),
+        which is also this thread's session connection (:meth:`session`) in the block: a global import runs
+        alone, waiting for the imports running and making the later ones wait; while a global import's
+        marker stands, any other import is refused (:class:`.locks.GlobalImportUnfinished`)."""
+        with locks.hold_imports(self.open_connection, self.import_id, self.run_id,
+                                exclusive=self.settings.scope == "global") as conn, self._bound(conn):
             yield
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -228,6 +239,7 @@ class Restore:
                 self.settings.create_schema and tables_to_change(conn, self.manifest, plan, fields)))
             if self.settings.scope == "global":
                 replace_existing_data(conn, self.manifest, confirmed=self.settings.replace_existing)
+                locks.mark_global(conn, self.import_id, self.run_id)  # cleared by finish()
             if self.settings.create_schema:
                 self._create_tables(conn, plan, staging, counts, fields)
             self._check_kept_keys(conn, plan, staging)
@@ -311,12 +323,15 @@ class Restore:
                 return [CheckOutcome("counts_reconcile", False, f"{model} was not loaded for import {self.import_id}")]
             return verify_model(conn, self.import_id, self.manifest[model], self.manifest, result)
 
-    def finish(self) -> None:
-        """Drop the staging area (every staged byte) and mark the import finished."""
+    def finish(self, *, keep_staging: bool = False) -> None:
+        """Mark the import finished (a global import's marker cleared: other imports may run) and drop the
+        staging area (every staged byte) unless ``keep_staging``."""
         with self.connect() as conn, conn.transaction():
-            drop_staging(conn, self.import_id)
+            if not keep_staging:
+                drop_staging(conn, self.import_id)
             conn.execute(sql.SQL("UPDATE {} SET finished_at = now() WHERE import_id = %s").format(IMPORT),
                          (self.import_id,))
+            locks.end_global(conn, self.import_id)
 
     def discard_staging(self) -> None:
         """Drop the staging area after a failure, leaving the import resumable from the backup."""
@@ -363,7 +378,7 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
     a model fails, the models that do not depend on it still load; then the first error is raised."""
     restore = Restore(dsn, manifest, import_id or new_import_id(), settings)
     try:
-        with restore.hold(), restore.session():
+        with restore.hold(), restore.session():  # one connection, unless the import lock is held already
             return _run(restore, backup, progress, on_load, workers)
     except BaseException:
         try:

@@ -62,6 +62,7 @@ def rollback(dsn: str, import_id: str, manifest: Manifest | None = None) -> Roll
             lock_import(conn, import_id)
             locks.lock_database(conn, exclusive=True)  # no import's load runs meanwhile (see .locks)
             conn.execute(_DDL)
+            locks.end_global(conn, import_id)  # a global import rolled back ends: other imports may run
             return _rollback(conn, import_id, manifest)
 
 

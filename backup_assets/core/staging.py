@@ -70,6 +70,12 @@ _STATE_DDL = [
         pid integer PRIMARY KEY,
         backend_start timestamptz,    -- with pid, tells this session from an older one with the same pid
         import_id text NOT NULL)""",
+    # the global import that has emptied the database and not ended: every other import is refused meanwhile
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.global_import (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        import_id text NOT NULL,
+        run_id text,                  -- the Dagster run that drives it (the latest), if any
+        began_at timestamptz NOT NULL DEFAULT now())""",
 ]
 
 #: The pk maps as one relation (import_id, model, old_pk, new_pk, kind), for reading; loads write pk_map_row.
@@ -86,6 +92,7 @@ LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
 OVERWRITTEN = sql.Identifier(INTERNAL_SCHEMA, "overwritten")
 PENDING_CONSTRAINT = sql.Identifier(INTERNAL_SCHEMA, "pending_constraint")
 SESSION = sql.Identifier(INTERNAL_SCHEMA, "session")
+GLOBAL_IMPORT = sql.Identifier(INTERNAL_SCHEMA, "global_import")
 
 _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the internal schema
 
@@ -95,7 +102,7 @@ def ensure_state(conn: psycopg.Connection) -> None:
     date (a pk map table keyed by text, from before pk_scope). Safe under concurrency."""
     current = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) "
                            "IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row",
-                                           f"{INTERNAL_SCHEMA}.session")).fetchone()[0]
+                                           f"{INTERNAL_SCHEMA}.global_import")).fetchone()[0]
     if current:
         return
     with conn.transaction():
