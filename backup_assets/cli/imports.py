@@ -1,14 +1,13 @@
 """``backup-assets import users|organizations|config|global SRC``: Sentry's ``sentry import``, into PostgreSQL."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import click
 
 from ..core.decryptors import LocalFileDecryptor
-from ..core.errors import BackupAssetsError
+from ..core.errors import ImportFailed
 from ..core.findings import InstanceID, RpcImportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
@@ -89,8 +88,6 @@ def _scope_command(scope: str) -> None:
         if not silent:
             print_summary(result)
 
-    command.__name__ = f"import_{scope}"
-
 
 for _scope in SCOPE_HELP:
     _scope_command(_scope)
@@ -102,7 +99,7 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
     :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
     a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
     from ..partitions import partition_key_for_file
-    from ..run import failure_message, restore_backup
+    from ..run import failure_kind, failure_message, restore_backup
 
     backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
     backup.check_key()
@@ -118,7 +115,7 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
             restore.discard_staging()
         except Exception as e:  # noqa: BLE001 - the run's failure is the news; say the cleanup failed too
             problem += f"\n(and the staging of import {import_id} could not be dropped: {str(e).strip()})"
-        raise ImportFailed(problem)
+        raise ImportFailed(problem, failure_kind(run) or "ImportFailed")
     with restore.session():
         stage = restore.staged_result()
         out = RestoreResult(import_id=import_id, stage=stage or StageResult(import_id, bytes=backup.size))
@@ -127,15 +124,6 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
             if load is not None:
                 out.loads[model] = load
     return out
-
-
-class ImportFailed(BackupAssetsError):
-    """The restore run failed; the message holds one line per failed step, ``kind`` the first error's type."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        found = re.search(r"\b([A-Z]\w*Error)\b", message)
-        self.kind = found.group(1) if found else "ImportFailed"
 
 
 #: StageResult bucket -> the finding kind and what the rows' skipping means.

@@ -272,6 +272,7 @@ class _Token:
                 iv, body = bytes(header[9:_HEADER]), bytes(header[_HEADER:])
                 decryptor = Cipher(algorithms.AES(self._encryption_key), modes.CBC(iv)).decryptor()
                 unpadder = padding.PKCS7(128).unpadder()
+            assert unpadder is not None  # made with the decryptor
             out = unpadder.update(decryptor.update(body))
             if out:
                 yield out
@@ -279,6 +280,7 @@ class _Token:
             self._verify(h, bytes(mac))  # a valid layout holds a whole header: the decryptor exists
         elif decryptor is None or not _hmac_mod.compare_digest(h.finalize(), self.mac or b""):
             raise DecryptionError(f"{_CORRUPT}: the token changed while it was being decrypted")
+        assert decryptor is not None and unpadder is not None
         try:
             out = unpadder.update(decryptor.finalize()) + unpadder.finalize()
         except ValueError:
@@ -383,7 +385,7 @@ class FernetDecryptingReader(io.RawIOBase):
             self._buf, self._pos = b"", 0
         return b"".join(parts)
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -431,9 +433,9 @@ def iter_encrypt(src: BinaryIO | Iterable[bytes], key: bytes | str, *, current_t
     pieces: Iterable[bytes]
     if hasattr(src, "read"):
         reader = src
-        pieces = iter(lambda: reader.read(chunk_size), b"")  # type: ignore[union-attr]
+        pieces = iter(lambda: reader.read(chunk_size), b"")
     else:
-        pieces = src  # type: ignore[assignment]
+        pieces = src
     for piece in pieces:
         ct = encryptor.update(padder.update(piece))
         if ct:

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import TargetError
+from .query import one_row
 from .staging import SESSION
 
 
@@ -88,7 +89,7 @@ def _acquire(conn: psycopg.Connection, key: int, *, exclusive: bool, xact: bool,
 
 
 def _timeout(conn: psycopg.Connection, key: int, what: str) -> LockWaitTimeout:
-    timeout = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    timeout = one_row(conn.execute("SELECT current_setting('lock_timeout')"))[0]
     holders = holders_of(conn, key)
     by = ", ".join(holders) if holders else "a session that has since released it"
     return LockWaitTimeout(f"waited longer than the target's lock_timeout ({timeout}) for {what}, held by {by}; "

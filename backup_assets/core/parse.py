@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 import ijson
 import orjson
@@ -19,6 +20,7 @@ from psycopg import sql
 from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
+from .query import one_row
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
 from .settings import StageResult
 from .staging import analyze_staging, create_staging, index_staging
@@ -324,7 +326,7 @@ def _batch(rows_text: bytes) -> list:
         raise _Doubt from None
 
 
-def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
+def _fast_rows(reader: _CountingReader) -> Iterator[object]:
     """The rows of the export, parsed by orjson a read at a time: the text read is cut at its last row
     boundary (:data:`_CUT`), and everything before it is parsed as one list of rows.
 
@@ -490,9 +492,9 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
             with conn.transaction():
                 index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
-        model, pk, rows = conn.execute(sql.SQL(
+        model, pk, rows = one_row(conn.execute(sql.SQL(
             "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
-            "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)).fetchone()
+            "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)))
         raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
                                row=rows[1], model=model) from None
     analyze_staging(conn, import_id)

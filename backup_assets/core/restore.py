@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import ExitStack, contextmanager
-from typing import BinaryIO, Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -30,6 +31,7 @@ from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
+from .query import one_row
 from .retry import QUICK_RETRIES
 from .scheduler import ModelOutcome, default_workers, load_models  # noqa: F401 - default_workers re-exported
 from .schema import ensure_tables, find_table, tables_to_change
@@ -53,7 +55,7 @@ class Restore:
         self._fields: dict[str, dict[str, str]] | None = None
 
     @contextmanager
-    def session(self) -> Iterator["Restore"]:
+    def session(self) -> Iterator[Restore]:
         """Share one connection between the calls this thread makes inside this block (one process doing
         every stage); other threads open sessions of their own."""
         with self.connect() as conn:
@@ -128,8 +130,8 @@ class Restore:
         if not staging_exists(conn, self.import_id):
             return False
         if any(self._stage_info(conn)[0].values()):
-            return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-                staging_ident(self.import_id))).fetchone()[0]
+            return one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                staging_ident(self.import_id))))[0]
         return True
 
     # -- stages --------------------------------------------------------------------------------------
@@ -366,10 +368,8 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
         with restore.hold(), restore.session():
             return _run(restore, backup, progress, on_load, workers)
     except BaseException:
-        try:
+        with suppress(Exception):  # the load's error is the news, not a failed cleanup after it
             restore.discard_staging()
-        except Exception:
-            pass
         raise
 
 
@@ -385,8 +385,8 @@ def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHoo
         done[outcome.model] = outcome
         if outcome.error is not None:
             failure = failure or outcome.error
-        elif outcome.loaded and on_load:
-            on_load(outcome.model, outcome.result)  # type: ignore[arg-type]
+        elif outcome.loaded and on_load and outcome.result is not None:
+            on_load(outcome.model, outcome.result)
     if failure is not None:
         raise failure
     for model in plan:

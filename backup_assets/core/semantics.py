@@ -31,13 +31,14 @@ What each scope, filter and flag does (Sentry's ``ImportScope``, filters and ``I
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 
 from .errors import TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
+from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
 from .settings import ImportSettings
 from .staging import PK_MAP
@@ -85,12 +86,12 @@ class Where:
 
 
 SqlFn = Callable[[Where], sql.Composable]
-Fresh = Callable[[sql.Composable, Union[int, None]], sql.Composable]  # (old text value, max length) -> new text
+Fresh = Callable[[sql.Composable, int | None], sql.Composable]  # (old text value, max length) -> new text
 
 
 @dataclass
 class Drop:
-    condition: Union[sql.Composable, SqlFn]  #: over ``s`` and ``c`` (or a function of :class:`Where`); true -> drop
+    condition: sql.Composable | SqlFn  #: over ``s`` and ``c`` (or a function of :class:`Where`); true -> drop
     reason: str
     expected: bool = True          #: caused by a filter or the scope (a warning, not an error, in checks)
 
@@ -229,7 +230,10 @@ def _config_key(spec: ModelSpec) -> tuple[str, ...]:
     return () if any(f in spec.fk_by_field for f in key) else key
 
 
-def _fresh(field: str, value: sql.Composable = sql.SQL("gen_random_uuid()")) -> sql.Composable:
+_RANDOM_UUID = sql.SQL("gen_random_uuid()")
+
+
+def _fresh(field: str, value: sql.Composable = _RANDOM_UUID) -> sql.Composable:
     """``value`` where the staged row has ``field`` set, NULL where it has not."""
     return sql.SQL("CASE WHEN s.fields ->> {f} IS NULL THEN NULL ELSE {v} END").format(f=sql.Literal(field), v=value)
 
@@ -305,8 +309,8 @@ def replace_existing_data(conn: psycopg.Connection, manifest: Manifest, *, confi
         info = find_table(conn, manifest[model].table_name)
         if info is not None and info.schema != INTERNAL_SCHEMA and all(t.ident != info.ident for t in tables):
             tables.append(info)
-    holding = [t.name for t in tables if conn.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)).fetchone()[0]]
+    holding = [t.name for t in tables if one_row(conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)))[0]]
     if not holding:
         return []
     if not confirmed:
