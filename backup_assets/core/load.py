@@ -34,6 +34,7 @@ from psycopg import sql
 from . import constraints, locks
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
+from .pk_kind import PkKind
 from .query import one_row
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
@@ -243,7 +244,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                                       for c, v in key)
         conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
                              "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
-            kind=sql.Literal("O" if rules.overwrite else "E"), staged=staged, table=table.ident, model=model,
+            kind=sql.Literal(PkKind.OVERWRITTEN if rules.overwrite else PkKind.EXISTING), staged=staged, table=table.ident, model=model,
             match=match))
         # one export row overwrites an existing row; later rows with the same key only map onto it
         conn.execute("UPDATE _cand c SET kind = 'E' WHERE c.kind = 'O' AND EXISTS "

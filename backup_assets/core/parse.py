@@ -253,8 +253,8 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     the byte offset the parser had reached, and the model and field when a row is at fault.
 
     When the export can be read again (``reopen`` gives it from the start, or ``stream`` is seekable), the
-    rows are first parsed by orjson, a read's worth of rows in one call (:func:`_fast_rows`, about twice
-    as fast as ijson). That path accepts only what ijson accepts and gives the same values; whatever it is
+    rows are first parsed by orjson, a read's worth of rows in one call (:func:`_fast_rows`, the fast path).
+    That path accepts only what ijson accepts and gives the same values; whatever it is
     not sure of (an error, a number of 19+ digits, an unusual layout) rolls it back, and the export is
     parsed again by ijson, which decides and reports exactly as it always does.
     """
@@ -281,7 +281,7 @@ class _Doubt(Exception):
 #: a row boundary: "}" "," "{" and a key a row starts with (Sentry writes model, pk, fields)
 _CUT = re.compile(rb'\}[ \t\r\n]*,[ \t\r\n]*\{(?=[ \t\r\n]*"(?:model|pk|fields)"[ \t\r\n]*:)')
 _JSON_SPACE = b" \t\r\n"
-_BLOCK = 1 << 20
+_READ_SIZE = 1 << 20
 _BIG_ROW = 4 << 20  # bytes without a row boundary beyond which the fast path gives up on the export
 _DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to "0", everything else to " "
 _LONG_RUN = b"0" * 19  # an integer of 19+ digits may be past 64 bits, where orjson returns a float
@@ -336,7 +336,7 @@ def _fast_rows(reader: _CountingReader) -> Iterator[object]:
     digits anywhere (orjson turns integers past 64 bits into floats), more than :data:`_BIG_ROW` bytes
     without a row boundary, and an empty list.
     """
-    buf = reader.read(_BLOCK)
+    buf = reader.read(_READ_SIZE)
     if _long_number_in(buf, 0):
         raise _Doubt
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
@@ -350,7 +350,7 @@ def _fast_rows(reader: _CountingReader) -> Iterator[object]:
             yield from _batch(rows_text)
         elif len(buf) > _BIG_ROW:  # a huge row: ijson's path holds it with less memory
             raise _Doubt
-        more = reader.read(_BLOCK)
+        more = reader.read(_READ_SIZE)
         if not more:
             break
         buf += more

@@ -38,6 +38,7 @@ from psycopg import sql
 
 from .errors import TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
+from .pk_kind import PkKind
 from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
 from .settings import ImportSettings
@@ -115,7 +116,7 @@ class Rewrite:
 class ModelRules:
     drops: list[Drop] = field(default_factory=list)
     null_if_missing: frozenset[str] = frozenset()               #: FK fields set NULL when their target is missing
-    drop_if_parent_kind: dict[str, tuple[str, str]] = field(default_factory=dict)  #: fk field -> (kind, reason)
+    drop_if_parent_kind: dict[str, tuple[PkKind, str]] = field(default_factory=dict)  #: fk field -> (kind, reason)
     overrides: dict[str, sql.Composable] = field(default_factory=dict)  #: column -> value expression (resets)
     match_columns: tuple[str, ...] = ()       #: unique key (columns) matched against existing rows (kind E, or O)
     overwrite: bool = False                   #: matched rows are overwritten in place, keeping their id
@@ -264,7 +265,7 @@ def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | No
     if name in MERGED_USER_DATA:
         user_fk = next((fk.field for fk in spec.foreign_keys if fk.model == "sentry.user"), None)
         if user_fk:
-            rules.drop_if_parent_kind[user_fk] = ("E", "filtered: the user was merged into an existing user")
+            rules.drop_if_parent_kind[user_fk] = (PkKind.EXISTING, "filtered: the user was merged into an existing user")
     key = _config_key(spec)
     if key:
         rules.match_columns, rules.overwrite, rules.dedupe = key, settings.overwrite_configs, True

@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from .manifest import Manifest, ModelSpec
+from .pk_kind import PkKind
 from .query import one_row
 from .schema import find_table
 from .settings import CheckOutcome, LoadResult
@@ -54,10 +55,10 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
                                                        scope=sql.Literal(scope), joins=sql.SQL(" ").join(joins))
         ))
         dangling = {f: n for f, n in zip(checked, missing) if n}
-    written = kinds.get("I", 0) + kinds.get("O", 0)
-    dropped = kinds.get("D", 0) + kinds.get("F", 0)
+    written = kinds.get(PkKind.INSERTED, 0) + kinds.get(PkKind.OVERWRITTEN, 0)
+    dropped = kinds.get(PkKind.DROPPED, 0) + kinds.get(PkKind.FILTERED, 0)
     ok = (result.rows_read == result.rows_written + result.rows_merged + result.rows_dropped
-          and written == result.rows_written and kinds.get("E", 0) == result.rows_merged
+          and written == result.rows_written and kinds.get(PkKind.EXISTING, 0) == result.rows_merged
           and dropped == result.rows_dropped and in_table == written)
     outcomes.append(CheckOutcome(
         "counts_reconcile", ok,
