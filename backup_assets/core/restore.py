@@ -38,6 +38,7 @@ from .schema import ensure_tables, find_table, tables_to_change
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
                        new_import_id)
+from .source import Backup
 from .staging import IMPORT, drop_staging, ensure_state, lock_import, staging_exists, staging_ident
 from .verify import verify_model
 
@@ -135,7 +136,7 @@ class Restore:
         return True
 
     # -- stages --------------------------------------------------------------------------------------
-    def stage(self, backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
+    def stage(self, backup: Backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
         """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
         transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
         already usable is left as it is (several steps finding it gone stage it once).
@@ -339,7 +340,7 @@ def _read_to_eof(streams: list[BinaryIO]) -> None:
             pass
 
 
-def _plaintext_estimate(backup) -> int | None:
+def _plaintext_estimate(backup: Backup) -> int | None:
     """About how many bytes of JSON the backup holds (a Fernet token is base64: 4 bytes per 3)."""
     members = getattr(backup, "members", None)
     if getattr(backup, "kind", None) == "tarball" and members:
@@ -355,7 +356,7 @@ LoadHook = Callable[[str, LoadResult], None]
 DEFER_CONSTRAINTS_AT = 1000
 
 
-def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings | None = None,
+def run_restore(dsn: str, backup: Backup, manifest: Manifest, settings: ImportSettings | None = None,
                 import_id: str | None = None, progress: ProgressFn | None = None,
                 on_load: LoadHook | None = None, workers: int | None = None) -> RestoreResult:
     """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
@@ -373,7 +374,7 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
         raise
 
 
-def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None,
+def _run(restore: Restore, backup: Backup, progress: ProgressFn | None, on_load: LoadHook | None,
          workers: int | None) -> RestoreResult:
     stage = restore.stage(backup, progress=progress)
     restore.prepare()

@@ -34,6 +34,7 @@ from .query import one_row
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
+from .source import Backup
 from .staging import IMPORT, PK_MAP
 
 __all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
@@ -118,7 +119,7 @@ def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int
         (import_id,))}
 
 
-def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> list[Finding]:
+def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: str) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
     ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
 
