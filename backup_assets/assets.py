@@ -49,13 +49,13 @@ from backup_assets.core.settings import CheckOutcome, LoadResult
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
 from backup_assets.execution import Stopwatch, engine_errors, failure, held, open_restore
 from backup_assets.partitions import backups_partitions
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.stages import build_restore_complete_asset, build_stage_assets, open_run_backup
 from backup_assets.translator import MODEL_METADATA_KEY, SentryRestoreTranslator, default_model_key
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 _CHECK_DESCRIPTIONS: Mapping[str, str] = {
     "counts_reconcile": "Rows read from the backup = rows written + rows merged + rows dropped, and the "
@@ -203,7 +203,7 @@ def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: 
         [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR])
     selected = context.selected_asset_check_keys  # a run may leave the checks out; failed_checks still says
     return dg.MaterializeResult(asset_key=key, metadata=metadata, check_results=[
-        r for r in checks if dg.AssetCheckKey(key, r.check_name) in selected])
+        r for r in checks if r.check_name and dg.AssetCheckKey(key, r.check_name) in selected])
 
 
 def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -> dg.Failure:
@@ -234,9 +234,7 @@ class _InOrder:
         """``result`` of ``model`` (None: it failed or was not attempted); returns what may be yielded now."""
         self.held[model] = result
         out: list[dg.MaterializeResult] = []
-        ready = True
-        while ready:
-            ready = [m for m in self.held if self.parents[m] <= self.settled]
+        while ready := [m for m in self.held if self.parents[m] <= self.settled]:
             for m in ready:
                 self.settled.add(m)
                 released = self.held.pop(m)
@@ -294,9 +292,9 @@ def build_models_asset(manifest: Manifest, translator: SentryRestoreTranslator |
     """Every relocatable model of ``manifest`` as one subsettable multi-asset: one asset (with its four
     checks) per model, one step that loads the selected models with the engine's scheduler.
 
-    Required resources: ``target`` (:class:`~resources.postgres.PostgresTargetResource`),
-    ``import_settings`` (:class:`~backup_assets.settings_resource.ImportSettingsResource`),
-    ``staging`` (:class:`~resources.staging.StagingResource`), and ``backup_source`` /
+    Required resources: ``target`` (:class:`~backup_assets.resources.postgres.PostgresTargetResource`),
+    ``import_settings`` (:class:`~backup_assets.resources.settings.ImportSettingsResource`),
+    ``staging`` (:class:`~backup_assets.resources.staging.StagingResource`), and ``backup_source`` /
     ``decryptor`` (used only to stage the backup again when its staging is gone).
     """
     specs = model_asset_specs(manifest, translator)

@@ -137,7 +137,7 @@ class RestoreCeleryExecutor(CeleryExecutor):
         super().__init__(**kwargs)
         self.worker_lost_seconds = worker_lost_seconds
 
-    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan):  # type: ignore[override]
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan):
         queue = run_queue(plan_context.dagster_run.tags, run_target(plan_context))
         if queue:  # the execution loop sends every step without a queue tag to the app's default queue
             self.config_source.task_default_queue = queue
@@ -164,7 +164,7 @@ class RestoreCeleryExecutor(CeleryExecutor):
 def restore_celery_executor(init_context: dg.InitExecutorContext) -> RestoreCeleryExecutor:
     """dagster-celery's executor with per-target queues (see the module doc). ``broker`` / ``backend``
     default to ``$BACKUP_ASSETS_CELERY_BROKER`` / ``$BACKUP_ASSETS_CELERY_BACKEND`` (else the broker)."""
-    config = init_context.executor_config
+    config: Mapping[str, Any] = init_context.executor_config
     broker = config.get("broker") or os.environ.get(BROKER_ENV)
     backend = config.get("backend") or os.environ.get(BACKEND_ENV) or (
         broker if broker and broker.startswith("redis") else None)

@@ -26,7 +26,6 @@ pyproject.toml): :func:`defs` loads the defs folder ``backup_assets/defs``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -34,11 +33,11 @@ from pydantic import Field
 from backup_assets.core.manifest import Manifest
 from backup_assets.schedules import DEFAULT_CRON, STANDBY_DSN_ENV, build_restore_drill_schedule
 from backup_assets.sensors import DEFAULT_INTERVAL_SECONDS, DEFAULT_MAX_RUNS_PER_TICK, build_backup_sensor
-from backup_assets.settings_resource import ImportSettingsResource
-from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.settings import ImportSettingsResource
+from backup_assets.resources.backup_source import DEFAULT_GLOB, BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 
 class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
@@ -46,20 +45,20 @@ class SentryRestoreComponent(dg.Component, dg.Model, dg.Resolvable):
 
     backups_folder: str = Field(default="backups", description="Folder holding the backups.")
     glob: str = Field(default=DEFAULT_GLOB, description="Pattern(s) of backup files, comma-separated.")
-    manifest_path: Optional[str] = Field(
+    manifest_path: str | None = Field(
         default=None, description="A Sentry model_dependencies/detailed.json; empty: the built-in manifest.")
     target_dsn_env: str = Field(
         default="BACKUP_ASSETS_DSN",
         description="Name of the variable holding the target DSN (read at run time; unset: embedded server).")
-    private_key_path: Optional[str] = Field(default=None, description="PEM private key file of encrypted backups.")
-    private_key_env: Optional[str] = Field(
+    private_key_path: str | None = Field(default=None, description="PEM private key file of encrypted backups.")
+    private_key_env: str | None = Field(
         default=None, description="Name of a variable holding the PEM private key (instead of a file).")
     create_schema: bool = Field(default=False, description="Create missing target tables (restore jobs).")
     max_runs_per_tick: int = Field(default=DEFAULT_MAX_RUNS_PER_TICK, ge=1,
                                    description="Most restores the sensor requests per tick.")
     sensor_interval_seconds: int = Field(default=DEFAULT_INTERVAL_SECONDS, ge=1,
                                          description="Seconds between two sensor ticks.")
-    drill_cron: Optional[str] = Field(default=None, description=f"Cron of the restore drill (default {DEFAULT_CRON}).")
+    drill_cron: str | None = Field(default=None, description=f"Cron of the restore drill (default {DEFAULT_CRON}).")
     standby_dsn_env: str = Field(default=STANDBY_DSN_ENV,
                                  description="Name of the variable holding the drill's standby DSN.")
     workers: int = Field(default=0, ge=0, description="Models loaded at once by the models' step, each on its "

@@ -25,6 +25,7 @@ backup partition, capped in ``dagster.yaml``.
 from __future__ import annotations
 
 import os
+from typing import Any
 from collections.abc import Mapping
 
 import dagster as dg
@@ -33,13 +34,13 @@ from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
 from backup_assets.schedules import build_restore_drill_schedule, drill_job
 from backup_assets.sensors import RESTORE_JOB_NAME, build_backup_sensor
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.verification import (ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset,
                                        build_round_trip_check, verify_job)
-from resources.backup_source import DEFAULT_GLOB, BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import DEFAULT_GLOB, BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 MANIFEST_ENV = "BACKUP_ASSETS_MANIFEST"
 BACKUPS_ENV = "BACKUP_ASSETS_BACKUPS"
@@ -83,7 +84,7 @@ def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
 
 def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[str, object] | None = None,
                       sensor: dg.SensorDefinition | None = None, schedule: dg.ScheduleDefinition | None = None,
-                      round_trip_check: bool = False, **graph_options: object) -> dg.Definitions:
+                      round_trip_check: bool = False, **graph_options: Any) -> dg.Definitions:
     """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`).
 
     ``resources`` (default: :func:`default_resources`), ``sensor`` (default: the backup folder sensor)
@@ -93,7 +94,7 @@ def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[st
     """
     manifest = manifest or load_manifest()
     return dg.Definitions(
-        assets=[*build_restore_graph(manifest, **graph_options), build_round_trip_asset(manifest)],  # type: ignore[arg-type]
+        assets=[*build_restore_graph(manifest, **graph_options), build_round_trip_asset(manifest)],
         asset_checks=[build_round_trip_check(manifest)] if round_trip_check else [],
         jobs=[restore_job(), drill_job(round_trip_check=round_trip_check), verify_job(), build_rollback_job(manifest)],
         sensors=[sensor or build_backup_sensor(JOB_NAME)],

@@ -82,7 +82,7 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         return {"base_dir": Field(StringSource, is_required=False)}
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
+    def from_config_value(cls, inst_data: ConfigurableClassData | None,
                           config_value: Mapping[str, Any]) -> KeptOpenSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
@@ -115,9 +115,8 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         if self._batch is not None and self._batch_thread == threading.get_ident():
             yield self._batch_connection(shard)  # committed when the batch ends
             return
-        with self._db_lock:  # one user of a shard's connection at a time, as in Dagster's storage
-            with self._open(shard) as conn, conn.begin():
-                yield conn
+        with self._db_lock, self._open(shard) as conn, conn.begin():  # one user at a time, as in Dagster's
+            yield conn
 
     def _open(self, shard: str) -> Connection:
         engine = self._engine(shard)
@@ -178,7 +177,7 @@ class KeptOpenInMemoryEventLogStorage(InMemoryEventLogStorage):
     holds to keep the database alive, where Dagster's opens another per statement."""
 
     @contextmanager
-    def _connect(self) -> Iterator[Connection]:  # type: ignore[override]
+    def _connect(self) -> Iterator[Connection]:
         with self._db_lock, self._held_conn.begin():
             yield self._held_conn
 

@@ -32,9 +32,9 @@ from backup_assets.core.retry import exhausted_resource, one_line, operational
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import check_import_id
-from backup_assets.settings_resource import ImportSettingsResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.settings import ImportSettingsResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 
 def failure(what: str, e: BaseException, retried: int = 0) -> dg.Failure:
@@ -48,7 +48,7 @@ def failure(what: str, e: BaseException, retried: int = 0) -> dg.Failure:
         again = f" (after {retried} retries in the step)" if retried else ""
         return dg.Failure(description=f"{what}: transient database error{again}, retried by policy: "
                                       f"{type(op).__name__}: {one_line(op)}", allow_retries=True)
-    if ran_out:
+    if ran_out and op is not None:
         return dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {one_line(op)}); nothing of "
                                       "this step was committed: free the resource, then re-materialize",
                           allow_retries=False)
@@ -99,7 +99,7 @@ def held(restore: Restore) -> Iterator[None]:
 class Stopwatch:
     """Wall time of a block, for the duration and rate metadata."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.start = time.perf_counter()
         self.seconds = 0.0
         return self

@@ -1,68 +1,26 @@
 """The backup partitions: one dynamic partition per backup file, so one partition is one import.
 
 A partition key is readable and stable: the file's stem, made safe, then ``-`` and the first 8 hex
-digits of the file's SHA-256 (``sentry-2024-06-01-3fa9c2d1``). A file rewritten under the same name
-gets a new key, and the key is also the import id the engine records (it satisfies
-:func:`backup_assets.core.settings.check_import_id`).
-
-This module sits on the lowest floor of the Dagster layer: resources may import it, it imports
-nothing of the layer above.
+digits of the file's SHA-256 (``sentry-2024-06-01-3fa9c2d1``); :mod:`backup_assets.core.backup_key`
+makes it, and this module re-exports its functions for the Dagster layer.
 """
 from __future__ import annotations
 
-import hashlib
-import re
-from pathlib import Path
-
 import dagster as dg
 
-from backup_assets.core.settings import check_import_id
+from backup_assets.core.backup_key import (HASH_PREFIX_LEN, file_sha256, key_stem, partition_key,
+                                           partition_key_for_file, split_partition_key)
+from backup_assets.core.errors import ConfigurationError
+
+__all__ = ["HASH_PREFIX_LEN", "backups_partitions", "file_sha256", "key_stem", "partition_key",
+           "partition_key_for_file", "partitions_name", "split_partition_key"]
 
 #: The dynamic partitions every asset of the restore graph shares.
 backups_partitions = dg.DynamicPartitionsDefinition(name="sentry_backups")
 
-#: Hex digits of the SHA-256 kept in a key.
-HASH_PREFIX_LEN = 8
-_MAX_STEM = 120
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=-]+")
-_KEY = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{%d})$" % HASH_PREFIX_LEN)
 
-
-def key_stem(filename: str) -> str:
-    """The readable part of a key: the file name without .tar/.json, unsafe characters replaced by ``-``."""
-    stem = Path(filename).name
-    for suffix in (".tar", ".json"):
-        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    stem = _UNSAFE.sub("-", stem).strip("-")
-    stem = re.sub(r"^[^A-Za-z0-9]+", "", stem)[:_MAX_STEM]
-    return stem or "backup"
-
-
-def partition_key(filename: str | Path, sha256_hex: str) -> str:
-    """The partition key (and import id) of a backup named ``filename`` whose SHA-256 is ``sha256_hex``."""
-    digest = sha256_hex.lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
-    return check_import_id(f"{key_stem(str(filename))}-{digest[:HASH_PREFIX_LEN]}")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def partition_key_for_file(path: str | Path) -> str:
-    """The partition key of the backup file at ``path`` (hashes the whole file)."""
-    return partition_key(Path(path).name, file_sha256(path))
-
-
-def split_partition_key(key: str) -> tuple[str, str] | None:
-    """``(stem, hash_prefix)`` of a key made by :func:`partition_key`, or None for any other key."""
-    m = _KEY.match(key)
-    return (m["stem"], m["hash"]) if m else None
+def partitions_name(partitions_def: dg.DynamicPartitionsDefinition) -> str:
+    """The name under which the instance stores the partitions of ``partitions_def``."""
+    if partitions_def.name is None:
+        raise ConfigurationError("the backup partitions must be a named DynamicPartitionsDefinition")
+    return partitions_def.name

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from psycopg.conninfo import conninfo_to_dict
@@ -18,13 +19,16 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.dagster_home import HOME_ENV, cli_home
 from backup_assets.event_log import ephemeral_instance
 from backup_assets.core.settings import ImportSettings, check_import_id
-from backup_assets.partitions import backups_partitions, partition_key_for_file
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.partitions import backups_partitions, partition_key_for_file, partitions_name
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import PARSED_EXPORT_KEY
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import target_resource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import target_resource
+from backup_assets.resources.staging import StagingResource
+
+if TYPE_CHECKING:
+    from dagster._core.execution.plan.objects import StepFailureData
 
 #: Run tag naming the target database (host:port/dbname, never credentials): ``dagster.yaml`` allows one
 #: restore at a time per value.
@@ -81,8 +85,8 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     path = Path(backup_path).absolute()
     manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
     key = check_import_id(import_id) if import_id else partition_key_for_file(path)
-    if not instance.has_dynamic_partition(backups_partitions.name, key):
-        instance.add_dynamic_partitions(backups_partitions.name, [key])
+    if not instance.has_dynamic_partition(partitions_name(backups_partitions), key):
+        instance.add_dynamic_partitions(partitions_name(backups_partitions), [key])
     resources = {
         "target": target_resource(dsn),  # the DSN never becomes config
         "backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name, pinned={key: str(path)}),
@@ -119,15 +123,32 @@ def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: Impo
         return run(instance=instance, selection=None if recorded else _WITHOUT_MODEL_CHECKS)
 
 
+def _step_failures(result: dg.ExecuteInProcessResult) -> Iterator[tuple[str | None, StepFailureData]]:
+    """``(step_key, failure)`` of each failed step of the run, in the order they failed."""
+    for event in result.all_events:
+        data = event.step_failure_data if event.is_step_failure else None
+        if data is not None:
+            yield event.step_key, data
+
+
 def failure_message(result: dg.ExecuteInProcessResult) -> str | None:
     """One line per failed step (``step_key: message``), or None when the run succeeded."""
     if result.success:
         return None
     lines = []
-    for event in result.all_events:
-        data = event.step_failure_data if event.is_step_failure else None
-        if data is None:
-            continue
+    for step_key, data in _step_failures(result):
         described = data.user_failure_data.description if data.user_failure_data else None
-        lines.append(f"{event.step_key}: {described or (data.error.message.strip() if data.error else 'failed')}")
+        lines.append(f"{step_key}: {described or (data.error.message.strip() if data.error else 'failed')}")
     return "\n".join(lines) or "the restore run failed"
+
+
+def failure_kind(result: dg.ExecuteInProcessResult) -> str | None:
+    """The type name of the first failed step's error: the engine's error that Dagster's ``Failure`` wraps
+    (its cause), else the error the step raised; None when no step failed."""
+    for _step_key, data in _step_failures(result):
+        error = data.error
+        while error is not None and error.cls_name == "Failure" and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            return error.cls_name
+    return None

@@ -33,11 +33,11 @@ from typing import Any
 import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
-from backup_assets.partitions import backups_partitions, partition_key_for_file
+from backup_assets.partitions import backups_partitions, partition_key_for_file, partitions_name
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 from backup_assets.translator import RESTORE_COMPLETE_KEY
 from backup_assets.verification import ROUND_TRIP_CHECK_KEY
-from resources.backup_source import BackupSourceResource
+from backup_assets.resources.backup_source import BackupSourceResource
 
 DRILL_JOB_NAME = "restore_drill_job"
 DRILL_SCHEDULE_NAME = "restore_drill_schedule"
@@ -52,7 +52,7 @@ def drill_job(name: str = DRILL_JOB_NAME, *, round_trip_check: bool = False) -> 
     """Every asset (and so every check) of the graph, the round trip included, in-process, tagged as a drill.
     ``round_trip_check``: the definitions hold the restore's opt-in round-trip check, which the drill leaves
     out (its ``round_trip`` asset does the same)."""
-    selection = dg.AssetSelection.all()
+    selection: dg.AssetSelection = dg.AssetSelection.all()
     if round_trip_check:
         selection = selection - dg.AssetSelection.checks(ROUND_TRIP_CHECK_KEY)
     return dg.define_asset_job(name, selection=selection, executor_def=dg.in_process_executor,
@@ -114,8 +114,8 @@ def build_restore_drill_schedule(cron: str | None = None, *, name: str = DRILL_S
             key = partition_key_for_file(path)
         except (BackupAssetsError, OSError) as e:
             return dg.SkipReason(f"backup folder unreadable: {e}")
-        if not context.instance.has_dynamic_partition(partitions_def.name, key):
-            context.instance.add_dynamic_partitions(partitions_def.name, [key])
+        if not context.instance.has_dynamic_partition(partitions_name(partitions_def), key):
+            context.instance.add_dynamic_partitions(partitions_name(partitions_def), [key])
         return dg.RunRequest(
             run_key=f"drill:{key}", partition_key=key,
             run_config=drill_run_config(standby_dsn_env, create_schema),

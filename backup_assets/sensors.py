@@ -29,10 +29,10 @@ import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
 from backup_assets.core.postgres import DSN_ENV
-from backup_assets.partitions import backups_partitions, file_sha256, partition_key
+from backup_assets.partitions import backups_partitions, file_sha256, partition_key, partitions_name
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
-from resources.backup_source import BackupSourceResource
-from resources.postgres import PostgresTargetResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.postgres import PostgresTargetResource
 
 DEFAULT_SENSOR_NAME = "backup_folder_sensor"
 DEFAULT_MAX_RUNS_PER_TICK = 2
@@ -147,7 +147,7 @@ def build_backup_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition 
         previous = parse_cursor(context.cursor)
         try:
             scan = scan_folder(backup_source, previous,
-                               lambda k: context.instance.has_dynamic_partition(partitions_def.name, k),
+                               lambda k: context.instance.has_dynamic_partition(partitions_name(partitions_def), k),
                                max_runs_per_tick)
         except BackupAssetsError as e:
             return dg.SensorResult(skip_reason=f"backup folder unreadable: {e}", cursor=context.cursor)

@@ -25,14 +25,14 @@ from backup_assets.core.settings import StageResult
 from backup_assets.core.source import Backup, open_backup
 from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
 from backup_assets.execution import Stopwatch, engine_errors, held, import_id_of, open_restore
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import (
     BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, UNWRAPPED_TARBALL_KEY,
 )
-from resources.backup_source import BackupFile, BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupFile, BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 STAGE_GROUP = "sentry_backup"
 PLAIN_JSON_NOTE = "plain JSON export: not encrypted, nothing to unwrap"

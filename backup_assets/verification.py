@@ -24,9 +24,9 @@ from backup_assets.execution import engine_errors, import_id_of
 from backup_assets.partitions import backups_partitions
 from backup_assets.stages import STAGE_GROUP, open_run_backup
 from backup_assets.translator import RESTORE_COMPLETE_KEY, STAGE_PREFIX
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
 
 ROUND_TRIP_KEY = dg.AssetKey([STAGE_PREFIX, "round_trip"])
 #: The opt-in check of the restore: the round trip, run after ``restore_complete``.

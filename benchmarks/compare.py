@@ -34,7 +34,8 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import orjson
 
@@ -112,7 +113,7 @@ def reordered(src: Path, key: str, folder: Path) -> Path:
         for row in iter_rows(open_backup(src, _decryptor(key)).open_plaintext):
             out = parts.get(row["model"])
             if out is None:
-                out = parts[row["model"]] = open(folder / f"part-{len(parts)}.jsonl", "w+b")
+                out = parts[row["model"]] = open(folder / f"part-{len(parts)}.jsonl", "w+b")  # noqa: SIM115 - closed below
             out.write(orjson.dumps(row) + b"\n")
 
         def rows() -> Iterator[Any]:

@@ -250,7 +250,7 @@ def best(results: list[tuple[str, str, int, dict]]) -> dict[tuple[str, str, int]
 def report(results: list[tuple[str, str, int, dict]]) -> None:
     b = best(results)
     naive_size, naive = next(((size, r) for (k, _, size), r in b.items() if k == "naive"), (0, None))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
     print(f"\nMachine: {os.cpu_count()} cores ({cpu}); date {time.strftime('%Y-%m-%d %H:%M')} UTC; best of the runs\n")
     print("| path | manifest | rows | seconds | rows/s | peak RSS (MB) | vs run_restore (time) | vs raw COPY (rate) "
           "| vs naive (rate) |")

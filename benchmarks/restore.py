@@ -276,10 +276,10 @@ def dump_rows(dsn: str, tables: list[str], folder: Path) -> None:
     import psycopg
     with psycopg.connect(dsn) as conn:
         for t in tables:
-            with open(folder / f"{t}.copy", "wb") as f, conn.cursor() as cur:
-                with cur.copy(f'COPY (SELECT * FROM "{t}" ORDER BY id) TO STDOUT') as copy:
-                    for chunk in copy:
-                        f.write(chunk)
+            with open(folder / f"{t}.copy", "wb") as f, conn.cursor() as cur, \
+                    cur.copy(f'COPY (SELECT * FROM "{t}" ORDER BY id) TO STDOUT') as copy:
+                for chunk in copy:
+                    f.write(chunk)
 
 
 def report(results: list) -> None:
@@ -290,12 +290,12 @@ def report(results: list) -> None:
     naive = next((r for kind, _, r, _ in results if kind == "naive"), None)
     ours_sizes = {size: r for kind, size, r, _ in results if kind == "ours"}
     small, big = min(ours_sizes), max(ours_sizes)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
     print(f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB, "
           f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}\n")
     print("| run | rows | seconds | rows/s | peak RSS (MB) | vs raw COPY | vs naive |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind, size, r, _ in results:
+    for kind, _size, r, _ in results:
         vs_naive = f"{rate(r) / rate(naive):.1f}x" if naive else "-"
         print(f"| {kind} | {r['rows']:,} | {r['seconds']:.1f} | {rate(r):,.0f} | {r['rss_mb']:.0f} | "
               f"{rate(r) / rate(raw):.2f}x | {vs_naive} |")

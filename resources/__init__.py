@@ -1,5 +1,6 @@
 """Dagster resources of backup-assets: thin ConfigurableResource wrappers over the pure core.
 
-Resources import only the core of ``backup_assets`` and its lowest Dagster floor,
-:mod:`backup_assets.partitions`; never definitions, assets, stages or sensors.
+The folder ``resources/`` installs as ``backup_assets.resources`` (see setup.py), so a user's own
+``resources`` module cannot shadow it. Resources import only ``backup_assets.core`` and each other;
+never the Dagster layer (definitions, assets, stages, sensors, partitions).
 """

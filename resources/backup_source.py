@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from backup_assets.core.errors import ConfigurationError
-from backup_assets.partitions import file_sha256, key_stem, partition_key, split_partition_key
+from backup_assets.core.backup_key import file_sha256, key_stem, partition_key, split_partition_key
 
 DEFAULT_GLOB = "*.tar,*.json"
 

@@ -10,7 +10,7 @@ Either value can itself come from the environment with :class:`dagster.EnvVar`, 
 time and never stores::
 
     from dagster import Definitions, EnvVar
-    from resources.decryptor import DecryptorResource
+    from backup_assets.resources.decryptor import DecryptorResource
 
     defs = Definitions(..., resources={
         "decryptor": DecryptorResource(private_key_path=EnvVar("SENTRY_BACKUP_KEY_PATH")),
@@ -21,7 +21,6 @@ Assets call :meth:`DecryptorResource.get_decryptor` and hand the result to ``ope
 """
 from __future__ import annotations
 
-from typing import Optional
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -35,9 +34,9 @@ __all__ = ["DecryptorResource"]
 class DecryptorResource(ConfigurableResource):
     """Where the RSA private key of encrypted Sentry backups comes from (a file, or an environment variable)."""
 
-    private_key_path: Optional[str] = Field(
+    private_key_path: str | None = Field(
         default=None, description="Path of the unencrypted PEM RSA private key file.")
-    private_key_env: Optional[str] = Field(
+    private_key_env: str | None = Field(
         default=None, description="Name of an environment variable whose value is the PEM RSA private key.")
 
     def get_decryptor(self) -> Decryptor:

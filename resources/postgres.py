@@ -27,7 +27,7 @@ class PostgresTargetResource(dg.ConfigurableResource):
         return resolve_dsn(self.dsn)
 
     @classmethod
-    def from_env(cls, var: str = DSN_ENV) -> "PostgresTargetResource":
+    def from_env(cls, var: str = DSN_ENV) -> PostgresTargetResource:
         """The resource as ``definitions.py`` (and the Component, with its own ``var``) wires it:
         ``EnvVar(var)`` when that variable is set where the code location loads, else unset (run-time
         ``$BACKUP_ASSETS_DSN``, then the embedded server)."""

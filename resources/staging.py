@@ -39,5 +39,6 @@ class StagingResource(dg.ConfigurableResource):
         default=False, description="Keep the staged rows after restore_complete (for re-running model assets later).")
 
     @property
-    def schema(self) -> str:
+    def schema_name(self) -> str:
+        """The schema of the staging tables (a property, as pydantic's ``BaseModel.schema`` takes that name)."""
         return STAGING_SCHEMA

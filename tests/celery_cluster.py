@@ -93,7 +93,7 @@ class Cluster:
         cmd = [str(Path(sys.executable).with_name("dagster-celery")), "worker", "start", "-A", "dagster_celery.app",
                "-y", str(CELERY_YAML), "-n", name, "-l", "WARNING",
                "-q", ",".join(queues)]  # one list: Celery 5 keeps only the last of several -Q
-        log = open(self.root / f"worker-{name}.log", "wb")
+        log = open(self.root / f"worker-{name}.log", "wb")  # noqa: SIM115 - the worker writes it until stopped
         self.workers[name] = subprocess.Popen(cmd + ["--", "--concurrency=1"], cwd=REPO, env=self.env,
                                               stdout=log, stderr=subprocess.STDOUT)
         proc = self.workers[name]

@@ -57,9 +57,9 @@ class DagsterDev:
         env["DAGSTER_HOME"] = str(self.home)
         return [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)], env
 
-    def start(self, timeout: float = 90) -> "DagsterDev":
+    def start(self, timeout: float = 90) -> DagsterDev:
         argv, env = self._command()
-        self.log = open(self.log_path, "wb")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - the server writes it until stop() closes it
         self.proc = subprocess.Popen(argv, cwd=self.cwd or REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self._wait_loaded(timeout)

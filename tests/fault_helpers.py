@@ -22,11 +22,11 @@ import psycopg
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.synthetic import write_export
-from backup_assets.settings_resource import ImportSettingsResource
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.settings import ImportSettingsResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 DSN_ENV = "FAULTS_TARGET_DSN"
 FOLDER_ENV = "FAULTS_BACKUP_FOLDER"
@@ -211,7 +211,7 @@ def set_job_env(monkeypatch, dsn: str, folder: Path, home: Path) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
 
-def spawn_run(partition_key: str) -> "subprocess.Popen[bytes]":
+def spawn_run(partition_key: str) -> subprocess.Popen[bytes]:
     """A process running :func:`restore_job` for one partition against ``$DAGSTER_HOME``'s instance."""
     return subprocess.Popen([sys.executable, "-c", _CHILD, partition_key], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -122,7 +122,7 @@ def test_an_asset_backfill_over_both_partitions_reruns_only_the_selection(tmp_pa
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with dg.DagsterInstance.get() as instance:
         for key in keys:
-            def events(asset: list[str]):
+            def events(asset: list[str], key: str = key):
                 return instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=10).records
             assert len(events(USER)) == 1 and len(events(ORG)) == 2 and len(events(MEMBER)) == 1

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("dagster_celery", reason="the celery extra is not installed (pip install -e '.[celery]')")
 
-from backup_assets.celery import QUEUE_TAG, run_queue, target_queue  # noqa: E402
-from backup_assets.run import TARGET_TAG, target_tag  # noqa: E402
+from backup_assets.celery import QUEUE_TAG, run_queue, target_queue
+from backup_assets.run import TARGET_TAG, target_tag
 
 REPO = Path(__file__).resolve().parent.parent
 

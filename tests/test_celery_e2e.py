@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -22,16 +21,16 @@ if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (tests/run installs Debian's redis-server as root)",
                 allow_module_level=True)
 
-from backup_assets.celery import target_queue  # noqa: E402
-from backup_assets.core import keys  # noqa: E402
-from backup_assets.core.postgres import ensure_database  # noqa: E402
-from backup_assets.core.synthetic import write_export  # noqa: E402
-from backup_assets.partitions import backups_partitions, partition_key_for_file  # noqa: E402
-from backup_assets.run import target_tag  # noqa: E402
-from tests.celery_cluster import Cluster  # noqa: E402
-from tests.crypto_helpers import OAEP, make_key_pair, sentry_encrypt, tar_of  # noqa: E402
-from tests.secret_scan import scan_tree, secret_forms  # noqa: E402
-from tests.fault_helpers import (FKS, TABLES, UNIQUE, assert_exact, counts, rows, table_counts,  # noqa: E402
+from backup_assets.celery import target_queue
+from backup_assets.core import keys
+from backup_assets.core.postgres import ensure_database
+from backup_assets.core.synthetic import write_export
+from backup_assets.partitions import backups_partitions, partition_key_for_file
+from backup_assets.run import target_tag
+from tests.celery_cluster import Cluster
+from tests.crypto_helpers import OAEP, make_key_pair, sentry_encrypt, tar_of
+from tests.secret_scan import scan_tree, secret_forms
+from tests.fault_helpers import (FKS, TABLES, UNIQUE, assert_exact, counts, rows, table_counts,
                                  write_manifest)
 
 TARGETS = "abcde"
@@ -205,6 +204,18 @@ def test_no_key_and_no_plaintext_reach_the_instance_or_the_broker(cluster):
     assert _in_redis(cluster, {"control": b"faults__item"})  # the step results are there to scan
 
 
+def _redis_values(client, name: bytes) -> list:
+    """The values held at one key of any of the kinds the broker and the result backend use."""
+    kind = client.type(name)
+    if kind == b"string":
+        return [client.get(name)]
+    if kind == b"list":
+        return client.lrange(name, 0, -1)
+    if kind == b"hash":
+        return list(client.hgetall(name).values())
+    return list(client.smembers(name)) if kind == b"set" else []
+
+
 def _in_redis(cluster: Cluster, needles: dict[str, bytes]) -> list[str]:
     """Where a needle occurs in a value of the broker's or the result backend's keys."""
     import redis
@@ -212,10 +223,7 @@ def _in_redis(cluster: Cluster, needles: dict[str, bytes]) -> list[str]:
     for db in (0, 1):
         client = redis.Redis(port=cluster.port, db=db)
         for name in client.scan_iter():
-            kind = client.type(name)
-            values = {b"string": lambda: [client.get(name)], b"list": lambda: client.lrange(name, 0, -1),
-                      b"hash": lambda: list(client.hgetall(name).values()),
-                      b"set": lambda: list(client.smembers(name))}.get(kind, lambda: [])()
+            values = _redis_values(client, name)
             found += [f"redis db {db} {name!r}: {n}" for v in values for n, needle in needles.items()
                       if needle in (v or b"")]
         client.close()

@@ -194,10 +194,10 @@ def test_a_lock_wait_that_times_out_names_the_import_holding_the_lock(pg_dsn, ex
         with pytest.raises(LockWaitTimeout, match=r"lock_timeout \(300ms\) for the load lock of table "
                                                   r"public\.sentry_organization, held by import holding-import \(pid \d+\)"):
             run_restore(tight, open_backup(export), MANIFEST, orgs)
-    with Restore(pg_dsn, MANIFEST, "global-import", ImportSettings(scope="global")).hold():
-        with pytest.raises(LockWaitTimeout, match=r"lock_timeout \(300ms\) for the import lock \(a global import "
-                                                  r"runs alone\), held by import global-import \(pid \d+\)"):
-            run_restore(tight, open_backup(export), MANIFEST, orgs)
+    with Restore(pg_dsn, MANIFEST, "global-import", ImportSettings(scope="global")).hold(), \
+            pytest.raises(LockWaitTimeout, match=r"lock_timeout \(300ms\) for the import lock \(a global import "
+                                                 r"runs alone\), held by import global-import \(pid \d+\)"):
+        run_restore(tight, open_backup(export), MANIFEST, orgs)
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0] == 2
 

@@ -17,7 +17,7 @@ import pytest
 from backup_assets.core.restore import Restore
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import failure_message
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import RESTORE_COMPLETE_KEY
 from tests.fault_helpers import (active_query, assert_exact, fingerprints, manifest, materialize,
                                  restore_job, restore_job_multiprocess, set_job_env, spawn_run, wait_for, write_backup)

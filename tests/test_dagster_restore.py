@@ -20,12 +20,12 @@ from backup_assets.core.source import encrypt_export, open_backup
 from backup_assets.core.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import TARGET_TAG, failure_message, materialize_restore
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 SETTINGS = ImportSettings(create_schema=True)
 #: Old pks start at 1001, so a foreign key left unmapped would be visible (new ids start at 1).

@@ -138,9 +138,12 @@ UNKNOWN = [
 
 
 def test_strict_refuses_unknown_models_before_writing_anything(pg_dsn, tmp_path):
-    result = _import(_write(tmp_path, UNKNOWN), "--dsn", pg_dsn, "--strict")
+    findings = tmp_path / "findings.json"
+    result = _import(_write(tmp_path, UNKNOWN), "--dsn", pg_dsn, "--strict", "--findings-file", findings)
     assert result.exit_code == 1
     assert "sentry.fancynewthing (2 rows)" in result.output and "strict" in result.output
+    # the failed run's finding is named after the engine's error, carried by ImportFailed (not read from text)
+    assert [f["kind"] for f in json.loads(findings.read_text())] == ["UnknownModelsError"]
     with psycopg.connect(pg_dsn) as conn:  # the project's bookkeeping tables may exist, holding nothing
         tables = conn.execute("SELECT table_schema, table_name FROM information_schema.tables "
                               "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')").fetchall()

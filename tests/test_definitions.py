@@ -16,9 +16,9 @@ from backup_assets.core.errors import ConfigurationError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.settings import check_import_id
 from backup_assets.partitions import backups_partitions, key_stem, partition_key, partition_key_for_file
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, SentryRestoreTranslator
-from resources.backup_source import BackupSourceResource
+from backup_assets.resources.backup_source import BackupSourceResource
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = {"backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete", "round_trip"}
@@ -159,6 +159,30 @@ def test_the_core_never_imports_dagster():
             "print(len(names), bad)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+def test_the_resources_import_nothing_of_the_dagster_layer():
+    code = ("import importlib, json, pkgutil, sys, backup_assets.resources as res\n"
+            "names = [m.name for m in pkgutil.iter_modules(res.__path__)]\n"
+            "for n in names: importlib.import_module('backup_assets.resources.' + n)\n"
+            "bad = sorted(m for m in sys.modules if m.startswith('backup_assets.')\n"
+            "             and m.split('.')[1] not in ('core', 'resources'))\n"
+            "print(json.dumps([sorted(names), bad]))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    names, bad = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"backup_source", "decryptor", "postgres", "settings", "staging"} <= set(names)
+    assert bad == []
+
+
+def test_a_user_module_named_resources_does_not_shadow_ours(tmp_path):
+    # `dagster dev` puts the working directory first on sys.path, where a project may have its own `resources`
+    (tmp_path / "resources.py").write_text("MINE = True\n")
+    code = ("import sys; from backup_assets.definitions import defs; import resources\n"
+            f"assert sys.path[0] in ('', {str(tmp_path)!r}), sys.path[0]\n"
+            "print(resources.MINE, len(defs.resolve_asset_graph().get_all_asset_keys()) > 6)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True True"
 
 
 def test_partition_keys_are_readable_stable_import_ids(tmp_path):

@@ -87,7 +87,7 @@ def nested_rows() -> list[dict]:
 @pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
 @pytest.mark.parametrize("layout", ["sentry", "compact", "spaced"])
 def test_the_fast_path_stages_what_ijson_stages(conn, passes, monkeypatch, layout, block) -> None:
-    monkeypatch.setattr(parse, "_BLOCK", block)  # 7 bytes: rows and separators cut across reads
+    monkeypatch.setattr(parse, "_READ_SIZE", block)  # 7 bytes: rows and separators cut across reads
     rows = nested_rows()
     data = {"sentry": json.dumps(rows, indent=2), "compact": json.dumps(rows, separators=(",", ":")),
             "spaced": "[" + "\r\n ,\t".join(json.dumps(r) for r in rows) + "]"}[layout].encode()
@@ -107,7 +107,7 @@ def test_the_fast_path_stages_what_ijson_stages(conn, passes, monkeypatch, layou
 ])
 @pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
 def test_what_the_fast_path_is_unsure_of_is_staged_by_ijson(conn, passes, monkeypatch, name, data, block) -> None:
-    monkeypatch.setattr(parse, "_BLOCK", block)
+    monkeypatch.setattr(parse, "_READ_SIZE", block)
     (result, staged_rows), taken = either_way(conn, data, passes)
     assert taken == [True, False], name
     if name == "a 19-digit integer":  # orjson would take it, but past 64 bits it returns floats: ijson decides
@@ -141,7 +141,7 @@ def test_errors_are_ijsons_whichever_path_meets_them(conn, passes, name, data) -
 @pytest.mark.parametrize("where", ["last", "in the middle"])
 def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, monkeypatch, where) -> None:
     monkeypatch.setattr(parse, "_BIG_ROW", 1000)
-    monkeypatch.setattr(parse, "_BLOCK", 7)  # the limit holds for the text read without a row boundary
+    monkeypatch.setattr(parse, "_READ_SIZE", 7)  # the limit holds for the text read without a row boundary
     rows = corpus.valid_rows()
     big = row("c.project", 402, organization=10, name="x" * 5000)
     rows = rows + [big] if where == "last" else rows[:3] + [big] + rows[3:]
@@ -154,7 +154,7 @@ def test_a_row_longer_than_the_fast_paths_limit_is_left_to_ijson(conn, passes, m
 def test_a_row_boundary_look_alike_inside_a_row_never_splits_it(conn, passes, monkeypatch, where, block) -> None:
     """Objects in a list whose first key is "model" look like rows: text cut there ends inside a row, which
     orjson refuses, and ijson stages the export; a batch that holds the whole row parses it whole."""
-    monkeypatch.setattr(parse, "_BLOCK", block)
+    monkeypatch.setattr(parse, "_READ_SIZE", block)
     rows = corpus.valid_rows()
     tricky = row("c.project", 403, organization=10, name="t", options=[{"model": "c.org", "pk": 1}, {"model": 2}])
     rows = rows + [tricky] if where == "last" else rows[:3] + [tricky] + rows[3:]
@@ -187,7 +187,7 @@ def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes
 @pytest.mark.parametrize("pad", range(7))
 def test_a_long_number_is_seen_wherever_the_reads_cut_it(conn, passes, monkeypatch, pad) -> None:
     """A 20-digit number cut by 7-byte reads at each offset still sends the export to ijson (which refuses it)."""
-    monkeypatch.setattr(parse, "_BLOCK", 7)
+    monkeypatch.setattr(parse, "_READ_SIZE", 7)
     data = b"[" + b" " * pad + corpus.export_bytes([row("c.org", 1, slug="a", status=12345678901234567890)])[1:]
     with pytest.raises(ExportParseError, match="integer overflow"), conn.transaction(force_rollback=True):
         stage_export(conn, "paths", io.BytesIO(data), corpus.MANIFEST)

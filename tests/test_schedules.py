@@ -16,13 +16,13 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.core.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, failure_message
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.schedules import (CRON_ENV, DEFAULT_CRON, DRILL_JOB_NAME, DRILL_TAG, STANDBY_DSN_ENV,
                                      build_restore_drill_schedule, drill_job)
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 MODELS = ("sentry.organization", "sentry.user", "sentry.organizationmember")
 SMALL = dict(orgs=2, users=3, members_per_org=2)

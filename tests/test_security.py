@@ -37,7 +37,7 @@ from backup_assets.core.source import encrypt_export
 from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.run import failure_message, materialize_restore
-from resources.postgres import PostgresTargetResource, target_resource
+from backup_assets.resources.postgres import PostgresTargetResource, target_resource
 from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 
 MARKER = "zz-known-plaintext-4e9f2a61"  #: planted as a username: the known plaintext

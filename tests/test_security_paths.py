@@ -37,8 +37,8 @@ from backup_assets.core.tarball import read_tarball
 from backup_assets.definitions import build_definitions
 from backup_assets.run import failure_message
 from backup_assets.schedules import DRILL_JOB_NAME
-from resources.backup_source import BackupSourceResource
-from resources.postgres import PostgresTargetResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.postgres import PostgresTargetResource
 from tests.dagster_dev import LOCATION, REPO, REPOSITORY, DagsterDev
 from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 from tests.test_security import MARKER, closure

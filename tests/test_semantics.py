@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from backup_assets.cli import main
 from backup_assets.core.errors import TargetError, UniqueViolationError
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.pk_kind import PkKind
 from backup_assets.core.restore import Restore, run_restore
 from backup_assets.core.rollback import rollback
 from backup_assets.core.settings import ImportSettings, RestoreResult, new_import_id
@@ -285,6 +286,9 @@ def test_overwrite_configs(pg_dsn, tmp_path, overwrite):
     assert tampered == (0 if overwrite else 3)
     load = result.loads["sentry.option"]
     assert (load.rows_overwritten, load.rows_merged) == ((2, 0) if overwrite else (0, 2))
+    kinds = _q(pg_dsn, "SELECT DISTINCT kind::text FROM backup_assets.pk_map WHERE import_id = %s AND model = %s",
+               result.import_id, "sentry.option")
+    assert kinds == [(PkKind.OVERWRITTEN if overwrite else PkKind.EXISTING,)]  # the pk map keeps the letter
 
 
 # -- global replace --------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from backup_assets import sensors
 from backup_assets.partitions import backups_partitions, partition_key_for_file, split_partition_key
 from backup_assets.run import BACKUP_TAG, TARGET_TAG
 from backup_assets.sensors import build_backup_sensor, parse_cursor
-from resources.backup_source import BackupSourceResource
-from resources.postgres import PostgresTargetResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.postgres import PostgresTargetResource
 
 DSN = "host=db.example port=5433 dbname=sentry user=restore password=not-in-tags"
 

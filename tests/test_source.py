@@ -135,9 +135,8 @@ def test_tampered_token_yields_nothing(tmp_path, pair) -> None:
                              ("key.pub", key_pub)]))
     backup = open_backup(path, PemDecryptor(pair[0]))
     entered = False
-    with pytest.raises(DecryptionError, match="tampered"):
-        with backup.open_plaintext():
-            entered = True
+    with pytest.raises(DecryptionError, match="tampered"), backup.open_plaintext():
+        entered = True
     assert not entered
 
 
@@ -269,7 +268,7 @@ def test_kms_config_is_validated_and_fits_the_interface(sentry_tar) -> None:
 
 
 def test_decryptor_resource(tmp_path, pair, sentry_tar, monkeypatch) -> None:
-    from resources.decryptor import DecryptorResource
+    from backup_assets.resources.decryptor import DecryptorResource
     (tmp_path / "k.pem").write_bytes(pair[0])
     by_path = DecryptorResource(private_key_path=str(tmp_path / "k.pem")).get_decryptor()
     assert plaintext_of(open_backup(sentry_tar, by_path)) == EXPORT

@@ -14,13 +14,13 @@ from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.definitions import build_definitions, default_resources
 from backup_assets.partitions import backups_partitions
 from backup_assets.run import materialize_restore
-from backup_assets.settings_resource import ImportSettingsResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.translator import RESTORE_COMPLETE_KEY
 from backup_assets.verification import build_rollback_job, build_round_trip_asset, build_round_trip_check
-from resources.backup_source import BackupSourceResource
-from resources.decryptor import DecryptorResource
-from resources.postgres import PostgresTargetResource
-from resources.staging import StagingResource
+from backup_assets.resources.backup_source import BackupSourceResource
+from backup_assets.resources.decryptor import DecryptorResource
+from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.staging import StagingResource
 
 MANIFEST = Manifest.builtin()
 KEY = "verify-me-0123abcd"

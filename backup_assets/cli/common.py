@@ -5,7 +5,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import click
 
@@ -13,20 +13,22 @@ from ..core.errors import BackupAssetsError
 from ..core.findings import Finding, InstanceID, write_findings
 
 F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 NEW_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-def project_errors(fn: F) -> F:
+def project_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn the project's errors into click's one-line ``Error: ...`` on stderr, exit code 1."""
     @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> object:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except BackupAssetsError as e:
             raise click.ClickException(str(e)) from None
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def dsn_option(fn: F) -> F:

@@ -47,7 +47,7 @@ def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_wi
         backup.check_key()
         sources.append(lambda backup=backup, name=str(path): iter_rows(backup.open_plaintext, name))
     skipped: dict[str, tuple[int, int]] = {}
-    findings = compare_sources(*sources, models, names=(str(left), str(right)), skipped=skipped)
+    findings = compare_sources(sources[0], sources[1], models, names=(str(left), str(right)), skipped=skipped)
     if skipped:
         click.echo("Not compared (models the manifest does not know): " + ", ".join(
             f"{m} ({n} left, {k} right)" for m, (n, k) in sorted(skipped.items())), err=True)

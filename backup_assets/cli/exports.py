@@ -69,8 +69,6 @@ def _scope_command(scope: str) -> None:
             click.echo(f"Exported {sum(counts.values())} rows of {len(counts)} models to {where}"
                        f"{' (encrypted)' if encrypt_with else ''}.", err=True)
 
-    command.__name__ = f"export_{scope}"
-
 
 def _export(scope: str, dest: str, encrypt_with: Path | None, usernames: frozenset[str] | None,
             org_slugs: frozenset[str] | None, indent: int, dsn: str | None, manifest: Path | None) -> dict[str, int]:

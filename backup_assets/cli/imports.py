@@ -1,7 +1,6 @@
 """``backup-assets import users|organizations|config|global SRC``: Sentry's ``sentry import``, into PostgreSQL."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import click
 
 from ..core import locks
 from ..core.decryptors import LocalFileDecryptor
-from ..core.errors import BackupAssetsError
+from ..core.errors import ImportFailed
 from ..core.findings import InstanceID, RpcImportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
@@ -90,8 +89,6 @@ def _scope_command(scope: str) -> None:
         if not silent:
             print_summary(result)
 
-    command.__name__ = f"import_{scope}"
-
 
 for _scope in SCOPE_HELP:
     _scope_command(_scope)
@@ -103,7 +100,7 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
     :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
     a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
     from ..partitions import partition_key_for_file
-    from ..run import failure_message, restore_backup
+    from ..run import failure_kind, failure_message, restore_backup
 
     backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
     backup.check_key()
@@ -120,7 +117,7 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
             restore.discard_staging()
         except Exception as e:  # noqa: BLE001 - the run's failure is the news; say the cleanup failed too
             problem += f"\n(and the staging of import {import_id} could not be dropped: {str(e).strip()})"
-        raise ImportFailed(problem)
+        raise ImportFailed(problem, failure_kind(run) or "ImportFailed")
     with restore.session():
         stage = restore.staged_result()
         out = RestoreResult(import_id=import_id, stage=stage or StageResult(import_id, bytes=backup.size))
@@ -143,15 +140,6 @@ def _partial_restore_note(restore: Restore) -> str:
     return (f"\n(the database was emptied and is partly restored; other imports are refused until this one "
             f"ends: run it again with --import-id {restore.import_id} to finish it, or undo what it loaded "
             f"with `backup-assets rollback {restore.import_id}`)")
-
-
-class ImportFailed(BackupAssetsError):
-    """The restore run failed; the message holds one line per failed step, ``kind`` the first error's type."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        found = re.search(r"\b([A-Z]\w*Error)\b", message)
-        self.kind = found.group(1) if found else "ImportFailed"
 
 
 #: StageResult bucket -> the finding kind and what the rows' skipping means.

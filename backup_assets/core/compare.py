@@ -43,9 +43,10 @@ import uuid
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, BinaryIO, ClassVar, ContextManager
+from datetime import datetime, UTC
+from typing import Any, BinaryIO, ClassVar
 
 import ijson
 import orjson
@@ -75,7 +76,7 @@ RENUMBERED_ON_DUPLICATES = frozenset({"sentry.useroption"})
 
 _USER_FIELDS = frozenset({"user", "user_id"})
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_PKS: Mapping[int, int] = {}
 
 
@@ -172,7 +173,7 @@ def parse_datetime(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class IgnoredComparator(Comparator):
@@ -384,11 +385,11 @@ class UnorderedListComparator(Comparator):
         return value if isinstance(value, list) else None
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
-        items = self.as_list(left), self.as_list(right)
-        bad = [side for side, v in zip(("left", "right"), items) if v is None]
-        if bad:
+        left_items, right_items = self.as_list(left), self.as_list(right)
+        if left_items is None or right_items is None:
+            bad = [side for side, v in (("left", left_items), ("right", right_items)) if v is None]
             return f"the {' and '.join(bad)} value of `{field}` is not a list"
-        if sorted(items[0], key=_sort_key) != sorted(items[1], key=_sort_key):
+        if sorted(left_items, key=_sort_key) != sorted(right_items, key=_sort_key):
             return f"the left value ({left!r}) of `{field}` does not hold the same items as the right value ({right!r})"
         return None
 
@@ -564,7 +565,7 @@ def iter_export(stream: BinaryIO, source: str = "export") -> Iterator[Any]:
         raise ExportParseError(f"{source}: not valid JSON: {detail}", row=index) from None
 
 
-def iter_rows(open_stream: Callable[[], ContextManager[BinaryIO]], source: str = "export") -> Iterator[Any]:
+def iter_rows(open_stream: Callable[[], AbstractContextManager[BinaryIO]], source: str = "export") -> Iterator[Any]:
     """The items of the export ``open_stream()`` gives, like :func:`iter_export` but faster: parsed by orjson a
     read at a time (the restore's fast path, :mod:`backup_assets.core.parse`). Whatever that path is not sure
     of makes the export be read again by :func:`iter_export`, which continues after the items already given
@@ -647,7 +648,7 @@ class PkOrdinals(Mapping[int, int]):
                 self._big[pk] = self._count
         self._last = pk
 
-    def get(self, pk: Any, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, pk: Any, default: Any = None) -> Any:
         if self._big is not None and pk in self._big:
             return self._big[pk]
         i = bisect_right(self._starts, pk) - 1 if isinstance(pk, int) else -1
@@ -1059,4 +1060,4 @@ def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manif
     for rows in (left_rows, right_rows):
         again = list(rows) if iter(rows) is rows else rows
         sources.append(lambda again=again: iter(again))
-    return compare_sources(*sources, manifest, comparators, names=names, skipped=skipped)
+    return compare_sources(sources[0], sources[1], manifest, comparators, names=names, skipped=skipped)

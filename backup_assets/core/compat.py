@@ -8,7 +8,7 @@ them and reports every field and row it drops; nothing it drops is reported as a
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .manifest import Manifest
 

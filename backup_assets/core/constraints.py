@@ -41,7 +41,7 @@ def apply_pending(conn: psycopg.Connection, schema: str, table: str) -> list[Con
     pending = sorted((Constraint(kind, tuple(columns), ref, (where_column, where_value) if where_column else None)
                       for kind, columns, ref, where_column, where_value in rows),
                      key=lambda c: (c.kind != "u", c.columns))
-    parents = sorted({c.ref_table for c in pending if c.kind == "f" and c.ref_table != table})
+    parents = sorted({c.ref_table for c in pending if c.kind == "f" and c.ref_table not in (table, None)})
     if parents:  # a foreign key locks its parent table: take them all, in one order for every load, or two
         try:     # loads adding keys to the same parents at once could each wait for the other
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(

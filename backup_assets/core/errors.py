@@ -107,3 +107,12 @@ class UnknownModelsError(BackupAssetsError):
                          f"{named}; nothing was written (pass the manifest of the export's Sentry release with "
                          f"--manifest, or restore without --strict to skip them)")
         self.models = dict(models)
+
+
+class ImportFailed(BackupAssetsError):
+    """A restore run failed: ``message`` holds one line per failed step, ``kind`` the type name of the
+    first step's error (the finding kind of Sentry's ``--findings-file``)."""
+
+    def __init__(self, message: str, kind: str = "ImportFailed") -> None:
+        super().__init__(message)
+        self.kind = kind

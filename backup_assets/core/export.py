@@ -34,9 +34,9 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, UTC
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
@@ -48,6 +48,7 @@ from psycopg import sql
 from .decryptors import Encryptor
 from .errors import ConfigurationError, TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
+from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
 from .staging import PK_MAP
 
@@ -64,7 +65,7 @@ _names = itertools.count(1)
 def format_datetime(value: datetime) -> str:
     """UTC ISO-8601 with exactly three millisecond digits (truncated) and ``Z``; naive values are UTC."""
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
             f"{value.second:02d}.{value.microsecond // 1000:03d}Z")
 
@@ -72,7 +73,8 @@ def format_datetime(value: datetime) -> str:
 def _decimal(value: Decimal) -> int | float:
     if not value.is_finite():
         raise ValueError(f"{value} is not a JSON number")
-    return int(value) if value.as_tuple().exponent >= 0 else float(value)  # type: ignore[operator]
+    exponent = value.as_tuple().exponent  # an int: the value is finite
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
 
 
 def _float(value: float) -> float:
@@ -168,8 +170,10 @@ class _Filters:
 
     def fk_column(self, model: str, target: str) -> str | None:
         m = self.models.get(model)
-        for fk in m.spec.foreign_keys if m else ():
-            if fk.model == target and fk.column in m.table.columns:  # type: ignore[union-attr]
+        if m is None:
+            return None
+        for fk in m.spec.foreign_keys:
+            if fk.model == target and fk.column in m.table.columns:
                 return fk.column
         return None
 
@@ -201,7 +205,7 @@ class _Filters:
         if self.org_slugs is not None:  # users who are members of the kept organizations
             members = self.models.get("sentry.organizationmember")
             org_col = self.fk_column("sentry.organizationmember", "sentry.organization")
-            user_col = members and next((fk.column for fk in members.spec.foreign_keys
+            user_col = None if members is None else next((fk.column for fk in members.spec.foreign_keys
                                          if fk.field == "user_id" and fk.column in members.table.columns), None)
             orgs = self.models.get("sentry.organization")
             if members is None or orgs is None or org_col is None or user_col is None:
@@ -279,7 +283,7 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
 
 def _seed_existing(conn: psycopg.Connection, temp: sql.Identifier, import_id: str) -> None:
     """Rows an import mapped onto existing ones (kind E) are not re-exported, but rows referring to them are."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.pk_map",)).fetchone()[0]:
+    if one_row(conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.pk_map",)))[0]:
         raise TargetError(f"import {import_id}: the target has no {INTERNAL_SCHEMA}.pk_map; nothing was imported here")
     conn.execute(sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT model, new_pk, false FROM {pk_map} "
                          "WHERE import_id = %s AND kind = 'E' AND new_pk IS NOT NULL ON CONFLICT DO NOTHING").format(
@@ -354,14 +358,15 @@ def iter_json(rows: Iterable[dict], indent: int | None = 2, *, counts: dict[str,
     set, compact when it is None), UTF-8, in chunks of about ``chunk_size`` bytes. ``counts`` (if given)
     receives the rows written per model."""
     if indent is None:
-        encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+        encode: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
         head, sep, tail = "[", ",", "]\n"
     else:
         pad = " " * indent
         pretty = json.JSONEncoder(indent=indent, ensure_ascii=False, allow_nan=False).encode
 
-        def encode(row: dict) -> str:
+        def indented(row: dict) -> str:
             return pad + pretty(row).replace("\n", "\n" + pad)
+        encode = indented
         head, sep, tail = "[\n", ",\n", "\n]\n"
     buf = io.StringIO()
     first = True

@@ -67,8 +67,8 @@ CHUNK_SIZE = 1 << 20  #: bytes of token text read at a time (a multiple of 4, so
 VERSION = 0x80
 _HEADER = 1 + 8 + 16  # version, timestamp, IV
 _MAC = 32
-_BLOCK = 16
-_MIN_DECODED = _HEADER + _BLOCK + _MAC  # the shortest valid token carries one (padding) block
+_AES_BLOCK = 16
+_MIN_DECODED = _HEADER + _AES_BLOCK + _MAC  # the shortest valid token carries one (padding) block
 
 # urlsafe -> standard alphabet; '+' and '/' (not urlsafe) become '!' so strict decoding rejects them.
 _TO_STD = bytes.maketrans(b"-_+/", b"+/!!")
@@ -95,7 +95,7 @@ def _split_key(key: bytes | str) -> tuple[bytes, bytes]:
 
 def token_length(plaintext_length: int) -> int:
     """Length in bytes of the Fernet token text that encrypts ``plaintext_length`` bytes."""
-    decoded = _HEADER + (plaintext_length // _BLOCK + 1) * _BLOCK + _MAC
+    decoded = _HEADER + (plaintext_length // _AES_BLOCK + 1) * _AES_BLOCK + _MAC
     return 4 * ((decoded + 2) // 3)
 
 
@@ -144,7 +144,7 @@ class _TokenLayout:
             raise DecryptionError(f"{_CORRUPT}: invalid base64 at the end (bytes {self.length - 4}..)")
         if self.decoded < _MIN_DECODED:
             raise DecryptionError(f"{_CORRUPT}: it is too short ({self.length} bytes)")
-        if (self.decoded - _HEADER - _MAC) % _BLOCK:
+        if (self.decoded - _HEADER - _MAC) % _AES_BLOCK:
             raise DecryptionError(f"{_CORRUPT}: its ciphertext is not a whole number of AES blocks")
 
 
@@ -163,7 +163,7 @@ def _decode_chunks(f: BinaryIO, start: int, length: int, chunk_size: int) -> Ite
                 raise binascii.Error("padding before the end")
             if b"+" in text or b"/" in text:  # the standard alphabet's, which pybase64 takes beside "-" and "_"
                 raise binascii.Error("not url-safe")
-            decoded = _b64decode(text, altchars=b"-_", validate=True)  # SIMD, ~20x binascii's strict decoding
+            decoded = _b64decode(text, altchars=b"-_", validate=True)  # SIMD: decoding is on the critical path
         except binascii.Error:
             raise DecryptionError(f"{_CORRUPT}: invalid base64 at byte {pos + _bad_offset(text)}") from None
         yield decoded
@@ -272,6 +272,7 @@ class _Token:
                 iv, body = bytes(header[9:_HEADER]), bytes(header[_HEADER:])
                 decryptor = Cipher(algorithms.AES(self._encryption_key), modes.CBC(iv)).decryptor()
                 unpadder = padding.PKCS7(128).unpadder()
+            assert unpadder is not None  # made with the decryptor
             out = unpadder.update(decryptor.update(body))
             if out:
                 yield out
@@ -279,6 +280,7 @@ class _Token:
             self._verify(h, bytes(mac))  # a valid layout holds a whole header: the decryptor exists
         elif decryptor is None or not _hmac_mod.compare_digest(h.finalize(), self.mac or b""):
             raise DecryptionError(f"{_CORRUPT}: the token changed while it was being decrypted")
+        assert decryptor is not None and unpadder is not None
         try:
             out = unpadder.update(decryptor.finalize()) + unpadder.finalize()
         except ValueError:
@@ -383,7 +385,7 @@ class FernetDecryptingReader(io.RawIOBase):
             self._buf, self._pos = b"", 0
         return b"".join(parts)
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -431,9 +433,9 @@ def iter_encrypt(src: BinaryIO | Iterable[bytes], key: bytes | str, *, current_t
     pieces: Iterable[bytes]
     if hasattr(src, "read"):
         reader = src
-        pieces = iter(lambda: reader.read(chunk_size), b"")  # type: ignore[union-attr]
+        pieces = iter(lambda: reader.read(chunk_size), b"")
     else:
-        pieces = src  # type: ignore[assignment]
+        pieces = src
     for piece in pieces:
         ct = encryptor.update(padder.update(piece))
         if ct:

@@ -18,7 +18,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, TextIO
+from typing import ClassVar, TextIO
+from collections.abc import Iterable
 
 
 class ComparatorFindingKind(enum.Enum):
@@ -138,9 +139,9 @@ def write_findings(findings: Iterable[Finding], dest: str | os.PathLike[str] | T
     """Write the findings file to a path or an open text stream (a path is replaced as a whole)."""
     text = findings_to_json(findings)
     if hasattr(dest, "write"):
-        dest.write(text)  # type: ignore[union-attr]
+        dest.write(text)
         return
-    path = Path(dest)  # type: ignore[arg-type]
+    path = Path(dest)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text, encoding="ascii")

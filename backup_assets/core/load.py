@@ -34,6 +34,8 @@ from psycopg import sql
 from . import constraints, locks
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
+from .pk_kind import PkKind
+from .query import one_row
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
 from .settings import LoadResult
@@ -81,8 +83,8 @@ def load_model(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rule
             if ctx.staged_rows is not None:
                 staged = ctx.staged_rows > 0
             else:
-                staged = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(
-                    ctx.staging), (spec.name,)).fetchone()[0]
+                staged = one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(
+                    ctx.staging), (spec.name,)))[0]
             if staged:
                 conn.execute("SET LOCAL work_mem = '64MB'")  # the sorts by old pk stay in memory
                 table = require_table(conn, spec)
@@ -160,8 +162,8 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     #    matches on a unique key, self-references), the new ids are drawn in this same pass.
     # each foreign key's old value is read out of the staged JSON once (the parse let only integers and nulls
     # through), in a subquery kept apart from the joins (OFFSET 0) so that it is not read again for each use
-    cols = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
-    olds = [sql.SQL("s.pk"), sql.SQL("s.row_index")]
+    cols: list[sql.Composable] = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
+    olds: list[sql.Composable] = [sql.SQL("s.pk"), sql.SQL("s.row_index")]
     joins = []
     for i, fk in enumerate(fks):
         m, old = sql.Identifier(f"m{i}"), sql.Identifier(f"old{i}")
@@ -218,8 +220,8 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     nulled: dict[str, int] = {}
     for i, fk in enumerate(fks):
         if fk.field in rules.null_if_missing:
-            n = conn.execute(sql.SQL("SELECT count(*) FROM _cand WHERE {has} AND {fk} IS NULL").format(
-                has=sql.Identifier(f"has{i}"), fk=sql.Identifier(f"fk{i}"))).fetchone()[0]
+            n = one_row(conn.execute(sql.SQL("SELECT count(*) FROM _cand WHERE {has} AND {fk} IS NULL").format(
+                has=sql.Identifier(f"has{i}"), fk=sql.Identifier(f"fk{i}"))))[0]
             if n:
                 nulled[fk.field] = n
     if nulled:
@@ -242,7 +244,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
                                       for c, v in key)
         conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
                              "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
-            kind=sql.Literal("O" if rules.overwrite else "E"), staged=staged, table=table.ident, model=model,
+            kind=sql.Literal(PkKind.OVERWRITTEN if rules.overwrite else PkKind.EXISTING), staged=staged, table=table.ident, model=model,
             match=match))
         # one export row overwrites an existing row; later rows with the same key only map onto it
         conn.execute("UPDATE _cand c SET kind = 'E' WHERE c.kind = 'O' AND EXISTS "
@@ -258,8 +260,8 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
 
     # values that collide with the table or an earlier row of the export: renamed or regenerated
     # every candidate to be inserted (the usual case): the collision checks read the staged values alone
-    everyone = bool(rewrites) and not conn.execute(sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM _cand c WHERE NOT ({}))").format(_TO_INSERT)).fetchone()[0]
+    everyone = bool(rewrites) and not one_row(conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM _cand c WHERE NOT ({}))").format(_TO_INSERT)))[0]
     for j, rw, col in rewrites:
         _rewrite(conn, spec, table, ctx.staging, model, j, rw, col, everyone)
 
@@ -282,7 +284,7 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
 
     # 5. write
     targets = [sql.Identifier("id")]
-    values = [sql.SQL("c.new_pk")]
+    values: list[sql.Composable] = [sql.SQL("c.new_pk")]
     self_joins = []
     for col in data_cols:
         targets.append(sql.Identifier(col.name))
@@ -330,9 +332,9 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         result.dropped_sample = [{"pk": pk, "row": ri, "reason": r} for pk, ri, r in conn.execute(
             "SELECT old_pk, row_index, reason FROM _cand WHERE reason IS NOT NULL ORDER BY row_index LIMIT %s",
             (SAMPLE,))]
-    result.rows_merged, result.new_id_min, result.new_id_max = conn.execute(
+    result.rows_merged, result.new_id_min, result.new_id_max = one_row(conn.execute(
         "SELECT count(*) FILTER (WHERE kind = 'E'), min(new_pk) FILTER (WHERE kind = 'I'), "
-        "max(new_pk) FILTER (WHERE kind = 'I') FROM _cand").fetchone()
+        "max(new_pk) FILTER (WHERE kind = 'I') FROM _cand"))
     _record_changes(conn, result, rules, staged, model, reset_columns, rewrites, table)
     result.rows_overwritten = overwritten
     result.rows_written = inserted + overwritten
@@ -379,7 +381,7 @@ def _rewrite_overrides(rewrites: list[tuple[int, Rewrite, Column]], table: Table
                        rules: ModelRules) -> dict[str, sql.Composable]:
     """Column values of rewritten rows: the new value (and the columns derived from it), else the usual value."""
     out: dict[str, sql.Composable] = {}
-    for j, rw, col in rewrites:
+    for j, rw, _col in rewrites:
         flag, new = sql.Identifier(f"rwf{j}"), sql.SQL("c.{}").format(sql.Identifier(f"rw{j}"))
         exprs = {rw.column: new, **{d: fn(new) for d, fn in rw.derived.items()}}
         for name, expr in exprs.items():
@@ -410,10 +412,10 @@ def _rewrite(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, stagin
                      "AND s.pk = c.old_pk WHERE {to_insert} AND {text} IS NOT NULL").format(**fmt)
     staged_values = sql.SQL("SELECT {text} AS v, {typed} AS tv FROM {staged} WHERE s.model = {model} "
                             "AND {text} IS NOT NULL").format(**fmt) if everyone else values
-    if not conn.execute(sql.SQL(  # the usual case, decided with two hash operations: no value is taken
+    if not one_row(conn.execute(sql.SQL(  # the usual case, decided with two hash operations: no value is taken
             "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
             "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)").format(values=staged_values, **fmt)
-    ).fetchone()[0]:
+    ))[0]:
         return
     conn.execute(sql.SQL(
         "WITH f AS ({values}), firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
@@ -444,14 +446,14 @@ def _record_changes(conn: psycopg.Connection, result: LoadResult, rules: ModelRu
     src = sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
         staged=staged, model=model)
     for name in reset_columns:
-        n = conn.execute(sql.SQL("SELECT count(*) {src} WHERE c.kind IN ('I', 'O') AND "
+        n = one_row(conn.execute(sql.SQL("SELECT count(*) {src} WHERE c.kind IN ('I', 'O') AND "
                                  "({v})::text IS DISTINCT FROM s.fields ->> {k}").format(
-            src=src, v=rules.overrides[name], k=sql.Literal(name))).fetchone()[0]
+            src=src, v=rules.overrides[name], k=sql.Literal(name))))[0]
         if n:
             result.resets[name] = n
     for j, rw, _col in rewrites:
         flag, rwc = sql.Identifier(f"rwf{j}"), sql.Identifier(f"rw{j}")
-        n = conn.execute(sql.SQL("SELECT count(*) FROM _cand c WHERE c.{} AND c.kind = 'I'").format(flag)).fetchone()[0]
+        n = one_row(conn.execute(sql.SQL("SELECT count(*) FROM _cand c WHERE c.{} AND c.kind = 'I'").format(flag)))[0]
         if not n:
             continue
         result.resets[f"{rw.column} (taken: {'renamed' if rw.record else 'regenerated'})"] = n
@@ -533,8 +535,8 @@ def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: Mode
 
     try:
         table = require_table(conn, spec)
-        lo, hi = conn.execute(sql.SQL("SELECT min(row_index), max(row_index) FROM {} s WHERE s.model = {}").format(
-            ctx.staging, sql.Literal(spec.name))).fetchone()
+        lo, hi = one_row(conn.execute(sql.SQL("SELECT min(row_index), max(row_index) FROM {} s WHERE s.model = {}").format(
+            ctx.staging, sql.Literal(spec.name))))
         if lo is None:
             return LoadError(spec.name, f"a value does not fit its column: {base}")
         if isinstance(e, psycopg.errors.StringDataRightTruncation):  # a string longer than its varchar(n)
@@ -562,9 +564,9 @@ def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: Mode
                     b = mid
                 else:
                     a = mid + 1
-            pk, raw = conn.execute(sql.SQL("SELECT s.pk, s.fields -> {k} FROM {staging} s WHERE s.model = {m} "
+            pk, raw = one_row(conn.execute(sql.SQL("SELECT s.pk, s.fields -> {k} FROM {staging} s WHERE s.model = {m} "
                                            "AND s.row_index = %s").format(
-                k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)), (a,)).fetchone()
+                k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)), (a,)))
             return LoadError(spec.name, f"row {a} (pk {pk}): field {col.name!r}: {raw!r:.80} is not a valid "
                                         f"{col.type_sql} ({base}); nothing of {spec.name} was written")
     except psycopg.Error:

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import TargetError
+from .query import one_row
 from .staging import GLOBAL_IMPORT, IMPORT, SESSION
 
 
@@ -154,9 +155,9 @@ def admit(conn: psycopg.Connection, import_id: str, run_id: str | None, *, exclu
         raise GlobalImportUnfinished(*marker)
     if marker is not None and run_id and marker[1] != run_id:
         conn.execute(sql.SQL("UPDATE {} SET run_id = %s").format(GLOBAL_IMPORT), (run_id,))
-    if marker is None and exclusive and conn.execute(sql.SQL(
+    if marker is None and exclusive and one_row(conn.execute(sql.SQL(
             "SELECT EXISTS (SELECT FROM {} WHERE import_id = %s AND prepared_at IS NOT NULL AND finished_at IS NULL "
-            "AND (settings ->> 'scope') = 'global')").format(IMPORT), (import_id,)).fetchone()[0]:
+            "AND (settings ->> 'scope') = 'global')").format(IMPORT), (import_id,)))[0]:
         raise TargetError(f"global import {import_id} was rolled back after it emptied the database, so it cannot "
                           "be resumed: start a new global import (a new import id)")
 
@@ -195,7 +196,7 @@ def _acquire(conn: psycopg.Connection, key: int, *, exclusive: bool, xact: bool,
 
 
 def _timeout(conn: psycopg.Connection, key: int, what: str) -> LockWaitTimeout:
-    timeout = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    timeout = one_row(conn.execute("SELECT current_setting('lock_timeout')"))[0]
     holders = holders_of(conn, key)
     by = ", ".join(holders) if holders else "a session that has since released it"
     return LockWaitTimeout(f"waited longer than the target's lock_timeout ({timeout}) for {what}, held by {by}; "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import ManifestError
 
@@ -154,7 +154,7 @@ class Manifest:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, data: object, source: str = "<memory>") -> "Manifest":
+    def from_json(cls, data: object, source: str = "<memory>") -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: a manifest is a JSON object keyed by model name")
         models = {}
@@ -165,7 +165,7 @@ class Manifest:
         return cls(models=models, source=source)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Manifest":
+    def load(cls, path: str | Path | None = None) -> Manifest:
         """Load a manifest file in Sentry's ``detailed.json`` format; ``None`` loads the built-in one."""
         if path is None:
             return cls.builtin()
@@ -181,7 +181,7 @@ class Manifest:
         return cls.from_json(data, source=str(p))
 
     @classmethod
-    def builtin(cls, subset: str | None = None) -> "Manifest":
+    def builtin(cls, subset: str | None = None) -> Manifest:
         """The built-in manifest: every model Sentry relocates (derived from its ``detailed.json`` by
         ``backup_assets.manifests.derive``). ``subset`` names a smaller one for demos and benchmarks
         (``"core"``: users, organizations, projects, teams, options and their kin), never a restore default."""
@@ -243,7 +243,7 @@ class Manifest:
         object.__setattr__(self, "_order", tuple(order))
         return order
 
-    def restrict(self, names: Iterable[str]) -> "Manifest":
+    def restrict(self, names: Iterable[str]) -> Manifest:
         keep = set(names)
         return Manifest(models={n: s for n, s in self.models.items() if n in keep}, source=self.source)
 

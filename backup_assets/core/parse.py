@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 import ijson
 import orjson
@@ -19,6 +20,7 @@ from psycopg import sql
 from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
+from .query import one_row
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
 from .settings import StageResult
 from .staging import analyze_staging, create_staging, index_staging
@@ -251,8 +253,8 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
     the byte offset the parser had reached, and the model and field when a row is at fault.
 
     When the export can be read again (``reopen`` gives it from the start, or ``stream`` is seekable), the
-    rows are first parsed by orjson, a read's worth of rows in one call (:func:`_fast_rows`, about twice
-    as fast as ijson). That path accepts only what ijson accepts and gives the same values; whatever it is
+    rows are first parsed by orjson, a read's worth of rows in one call (:func:`_fast_rows`, the fast path).
+    That path accepts only what ijson accepts and gives the same values; whatever it is
     not sure of (an error, a number of 19+ digits, an unusual layout) rolls it back, and the export is
     parsed again by ijson, which decides and reports exactly as it always does.
     """
@@ -279,7 +281,7 @@ class _Doubt(Exception):
 #: a row boundary: "}" "," "{" and a key a row starts with (Sentry writes model, pk, fields)
 _CUT = re.compile(rb'\}[ \t\r\n]*,[ \t\r\n]*\{(?=[ \t\r\n]*"(?:model|pk|fields)"[ \t\r\n]*:)')
 _JSON_SPACE = b" \t\r\n"
-_BLOCK = 1 << 20
+_READ_SIZE = 1 << 20
 _BIG_ROW = 4 << 20  # bytes without a row boundary beyond which the fast path gives up on the export
 _DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits to "0", everything else to " "
 _LONG_RUN = b"0" * 19  # an integer of 19+ digits may be past 64 bits, where orjson returns a float
@@ -324,7 +326,7 @@ def _batch(rows_text: bytes) -> list:
         raise _Doubt from None
 
 
-def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
+def _fast_rows(reader: _CountingReader) -> Iterator[object]:
     """The rows of the export, parsed by orjson a read at a time: the text read is cut at its last row
     boundary (:data:`_CUT`), and everything before it is parsed as one list of rows.
 
@@ -334,7 +336,7 @@ def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
     digits anywhere (orjson turns integers past 64 bits into floats), more than :data:`_BIG_ROW` bytes
     without a row boundary, and an empty list.
     """
-    buf = reader.read(_BLOCK)
+    buf = reader.read(_READ_SIZE)
     if _long_number_in(buf, 0):
         raise _Doubt
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
@@ -348,7 +350,7 @@ def _fast_rows(reader: "_CountingReader") -> Iterator[object]:
             yield from _batch(rows_text)
         elif len(buf) > _BIG_ROW:  # a huge row: ijson's path holds it with less memory
             raise _Doubt
-        more = reader.read(_BLOCK)
+        more = reader.read(_READ_SIZE)
         if not more:
             break
         buf += more
@@ -490,9 +492,9 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
             with conn.transaction():
                 index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
-        model, pk, rows = conn.execute(sql.SQL(
+        model, pk, rows = one_row(conn.execute(sql.SQL(
             "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
-            "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)).fetchone()
+            "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)))
         raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
                                row=rows[1], model=model) from None
     analyze_staging(conn, import_id)

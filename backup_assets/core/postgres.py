@@ -72,7 +72,7 @@ class EmbeddedPostgres:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
         self._as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self._system_user = "pgserver" if self._as_root else None
+        self._system_user = "pgserver" if self._as_root else None  #: runs the server when we are root
 
     # -- process control ----------------------------------------------------------------------------
     def _run(self, exe: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ class EmbeddedPostgres:
         return r
 
     def _prepare_permissions(self) -> None:
-        if not self._as_root:
+        if self._system_user is None:  # not root: the server runs as we do
             return
         _bin_dir()  # imports pgserver quietly
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
@@ -101,7 +101,7 @@ class EmbeddedPostgres:
         ensure_folder_permissions(bins, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
         ensure_folder_permissions(bins.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
         pw = pwd.getpwnam(self._system_user)
-        for root, dirs, files in os.walk(self.data_dir):
+        for root, _dirs, _files in os.walk(self.data_dir):
             os.chown(root, pw.pw_uid, pw.pw_gid)
         os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
 
@@ -121,7 +121,7 @@ class EmbeddedPostgres:
             pass
         return port
 
-    def start(self) -> "EmbeddedPostgres":
+    def start(self) -> EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = self.running_port()
         if port:
@@ -149,7 +149,7 @@ class EmbeddedPostgres:
                     return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise ConfigurationError(f"embedded PostgreSQL did not accept connections on port {self.port}")
+                    raise ConfigurationError(f"embedded PostgreSQL did not accept connections on port {self.port}") from None
                 time.sleep(0.1)
 
     def stop(self, mode: str = "fast") -> None:

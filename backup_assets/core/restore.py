@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import ExitStack, contextmanager
-from typing import BinaryIO, Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -30,12 +31,14 @@ from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
+from .query import one_row
 from .retry import QUICK_RETRIES
 from .scheduler import ModelOutcome, default_workers, load_models  # noqa: F401 - default_workers re-exported
 from .schema import ensure_tables, find_table, tables_to_change
 from .semantics import replace_existing_data, rules_for
 from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
                        new_import_id)
+from .source import Backup
 from .staging import IMPORT, drop_staging, ensure_state, lock_import, staging_exists, staging_ident
 from .verify import verify_model
 
@@ -54,7 +57,7 @@ class Restore:
         self._fields: dict[str, dict[str, str]] | None = None
 
     @contextmanager
-    def session(self) -> Iterator["Restore"]:
+    def session(self) -> Iterator[Restore]:
         """Share one connection between the calls this thread makes inside this block (one process doing
         every stage); other threads open sessions of their own. Inside :meth:`hold`, its connection."""
         with self.connect() as conn, self._bound(conn):
@@ -139,12 +142,12 @@ class Restore:
         if not staging_exists(conn, self.import_id):
             return False
         if any(self._stage_info(conn)[0].values()):
-            return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-                staging_ident(self.import_id))).fetchone()[0]
+            return one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                staging_ident(self.import_id))))[0]
         return True
 
     # -- stages --------------------------------------------------------------------------------------
-    def stage(self, backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
+    def stage(self, backup: Backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
         """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
         transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
         already usable is left as it is (several steps finding it gone stage it once).
@@ -352,7 +355,7 @@ def _read_to_eof(streams: list[BinaryIO]) -> None:
             pass
 
 
-def _plaintext_estimate(backup) -> int | None:
+def _plaintext_estimate(backup: Backup) -> int | None:
     """About how many bytes of JSON the backup holds (a Fernet token is base64: 4 bytes per 3)."""
     members = getattr(backup, "members", None)
     if getattr(backup, "kind", None) == "tarball" and members:
@@ -368,7 +371,7 @@ LoadHook = Callable[[str, LoadResult], None]
 DEFER_CONSTRAINTS_AT = 1000
 
 
-def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings | None = None,
+def run_restore(dsn: str, backup: Backup, manifest: Manifest, settings: ImportSettings | None = None,
                 import_id: str | None = None, progress: ProgressFn | None = None,
                 on_load: LoadHook | None = None, workers: int | None = None) -> RestoreResult:
     """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
@@ -381,14 +384,12 @@ def run_restore(dsn: str, backup, manifest: Manifest, settings: ImportSettings |
         with restore.hold(), restore.session():  # one connection, unless the import lock is held already
             return _run(restore, backup, progress, on_load, workers)
     except BaseException:
-        try:
+        with suppress(Exception):  # the load's error is the news, not a failed cleanup after it
             restore.discard_staging()
-        except Exception:
-            pass
         raise
 
 
-def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHook | None,
+def _run(restore: Restore, backup: Backup, progress: ProgressFn | None, on_load: LoadHook | None,
          workers: int | None) -> RestoreResult:
     stage = restore.stage(backup, progress=progress)
     restore.prepare()
@@ -400,8 +401,8 @@ def _run(restore: Restore, backup, progress: ProgressFn | None, on_load: LoadHoo
         done[outcome.model] = outcome
         if outcome.error is not None:
             failure = failure or outcome.error
-        elif outcome.loaded and on_load:
-            on_load(outcome.model, outcome.result)  # type: ignore[arg-type]
+        elif outcome.loaded and on_load and outcome.result is not None:
+            on_load(outcome.model, outcome.result)
     if failure is not None:
         raise failure
     for model in plan:

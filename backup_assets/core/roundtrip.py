@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import psycopg
@@ -30,9 +30,11 @@ from .errors import ConfigurationError, TargetError
 from .export import export_rows, format_datetime
 from .findings import Finding
 from .manifest import IMPORT_SCOPES, Manifest
+from .query import one_row
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
+from .source import Backup
 from .staging import IMPORT, PK_MAP
 
 __all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
@@ -61,7 +63,7 @@ def _canonical(value: Any) -> Any:
     if len(value) == 24 and value[19] == "." and value[23] == "Z":  # already today's format
         return value
     try:
-        return format_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc))
+        return format_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC))
     except ValueError:
         return value
 
@@ -79,7 +81,7 @@ def canonical_datetimes(rows: Iterable[Any]) -> Iterator[Any]:
 
 def import_settings(conn: psycopg.Connection, import_id: str) -> ImportSettings:
     """The settings an import ran with, as recorded in the target."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.import",)).fetchone()[0]:
+    if one_row(conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.import",)))[0]:
         raise TargetError(f"import {import_id}: no import was ever recorded in this database")
     row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT),
                        (import_id,)).fetchone()
@@ -117,7 +119,7 @@ def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int
         (import_id,))}
 
 
-def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str) -> list[Finding]:
+def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: str) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
     ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
 

@@ -69,7 +69,7 @@ class ModelOutcome:
 class _Worker:
     """The load of one model on the calling thread's connection, retried as the plan says."""
 
-    def __init__(self, restore: "Restore", retry: RetryPlan, restage: Callable[[str], None] | None,
+    def __init__(self, restore: Restore, retry: RetryPlan, restage: Callable[[str], None] | None,
                  on_retry: RetryHook | None) -> None:
         self.restore, self.retry, self.restage, self.on_retry = restore, retry, restage, on_retry
         self.connections: list[psycopg.Connection] = []
@@ -100,7 +100,7 @@ class _Worker:
                 if self.restage is None or looked_for_staging:
                     raise
                 looked_for_staging = True
-                out.restaged = self._restage_once(model)
+                out.restaged = self._restage_once(self.restage, model)
                 out.attempts -= 1  # staging again is not a retry of the load
             except Exception as e:
                 retry = out.attempts
@@ -112,12 +112,12 @@ class _Worker:
                 time.sleep(pause)
                 self._bind(fresh=True)
 
-    def _restage_once(self, model: str) -> bool:
+    def _restage_once(self, restage: Callable[[str], None], model: str) -> bool:
         """Stage the import again, once for all workers; True when this call did it."""
         with self._restage_lock:
             if self._restaged:
                 return False
-            self.restage(model)  # type: ignore[misc]
+            restage(model)
             self._restaged = True
             return True
 
@@ -126,7 +126,7 @@ class _Worker:
             conn.close()
 
 
-def dependents(restore: "Restore", models: Iterable[str], failed: str) -> list[str]:
+def dependents(restore: Restore, models: Iterable[str], failed: str) -> list[str]:
     """The models of ``models`` that depend on ``failed``, at any depth, in the given order."""
     models = list(models)
     hit = {failed}
@@ -136,7 +136,7 @@ def dependents(restore: "Restore", models: Iterable[str], failed: str) -> list[s
     return [m for m in models if m in hit and m != failed]
 
 
-def load_models(restore: "Restore", models: Iterable[str], *, workers: int | None = None,
+def load_models(restore: Restore, models: Iterable[str], *, workers: int | None = None,
                 retry: RetryPlan = QUICK_RETRIES, restage: Callable[[str], None] | None = None,
                 on_retry: RetryHook | None = None) -> Iterator[ModelOutcome]:
     """Load and verify ``models`` (see the module doc); yields one :class:`ModelOutcome` per model."""
@@ -144,7 +144,7 @@ def load_models(restore: "Restore", models: Iterable[str], *, workers: int | Non
     waits_for = {m: {d for d in restore.manifest[m].dependencies if d in models and d != m} for m in models}
     staged = restore.staged_counts()
     workers = max(1, workers or default_workers())
-    pending, loaded = list(models), set()
+    pending, loaded = list(models), set[str]()
     running: dict[Future, str] = {}
     worker = _Worker(restore, retry, restage, on_retry)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-assets-load")

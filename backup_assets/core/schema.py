@@ -16,6 +16,7 @@ from psycopg import sql
 
 from .errors import TargetError
 from .manifest import Manifest, ModelSpec
+from .query import one_row
 
 #: Names a created column may take (Django field names; PostgreSQL keeps 63 bytes of an identifier).
 SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -163,20 +164,22 @@ class Constraint:
     ref_table: str | None = None
     where: tuple[str, bool | str] | None = None  #: a unique only where column = value: a partial unique index
 
-    def clause(self, schema: str | None = None) -> sql.Composable | None:
+    def clause(self, schema: str | None = None) -> sql.Composed | None:
         """The table-constraint clause (for ``CREATE TABLE`` or ``ALTER TABLE ... ADD``), its parent table in
         ``schema`` (else the default one); None for a partial unique, which only an index can be."""
         cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
         if self.kind == "f":
+            assert self.ref_table is not None, "a foreign key names its parent table"
             ref = sql.Identifier(schema, self.ref_table) if schema else sql.Identifier(self.ref_table)
             return sql.SQL("FOREIGN KEY ({}) REFERENCES {} (id)").format(cols, ref)
         return sql.SQL("UNIQUE ({})").format(cols) if self.where is None else None
 
-    def ddl(self, table: sql.Composable, schema: str | None = None) -> sql.Composable:
+    def ddl(self, table: sql.Composable, schema: str | None = None) -> sql.Composed:
         """The statement adding it to ``table``."""
         clause = self.clause(schema)
         if clause is not None:
             return sql.SQL("ALTER TABLE {} ADD {}").format(table, clause)
+        assert self.where is not None, "only a partial unique has no table-constraint clause"
         column, value = self.where
         return sql.SQL("CREATE UNIQUE INDEX ON {} ({}) WHERE {} = {}").format(
             table, sql.SQL(", ").join(map(sql.Identifier, self.columns)), sql.Identifier(column), sql.Literal(value))
@@ -251,15 +254,15 @@ def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str
         existing = find_table(conn, spec.table_name)
         if field_types is not None:
             types = field_types.get(model, {})
-        elif conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
-                          (model,)).fetchone()[0]:
+        elif one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
+                          (model,)))[0]:
             types = infer_field_types(conn, staging, model)
         else:
             types = {}
         if existing is None:
             constraints = create_table(conn, spec, types, created, defer=model in defer)
             if constraints:
-                out[model] = (find_table(conn, spec.table_name), constraints)
+                out[model] = (require_table(conn, spec), constraints)
         elif types:  # a table an earlier import created, maybe from no rows: add the fields it lacks
             add_columns(conn, spec, existing, types)
         created[model] = spec.table_name

@@ -31,13 +31,15 @@ What each scope, filter and flag does (Sentry's ``ImportScope``, filters and ``I
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 
 from .errors import TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
+from .pk_kind import PkKind
+from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
 from .settings import ImportSettings
 from .staging import PK_MAP
@@ -85,12 +87,12 @@ class Where:
 
 
 SqlFn = Callable[[Where], sql.Composable]
-Fresh = Callable[[sql.Composable, Union[int, None]], sql.Composable]  # (old text value, max length) -> new text
+Fresh = Callable[[sql.Composable, int | None], sql.Composable]  # (old text value, max length) -> new text
 
 
 @dataclass
 class Drop:
-    condition: Union[sql.Composable, SqlFn]  #: over ``s`` and ``c`` (or a function of :class:`Where`); true -> drop
+    condition: sql.Composable | SqlFn  #: over ``s`` and ``c`` (or a function of :class:`Where`); true -> drop
     reason: str
     expected: bool = True          #: caused by a filter or the scope (a warning, not an error, in checks)
 
@@ -114,7 +116,7 @@ class Rewrite:
 class ModelRules:
     drops: list[Drop] = field(default_factory=list)
     null_if_missing: frozenset[str] = frozenset()               #: FK fields set NULL when their target is missing
-    drop_if_parent_kind: dict[str, tuple[str, str]] = field(default_factory=dict)  #: fk field -> (kind, reason)
+    drop_if_parent_kind: dict[str, tuple[PkKind, str]] = field(default_factory=dict)  #: fk field -> (kind, reason)
     overrides: dict[str, sql.Composable] = field(default_factory=dict)  #: column -> value expression (resets)
     match_columns: tuple[str, ...] = ()       #: unique key (columns) matched against existing rows (kind E, or O)
     overwrite: bool = False                   #: matched rows are overwritten in place, keeping their id
@@ -229,7 +231,10 @@ def _config_key(spec: ModelSpec) -> tuple[str, ...]:
     return () if any(f in spec.fk_by_field for f in key) else key
 
 
-def _fresh(field: str, value: sql.Composable = sql.SQL("gen_random_uuid()")) -> sql.Composable:
+_RANDOM_UUID = sql.SQL("gen_random_uuid()")
+
+
+def _fresh(field: str, value: sql.Composable = _RANDOM_UUID) -> sql.Composable:
     """``value`` where the staged row has ``field`` set, NULL where it has not."""
     return sql.SQL("CASE WHEN s.fields ->> {f} IS NULL THEN NULL ELSE {v} END").format(f=sql.Literal(field), v=value)
 
@@ -260,7 +265,7 @@ def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | No
     if name in MERGED_USER_DATA:
         user_fk = next((fk.field for fk in spec.foreign_keys if fk.model == "sentry.user"), None)
         if user_fk:
-            rules.drop_if_parent_kind[user_fk] = ("E", "filtered: the user was merged into an existing user")
+            rules.drop_if_parent_kind[user_fk] = (PkKind.EXISTING, "filtered: the user was merged into an existing user")
     key = _config_key(spec)
     if key:
         rules.match_columns, rules.overwrite, rules.dedupe = key, settings.overwrite_configs, True
@@ -305,8 +310,8 @@ def replace_existing_data(conn: psycopg.Connection, manifest: Manifest, *, confi
         info = find_table(conn, manifest[model].table_name)
         if info is not None and info.schema != INTERNAL_SCHEMA and all(t.ident != info.ident for t in tables):
             tables.append(info)
-    holding = [t.name for t in tables if conn.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)).fetchone()[0]]
+    holding = [t.name for t in tables if one_row(conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)))[0]]
     if not holding:
         return []
     if not confirmed:

@@ -62,8 +62,10 @@ class ImportSettings:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ImportSettings":
-        return cls(**{k: (frozenset(v) if k.startswith("filter_") and v is not None else v) for k, v in d.items()})
+    def from_json(cls, d: dict[str, Any]) -> ImportSettings:
+        fields: dict[str, Any] = {k: (frozenset(v) if k.startswith("filter_") and v is not None else v)
+                                  for k, v in d.items()}
+        return cls(**fields)
 
 
 @dataclass
@@ -118,7 +120,7 @@ class LoadResult:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LoadResult":
+    def from_json(cls, d: dict[str, Any]) -> LoadResult:
         d = {k: v for k, v in d.items() if k != "rows_dropped"}
         return cls(**d)
 

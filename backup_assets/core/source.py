@@ -208,7 +208,7 @@ def encrypt_export(src: str | os.PathLike[str] | BinaryIO, dest: str | os.PathLi
 
     if isinstance(src, (str, os.PathLike)):
         try:
-            f = open(src, "rb")
+            f = open(src, "rb")  # noqa: SIM115 - opened apart from `with f` so that only open() is caught
         except OSError as e:
             raise EncryptionError(f"cannot read {str(src)!r}: {e.strerror}") from None
         with f:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import deque
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -90,7 +91,7 @@ class RowSpill:
         self._tail = []
         self._size = self._read_at = self._write_at = 0
 
-    def __enter__(self) -> "RowSpill":
+    def __enter__(self) -> RowSpill:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,7 +99,7 @@ class RowSpill:
 
     def _write(self, rows: list[Any]) -> None:
         if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="backup-assets-spill-")  # unlinked at creation
+            self._file = tempfile.TemporaryFile(prefix="backup-assets-spill-")  # noqa: SIM115 - closed by close(); unlinked at creation
             self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
         assert self._aead is not None
         self._nonce += 1

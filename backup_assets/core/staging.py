@@ -17,6 +17,7 @@ import hashlib
 import psycopg
 from psycopg import sql
 
+from .query import one_row
 from .schema import INTERNAL_SCHEMA
 
 _STATE_DDL = [
@@ -100,9 +101,9 @@ _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the inter
 def ensure_state(conn: psycopg.Connection) -> None:
     """Create the project's own schema (pk maps, load records, staging) if missing, or bring an older one up to
     date (a pk map table keyed by text, from before pk_scope). Safe under concurrency."""
-    current = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) "
+    current = one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) "
                            "IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row",
-                                           f"{INTERNAL_SCHEMA}.global_import")).fetchone()[0]
+                                           f"{INTERNAL_SCHEMA}.global_import")))[0]
     if current:
         return
     with conn.transaction():
@@ -150,8 +151,8 @@ def staging_ident(import_id: str) -> sql.Identifier:
 
 
 def staging_exists(conn: psycopg.Connection, import_id: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (f"{INTERNAL_SCHEMA}.{staging_table_name(import_id)}",)).fetchone()[0]
+    return one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f"{INTERNAL_SCHEMA}.{staging_table_name(import_id)}",)))[0]
 
 
 def create_staging(conn: psycopg.Connection, import_id: str, unlogged: bool = True) -> sql.Identifier:

@@ -45,16 +45,17 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from random import Random
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
+from collections.abc import Callable, Iterable, Iterator
 
 from .errors import ConfigurationError
 from .manifest import Manifest
 
 __all__ = ["generate_rows", "count_rows", "write_export", "demo_rows", "scale_for_rows"]
 
-_EPOCH = datetime(2023, 6, 22, 22, 54, 28, tzinfo=timezone.utc)
+_EPOCH = datetime(2023, 6, 22, 22, 54, 28, tzinfo=UTC)
 _FIRST = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
           "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "zoe")
 _ORGS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Wayne Enterprises", "Stark Industries",
@@ -364,7 +365,7 @@ def _organizationmembers(p: _Plan, rng: Random) -> Iterator[Fields]:
             pending = user is None
             yield {
                 "organization": p.pk(o),
-                "user_id": None if pending else p.pk(user),
+                "user_id": None if user is None else p.pk(user),
                 "email": f"invite-{o}-{k}@example.com" if pending else None,
                 "role": "owner" if k == 0 else ("admin" if k % 5 == 1 else "member"),
                 "flags": "0",
@@ -376,7 +377,7 @@ def _organizationmembers(p: _Plan, rng: Random) -> Iterator[Fields]:
                 "invite_status": 1 if pending else 0,
                 "type": 50,
                 "user_is_active": True,
-                "user_email": None if pending else _user_email(user),
+                "user_email": None if user is None else _user_email(user),
             }
 
 

@@ -17,7 +17,7 @@ import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from .errors import BackupFormatError, EncryptionError
 
@@ -183,6 +183,11 @@ def _read(f: BinaryIO, where: str) -> TarballContents:
                            key_pub=small[KEY_PUB], members=dict(seen))
 
 
+@runtime_checkable
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _ChunkReader:
     """A ``read(n)`` view of an iterable of byte chunks (what :meth:`tarfile.TarFile.addfile` consumes)."""
 
@@ -190,8 +195,12 @@ class _ChunkReader:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._buf = memoryview(b"")
 
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, fewer only at the end (``tarfile`` treats a short read as the end)."""
+    def read(self, n: int = -1, /) -> bytes:
+        """Exactly ``n`` bytes, fewer only at the end (``tarfile`` treats a short read as the end); every
+        byte left when ``n`` is negative."""
+        if n < 0:
+            rest, self._buf = bytes(self._buf) + b"".join(self._chunks), memoryview(b"")
+            return rest
         parts, want = [], n
         while want > 0:
             if not self._buf:
@@ -212,9 +221,8 @@ def write_tarball(dst: BinaryIO, token: Iterable[bytes] | BinaryIO, token_size: 
                   key_pub: bytes) -> None:
     """Write Sentry's tarball to ``dst``: ``export.json`` (``token_size`` bytes streamed from ``token``), then
     ``data.key`` and ``key.pub``.  ``token`` is a binary file or an iterable of byte chunks."""
-    reader = token if hasattr(token, "read") else _ChunkReader(token)  # type: ignore[arg-type]
-    with tarfile.open(fileobj=dst, mode="w") as tar:
-        tar.copybufsize = 1 << 20
+    reader = token if isinstance(token, _Readable) else _ChunkReader(token)
+    with tarfile.TarFile(fileobj=dst, mode="w", copybufsize=1 << 20) as tar:
         for name, size, data in ((EXPORT_JSON, token_size, reader), (DATA_KEY, len(data_key), None),
                                  (KEY_PUB, len(key_pub), None)):
             info = tarfile.TarInfo(name)

@@ -13,6 +13,8 @@ import psycopg
 from psycopg import sql
 
 from .manifest import Manifest, ModelSpec
+from .pk_kind import PkKind
+from .query import one_row
 from .schema import find_table
 from .settings import CheckOutcome, LoadResult
 from .staging import PK_MAP_ROW, pk_scope
@@ -29,14 +31,16 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
 
     # counts, and dangling foreign keys: one pass over the rows this import wrote
     scope = pk_scope(conn, import_id, spec.name)
-    kinds = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE scope = %s GROUP BY kind").format(
+    kinds: dict[str, int] = dict(conn.execute(sql.SQL("SELECT kind::text, count(*) FROM {} WHERE scope = %s GROUP BY kind").format(
         PK_MAP_ROW), (scope,)).fetchall())
     in_table = 0
     dangling: dict[str, int] = {}
     if table is not None:
-        checked, counts, joins = [], [sql.SQL("count(*)")], []
+        checked: list[str] = []
+        counts: list[sql.Composable] = [sql.SQL("count(*)")]
+        joins: list[sql.Composable] = []
         for fk in spec.foreign_keys:
-            parent = manifest[fk.model] if fk.model in manifest else None
+            parent = manifest.models.get(fk.model)
             parent_table = find_table(conn, parent.table_name) if parent else None
             if fk.column not in table.columns or parent_table is None:
                 continue
@@ -45,16 +49,16 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
             counts.append(sql.SQL("count(*) FILTER (WHERE t.{col} IS NOT NULL AND {p}.id IS NULL)").format(col=col, p=p))
             joins.append(sql.SQL("LEFT JOIN {parent} {p} ON {p}.id = t.{col}").format(
                 parent=parent_table.ident, p=p, col=col))
-        in_table, *missing = conn.execute(sql.SQL(
+        in_table, *missing = one_row(conn.execute(sql.SQL(
             "SELECT {counts} FROM {t} t JOIN {m} m ON m.new_pk = t.id AND m.scope = {scope} "
             "AND m.kind IN ('I', 'O') {joins}").format(counts=sql.SQL(", ").join(counts), t=table.ident, m=PK_MAP_ROW,
                                                        scope=sql.Literal(scope), joins=sql.SQL(" ").join(joins))
-        ).fetchone()
+        ))
         dangling = {f: n for f, n in zip(checked, missing) if n}
-    written = kinds.get("I", 0) + kinds.get("O", 0)
-    dropped = kinds.get("D", 0) + kinds.get("F", 0)
+    written = kinds.get(PkKind.INSERTED, 0) + kinds.get(PkKind.OVERWRITTEN, 0)
+    dropped = kinds.get(PkKind.DROPPED, 0) + kinds.get(PkKind.FILTERED, 0)
     ok = (result.rows_read == result.rows_written + result.rows_merged + result.rows_dropped
-          and written == result.rows_written and kinds.get("E", 0) == result.rows_merged
+          and written == result.rows_written and kinds.get(PkKind.EXISTING, 0) == result.rows_merged
           and dropped == result.rows_dropped and in_table == written)
     outcomes.append(CheckOutcome(
         "counts_reconcile", ok,
@@ -71,9 +75,9 @@ def verify_model(conn: psycopg.Connection, import_id: str, spec: ModelSpec, mani
 
     # sequence
     if table is not None and table.sequence_ident is not None:
-        last, max_id = conn.execute(sql.SQL(
+        last, max_id = one_row(conn.execute(sql.SQL(
             "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END, (SELECT max(id) FROM {t}) "
-            "FROM {seq}").format(t=table.ident, seq=table.sequence_ident)).fetchone()
+            "FROM {seq}").format(t=table.ident, seq=table.sequence_ident)))
         ok = max_id is None or last >= max_id
         outcomes.append(CheckOutcome("sequence_past_max", ok,
                                      f"sequence at {last}, max(id) {max_id}", metadata={"sequence": last, "max_id": max_id}))

@@ -49,7 +49,7 @@ class ImportSettingsResource(dg.ConfigurableResource):
         return ImportSettings.from_json({name: getattr(self, name) for name in ImportSettings.__dataclass_fields__})
 
     @classmethod
-    def from_settings(cls, settings: ImportSettings) -> "ImportSettingsResource":
+    def from_settings(cls, settings: ImportSettings) -> ImportSettingsResource:
         """The resource configured as ``settings`` (what ``run.materialize_restore`` hands a run)."""
         d = settings.to_json()
         return cls(**d)
