@@ -368,110 +368,48 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     started = time.monotonic()
     result = StageResult(import_id=import_id)
     reader = _CountingReader(stream, surrogates=not fast)
+    _check_start(reader)
+    rows = _RowChecker(manifest, result)
+    ident = create_staging(conn, import_id, unlogged=unlogged)
+    if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
+        index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
+    result.rows = _copy_rows(conn, ident, reader, rows, fast, progress)
+    result.bytes = reader.pos
+    result.fields = rows.field_types()
+    if not fast:
+        _index_or_name_duplicate(conn, import_id, ident)
+    analyze_staging(conn, import_id)
+    if progress is not None:
+        progress(reader.pos, result.rows)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _check_start(reader: _CountingReader) -> None:
+    """Refuse an export that is empty or is not a JSON list."""
     first = reader.peek_start()
     if first is None:
         raise ExportParseError("the export is empty; a Sentry export is a JSON list of rows", offset=0)
     if first != ord("["):
         raise ExportParseError(f"the export must be a JSON list of rows, but it starts with {chr(first)!r}",
                                offset=0)
-    known = {name: tuple(fk.field for fk in spec.foreign_keys)
-             for name, spec in manifest.models.items() if spec.relocatable}
-    excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
-    removed, deleted = removed_models(manifest), deleted_fields(manifest)
-    per_model = result.rows_per_model
-    model_bytes = {name: name.encode() for name in known}  # manifest names: no tab, newline or backslash
-    lines: list[bytes] = []
-    last_pos = 0
-    stats: dict[str, dict[str, int]] = {}
-    shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
-    ident = create_staging(conn, import_id, unlogged=unlogged)
-    if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
-        index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
+
+
+def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _CountingReader, checker: _RowChecker,
+               fast: bool, progress: ProgressFn | None) -> int:
+    """Parse the rows (orjson's fast path, or ijson), check them and ``COPY`` the staged ones into ``ident``;
+    the rows parsed. A parser's or the server's refusal becomes an :class:`ExportParseError`."""
     index = -1
     try:
         with conn.cursor() as cur, cur.copy(
                 sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
+            out = _CopyLines(copy, checker.model_bytes, reader, progress, fast)
             rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
             for index, row in enumerate(rows):
-                if type(row) is not dict:
-                    raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=reader.pos)
-                model = row.get("model")
-                if type(model) is not str:
-                    raise ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
-                                           row=index, offset=reader.pos)
-                model = model.lower()
-                fk_fields = known.get(model)
-                if fk_fields is None:
-                    bucket = (result.excluded_models if model in excluded else
-                              result.removed_models if model in removed else result.unknown_models)
-                    name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
-                    bucket[name] = bucket.get(name, 0) + 1
-                    continue
-                pk = row.get("pk")
-                if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
-                    hint = " (natural keys are not supported: re-export with a current Sentry)" \
-                        if isinstance(pk, (str, list)) else ""
-                    raise ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}"
-                                           f"{hint}", row=index, offset=reader.pos, model=model)
-                fields = row.get("fields")
-                if type(fields) is not dict:
-                    raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
-                                           row=index, offset=reader.pos, model=model)
-                if model in deleted and not deleted[model].isdisjoint(fields):
-                    fields = _strip(fields, model, deleted[model], result.deleted_fields)
-                # a row of a shape seen before (model, keys, value types) tells nothing new but whether its strings
-                # are datetimes: its foreign keys are integers or null (their type says so; yajl and the fast
-                # path refuse integers past 64 bits), and only strings of fields so far all datetimes are matched
-                shape = (model, *fields, *map(type, fields.values()))
-                datetimes = shapes.get(shape)
-                if datetimes is None:
-                    _check_foreign_keys(fields, fk_fields, index, reader.pos, model)
-                try:
-                    # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's encoder
-                    # does not (the fast path reads a block at a time and its rows are at most _BIG_ROW bytes)
-                    if not fast and reader.pos - last_pos > _BIG:
-                        raise orjson.JSONEncodeError
-                    encoded = _dumps(fields)
-                except orjson.JSONEncodeError:  # beyond orjson (ints past 64 bits, deep nesting): the stdlib's
-                    try:
-                        encoded = _ENCODE(fields).encode()
-                    except (RecursionError, ValueError) as e:
-                        raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=reader.pos,
-                                               model=model) from None
-                # COPY's text format: tab-separated, backslash escaped; JSON text holds no raw tab or newline
-                if b"\\" in encoded:
-                    encoded = encoded.replace(b"\\", b"\\\\")
-                per_model[model] = per_model.get(model, 0) + 1
-                last_pos = reader.pos
-                seen = stats.get(model)
-                if seen is None:
-                    seen = stats[model] = {}
-                if datetimes is None:  # what each field's values are, for create mode and the load
-                    _note_types(seen, fields)
-                    if len(shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
-                        shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
-                else:
-                    for k in datetimes:
-                        if not _is_datetime(fields[k]):
-                            seen[k] |= TEXT
-                if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
-                    if lines:
-                        copy.write(b"".join(lines))
-                        lines.clear()
-                    copy.write(b"%s\t%d\t%d\t" % (model_bytes[model], pk, index))
-                    copy.write(encoded)
-                    copy.write(b"\n")
-                    continue
-                lines.append(b"%s\t%d\t%d\t%s\n" % (model_bytes[model], pk, index, encoded))
-                if index == 0 and progress is not None:
-                    progress(reader.pos, 1)
-                if len(lines) >= _BATCH:
-                    copy.write(b"".join(lines))
-                    lines.clear()
-                    if progress is not None:
-                        progress(reader.pos, index + 1)
-            if lines:
-                copy.write(b"".join(lines))
+                staged = checker.check(row, index, reader.pos)
+                if staged is not None:
+                    out.put(*staged, index)
+            out.flush()
     except ijson.JSONError as e:
         raise ExportParseError(f"malformed JSON: {_clean(e)}", row=index + 1, offset=reader.pos) from None
     except UnicodeDecodeError as e:
@@ -481,25 +419,157 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
                                offset=reader.pos) from None
     except psycopg.errors.UniqueViolation:
         raise _Doubt from None
-    result.rows = index + 1
-    result.bytes = reader.pos
-    result.fields = {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
-                     for model, seen in stats.items()}
+    return index + 1
+
+
+class _RowChecker:
+    """Checks each row against the manifest, says whether it is staged, and learns what its fields hold.
+
+    A row of a shape seen before (model, keys, value types) tells nothing new but whether its strings are
+    datetimes: its foreign keys are integers or null (their type says so; yajl and the fast path refuse
+    integers past 64 bits), and only strings of fields so far all datetimes are matched.
+    """
+
+    def __init__(self, manifest: Manifest, result: StageResult) -> None:
+        self.known = {name: tuple(fk.field for fk in spec.foreign_keys)
+                      for name, spec in manifest.models.items() if spec.relocatable}
+        self.excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
+        self.removed, self.deleted = removed_models(manifest), deleted_fields(manifest)
+        self.model_bytes = {name: name.encode() for name in self.known}  # manifest names: no tab, newline or backslash
+        self.result = result
+        self.per_model = result.rows_per_model
+        self.stats: dict[str, dict[str, int]] = {}
+        self.shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
+
+    def check(self, row: object, index: int, offset: int) -> tuple[str, int, dict] | None:
+        """The model, pk and fields of a row to stage; None for a row of a model not staged (counted)."""
+        if type(row) is not dict:
+            raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=offset)
+        model = row.get("model")
+        if type(model) is not str:
+            raise ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
+                                   row=index, offset=offset)
+        model = model.lower()
+        fk_fields = self.known.get(model)
+        if fk_fields is None:
+            self._count_unstaged(model)
+            return None
+        pk = row.get("pk")
+        if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
+            raise _pk_error(row, index, offset, model)
+        fields = row.get("fields")
+        if type(fields) is not dict:
+            raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
+                                   row=index, offset=offset, model=model)
+        if model in self.deleted and not self.deleted[model].isdisjoint(fields):
+            fields = _strip(fields, model, self.deleted[model], self.result.deleted_fields)
+        shape = (model, *fields, *map(type, fields.values()))
+        datetimes = self.shapes.get(shape)
+        if datetimes is None:
+            _check_foreign_keys(fields, fk_fields, index, offset, model)
+        self.per_model[model] = self.per_model.get(model, 0) + 1
+        self._learn(model, fields, shape, datetimes)
+        return model, pk, fields
+
+    def _learn(self, model: str, fields: dict, shape: tuple, datetimes: tuple[str, ...] | None) -> None:
+        """Note what each field's values are, for create mode and the load."""
+        seen = self.stats.get(model)
+        if seen is None:
+            seen = self.stats[model] = {}
+        if datetimes is None:
+            _note_types(seen, fields)
+            if len(self.shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
+                self.shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
+        else:
+            for k in datetimes:
+                if not _is_datetime(fields[k]):
+                    seen[k] |= TEXT
+
+    def _count_unstaged(self, model: str) -> None:
+        result = self.result
+        bucket = (result.excluded_models if model in self.excluded else
+                  result.removed_models if model in self.removed else result.unknown_models)
+        name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
+        bucket[name] = bucket.get(name, 0) + 1
+
+    def field_types(self) -> dict[str, dict[str, str]]:
+        return {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
+                for model, seen in self.stats.items()}
+
+
+def _pk_error(row: dict, index: int, offset: int, model: str) -> ExportParseError:
+    pk = row.get("pk")
+    hint = " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
+    return ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
+                            row=index, offset=offset, model=model)
+
+
+class _CopyLines:
+    """Staged rows as lines of ``COPY``'s text format, written a batch of :data:`_BATCH` lines at a time (a
+    huge row on its own, without further copies); progress is reported after each batch."""
+
+    def __init__(self, copy: psycopg.Copy, model_bytes: dict[str, bytes], reader: _CountingReader,
+                 progress: ProgressFn | None, fast: bool) -> None:
+        self.copy, self.model_bytes, self.reader, self.progress, self.fast = copy, model_bytes, reader, progress, fast
+        self.lines: list[bytes] = []
+        self.last_pos = 0
+
+    def put(self, model: str, pk: int, fields: dict, index: int) -> None:
+        pos = self.reader.pos
+        # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's encoder
+        # does not (the fast path reads a block at a time and its rows are at most _BIG_ROW bytes)
+        encoded = _encode(fields, not self.fast and pos - self.last_pos > _BIG, index, pos, model)
+        self.last_pos = pos
+        if len(encoded) > _BIG:
+            self.flush()
+            self.copy.write(b"%s\t%d\t%d\t" % (self.model_bytes[model], pk, index))
+            self.copy.write(encoded)
+            self.copy.write(b"\n")
+            return
+        lines = self.lines
+        lines.append(b"%s\t%d\t%d\t%s\n" % (self.model_bytes[model], pk, index, encoded))
+        if index == 0 and self.progress is not None:
+            self.progress(pos, 1)
+        if len(lines) >= _BATCH:
+            self.flush()
+            if self.progress is not None:
+                self.progress(pos, index + 1)
+
+    def flush(self) -> None:
+        if self.lines:
+            self.copy.write(b"".join(self.lines))
+            self.lines.clear()
+
+
+def _encode(fields: dict, huge: bool, index: int, offset: int, model: str) -> bytes:
+    """``fields`` as JSON, escaped for COPY's text format (tab-separated, backslash escaped; JSON text
+    holds no raw tab or newline). orjson encodes, the stdlib's encoder takes what is beyond it (integers
+    past 64 bits, deep nesting) and a ``huge`` row."""
     try:
-        if not fast:
-            with conn.transaction():
-                index_staging(conn, import_id)
+        if huge:
+            raise orjson.JSONEncodeError
+        encoded = _dumps(fields)
+    except orjson.JSONEncodeError:
+        try:
+            encoded = _ENCODE(fields).encode()
+        except (RecursionError, ValueError) as e:
+            raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=offset, model=model) from None
+    if b"\\" in encoded:
+        encoded = encoded.replace(b"\\", b"\\\\")
+    return encoded
+
+
+def _index_or_name_duplicate(conn: psycopg.Connection, import_id: str, ident: sql.Composable) -> None:
+    """Build the staging's unique index; a pk staged twice for a model is reported with its rows."""
+    try:
+        with conn.transaction():
+            index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
         model, pk, rows = conn.execute(sql.SQL(
             "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
             "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)).fetchone()
         raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
                                row=rows[1], model=model) from None
-    analyze_staging(conn, import_id)
-    if progress is not None:
-        progress(reader.pos, result.rows)
-    result.seconds = time.monotonic() - started
-    return result
 
 
 def _strip(fields: dict, model: str, gone: frozenset[str], counts: dict[str, int]) -> dict:
