@@ -21,7 +21,7 @@ import psycopg
 
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.synthetic import write_export
+from backup_assets.demo.synthetic import write_export
 from backup_assets.settings_resource import ImportSettingsResource
 from resources.backup_source import BackupSourceResource
 from resources.decryptor import DecryptorResource

@@ -25,7 +25,7 @@ if shutil.which("redis-server") is None:
 from backup_assets.celery import target_queue  # noqa: E402
 from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.postgres import ensure_database  # noqa: E402
-from backup_assets.core.synthetic import write_export  # noqa: E402
+from backup_assets.demo.synthetic import write_export  # noqa: E402
 from backup_assets.partitions import backups_partitions, partition_key_for_file  # noqa: E402
 from backup_assets.run import target_tag  # noqa: E402
 from tests.celery_cluster import Cluster  # noqa: E402

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from backup_assets.core import synthetic
 from backup_assets.core.errors import TargetError
 from backup_assets.core.locks import LockWaitTimeout, lock_table
 from backup_assets.core.manifest import Manifest
@@ -30,6 +29,7 @@ from backup_assets.core.restore import Restore, run_restore
 from backup_assets.core.semantics import REGENERATED, SECRETS
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
+from backup_assets.demo import synthetic
 
 SCRIPT = Path(sys.executable).with_name("backup-assets")
 MANIFEST = Manifest.builtin()

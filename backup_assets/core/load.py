@@ -34,10 +34,10 @@ from psycopg import sql
 from . import constraints, locks
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
+from .results import LoadResult
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
-from .settings import LoadResult
-from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP_ROW, pk_scope
+from .state import LOAD_RECORD, OVERWRITTEN, PK_MAP_ROW, pk_scope
 SAMPLE = 20
 #: Rows a model must have for its load to gather planner statistics (its candidates, then the pk map).
 ANALYZE_AFTER = 2000

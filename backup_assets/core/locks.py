@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import TargetError
-from .staging import SESSION
+from .state import SESSION
 
 
 class LockWaitTimeout(TargetError):

@@ -19,8 +19,8 @@ from psycopg import sql
 from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
+from .results import StageResult
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
-from .settings import StageResult
 from .staging import analyze_staging, create_staging, index_staging
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)

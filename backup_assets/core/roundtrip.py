@@ -33,7 +33,7 @@ from .manifest import IMPORT_SCOPES, Manifest
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
-from .staging import IMPORT, PK_MAP
+from .state import IMPORT, PK_MAP
 
 __all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
 

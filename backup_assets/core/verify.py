@@ -13,9 +13,9 @@ import psycopg
 from psycopg import sql
 
 from .manifest import Manifest, ModelSpec
+from .results import CheckOutcome, LoadResult
 from .schema import TableInfo, find_table
-from .settings import CheckOutcome, LoadResult
-from .staging import PK_MAP_ROW, pk_scope
+from .state import PK_MAP_ROW, pk_scope
 
 CHECKS = ("counts_reconcile", "no_dangling_fk", "sequence_past_max", "no_rows_dropped")
 

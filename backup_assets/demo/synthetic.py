@@ -49,8 +49,8 @@ from datetime import datetime, timedelta, timezone
 from random import Random
 from typing import IO, Callable, Iterable, Iterator
 
-from .errors import ConfigurationError
-from .manifest import Manifest
+from ..core.errors import ConfigurationError
+from ..core.manifest import Manifest
 
 __all__ = ["generate_rows", "count_rows", "write_export", "demo_rows", "scale_for_rows"]
 
