@@ -369,13 +369,13 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     result = StageResult(import_id=import_id)
     reader = _CountingReader(stream, surrogates=not fast)
     _check_start(reader)
-    rows = _RowChecker(manifest, result)
+    seen = _Seen(manifest, result)
     ident = create_staging(conn, import_id, unlogged=unlogged)
     if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
         index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
-    result.rows = _copy_rows(conn, ident, reader, rows, fast, progress)
+    result.rows = _copy_rows(conn, ident, reader, seen, fast, progress)
     result.bytes = reader.pos
-    result.fields = rows.field_types()
+    result.fields = seen.field_types()
     if not fast:
         _index_or_name_duplicate(conn, import_id, ident)
     analyze_staging(conn, import_id)
@@ -395,35 +395,67 @@ def _check_start(reader: _CountingReader) -> None:
                                offset=0)
 
 
-def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _CountingReader, checker: _RowChecker,
-               fast: bool, progress: ProgressFn | None) -> int:
-    """Parse the rows (orjson's fast path, or ijson), check them and ``COPY`` the staged ones into ``ident``;
-    the rows parsed. A parser's or the server's refusal becomes an :class:`ExportParseError`."""
-    index = -1
+def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _CountingReader, seen: _Seen, fast: bool,
+               progress: ProgressFn | None) -> int:
+    """Parse the rows (orjson's fast path, or ijson), check them and ``COPY`` the staged ones into ``ident``,
+    :data:`_BATCH` lines of COPY's text format a write; the rows parsed. The loop is the hot path: what
+    it does for every row stays inline, what it does once (a new row shape, an error) is a call."""
+    known, deleted, shapes, stats, per_model = seen.known, seen.deleted, seen.shapes, seen.stats, seen.per_model
+    model_bytes, lines, last_pos, index = seen.model_bytes, [], 0, -1
     try:
         with conn.cursor() as cur, cur.copy(
                 sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
-            out = _CopyLines(copy, checker.model_bytes, reader, progress, fast)
             rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
             for index, row in enumerate(rows):
-                staged = checker.check(row, index, reader.pos)
-                if staged is not None:
-                    out.put(*staged, index)
-            out.flush()
-    except ijson.JSONError as e:
-        raise ExportParseError(f"malformed JSON: {_clean(e)}", row=index + 1, offset=reader.pos) from None
-    except UnicodeDecodeError as e:
-        raise ExportParseError(f"invalid UTF-8: {e.reason}", row=index + 1, offset=reader.pos) from None
-    except psycopg.DataError as e:
-        raise ExportParseError(f"a value cannot be stored: {e.diag.message_primary} ({_copy_line(e)})",
-                               offset=reader.pos) from None
-    except psycopg.errors.UniqueViolation:
-        raise _Doubt from None
+                model = row.get("model") if type(row) is dict else None
+                if type(model) is not str:
+                    raise _row_error(row, index, reader.pos)
+                model = model.lower()
+                fk_fields = known.get(model)
+                if fk_fields is None:
+                    seen.count_unstaged(model)
+                    continue
+                pk, fields = row.get("pk"), row.get("fields")
+                if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1] or type(fields) is not dict:
+                    raise _pk_or_fields_error(row, index, reader.pos, model)
+                if model in deleted and not deleted[model].isdisjoint(fields):
+                    fields = _strip(fields, model, deleted[model], seen.result.deleted_fields)
+                shape = (model, *fields, *map(type, fields.values()))
+                datetimes = shapes.get(shape)
+                if datetimes is None:
+                    seen.learn(model, fields, fk_fields, shape, index, reader.pos)
+                else:
+                    for k in datetimes:
+                        if not _is_datetime(fields[k]):
+                            stats[model][k] |= TEXT
+                try:
+                    # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's
+                    # encoder does not (the fast path reads a block at a time: its rows are at most _BIG_ROW bytes)
+                    if not fast and reader.pos - last_pos > _BIG:
+                        raise orjson.JSONEncodeError
+                    encoded = _dumps(fields)
+                except orjson.JSONEncodeError:
+                    encoded = _encode_beyond_orjson(fields, index, reader.pos, model)
+                # COPY's text format: tab-separated, backslash escaped; JSON text holds no raw tab or newline
+                if b"\\" in encoded:
+                    encoded = encoded.replace(b"\\", b"\\\\")
+                per_model[model] = per_model.get(model, 0) + 1
+                last_pos = reader.pos
+                if len(encoded) > _BIG:
+                    _write_alone(copy, lines, b"%s\t%d\t%d\t" % (model_bytes[model], pk, index), encoded)
+                    continue
+                lines.append(b"%s\t%d\t%d\t%s\n" % (model_bytes[model], pk, index, encoded))
+                if len(lines) >= _BATCH or index == 0:
+                    _write_lines(copy, lines, progress, reader.pos, index + 1)
+            _write_lines(copy, lines, None, reader.pos, index + 1)
+    except (ijson.JSONError, UnicodeDecodeError, psycopg.DataError, psycopg.errors.UniqueViolation) as e:
+        raise _parse_error(e, index + 1, reader.pos) from None
     return index + 1
 
 
-class _RowChecker:
-    """Checks each row against the manifest, says whether it is staged, and learns what its fields hold.
+class _Seen:
+    """What the manifest says of the rows, and what the parse has seen of them: rows per model, the rows of
+    models not staged, and each field's types (for create mode and the load).
 
     A row of a shape seen before (model, keys, value types) tells nothing new but whether its strings are
     datetimes: its foreign keys are integers or null (their type says so; yajl and the fast path refuse
@@ -441,51 +473,20 @@ class _RowChecker:
         self.stats: dict[str, dict[str, int]] = {}
         self.shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
 
-    def check(self, row: object, index: int, offset: int) -> tuple[str, int, dict] | None:
-        """The model, pk and fields of a row to stage; None for a row of a model not staged (counted)."""
-        if type(row) is not dict:
-            raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=offset)
-        model = row.get("model")
-        if type(model) is not str:
-            raise ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
-                                   row=index, offset=offset)
-        model = model.lower()
-        fk_fields = self.known.get(model)
-        if fk_fields is None:
-            self._count_unstaged(model)
-            return None
-        pk = row.get("pk")
-        if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
-            raise _pk_error(row, index, offset, model)
-        fields = row.get("fields")
-        if type(fields) is not dict:
-            raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
-                                   row=index, offset=offset, model=model)
-        if model in self.deleted and not self.deleted[model].isdisjoint(fields):
-            fields = _strip(fields, model, self.deleted[model], self.result.deleted_fields)
-        shape = (model, *fields, *map(type, fields.values()))
-        datetimes = self.shapes.get(shape)
-        if datetimes is None:
-            _check_foreign_keys(fields, fk_fields, index, offset, model)
-        self.per_model[model] = self.per_model.get(model, 0) + 1
-        self._learn(model, fields, shape, datetimes)
-        return model, pk, fields
-
-    def _learn(self, model: str, fields: dict, shape: tuple, datetimes: tuple[str, ...] | None) -> None:
-        """Note what each field's values are, for create mode and the load."""
+    def learn(self, model: str, fields: dict, fk_fields: tuple[str, ...], shape: tuple, index: int,
+              offset: int) -> None:
+        """A row of a shape not seen before: check its foreign keys, note its fields' types, and remember
+        the shape (while fewer than :data:`_SHAPES` are, of rows of at most :data:`_SHAPE_FIELDS` fields)."""
+        _check_foreign_keys(fields, fk_fields, index, offset, model)
         seen = self.stats.get(model)
         if seen is None:
             seen = self.stats[model] = {}
-        if datetimes is None:
-            _note_types(seen, fields)
-            if len(self.shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
-                self.shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
-        else:
-            for k in datetimes:
-                if not _is_datetime(fields[k]):
-                    seen[k] |= TEXT
+        _note_types(seen, fields)
+        if len(self.shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
+            self.shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
 
-    def _count_unstaged(self, model: str) -> None:
+    def count_unstaged(self, model: str) -> None:
+        """Count a row of a model the manifest excludes, Sentry has removed, or nobody knows."""
         result = self.result
         bucket = (result.excluded_models if model in self.excluded else
                   result.removed_models if model in self.removed else result.unknown_models)
@@ -497,66 +498,62 @@ class _RowChecker:
                 for model, seen in self.stats.items()}
 
 
-def _pk_error(row: dict, index: int, offset: int, model: str) -> ExportParseError:
+def _row_error(row: object, index: int, offset: int) -> ExportParseError:
+    if type(row) is not dict:
+        return ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=offset)
+    model = row.get("model")
+    return ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
+                            row=index, offset=offset)
+
+
+def _pk_or_fields_error(row: dict, index: int, offset: int, model: str) -> ExportParseError:
     pk = row.get("pk")
-    hint = " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
-    return ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
+    if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
+        hint = " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
+        return ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
+                                row=index, offset=offset, model=model)
+    fields = row.get("fields")
+    return ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
                             row=index, offset=offset, model=model)
 
 
-class _CopyLines:
-    """Staged rows as lines of ``COPY``'s text format, written a batch of :data:`_BATCH` lines at a time (a
-    huge row on its own, without further copies); progress is reported after each batch."""
-
-    def __init__(self, copy: psycopg.Copy, model_bytes: dict[str, bytes], reader: _CountingReader,
-                 progress: ProgressFn | None, fast: bool) -> None:
-        self.copy, self.model_bytes, self.reader, self.progress, self.fast = copy, model_bytes, reader, progress, fast
-        self.lines: list[bytes] = []
-        self.last_pos = 0
-
-    def put(self, model: str, pk: int, fields: dict, index: int) -> None:
-        pos = self.reader.pos
-        # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's encoder
-        # does not (the fast path reads a block at a time and its rows are at most _BIG_ROW bytes)
-        encoded = _encode(fields, not self.fast and pos - self.last_pos > _BIG, index, pos, model)
-        self.last_pos = pos
-        if len(encoded) > _BIG:
-            self.flush()
-            self.copy.write(b"%s\t%d\t%d\t" % (self.model_bytes[model], pk, index))
-            self.copy.write(encoded)
-            self.copy.write(b"\n")
-            return
-        lines = self.lines
-        lines.append(b"%s\t%d\t%d\t%s\n" % (self.model_bytes[model], pk, index, encoded))
-        if index == 0 and self.progress is not None:
-            self.progress(pos, 1)
-        if len(lines) >= _BATCH:
-            self.flush()
-            if self.progress is not None:
-                self.progress(pos, index + 1)
-
-    def flush(self) -> None:
-        if self.lines:
-            self.copy.write(b"".join(self.lines))
-            self.lines.clear()
+def _parse_error(e: Exception, row: int, offset: int) -> Exception:
+    """What a parser's or the server's refusal during the COPY means; a pk staged twice while the fast path
+    runs (its index grows with the COPY) sends the export to ijson's pass, which names the rows."""
+    if isinstance(e, ijson.JSONError):
+        return ExportParseError(f"malformed JSON: {_clean(e)}", row=row, offset=offset)
+    if isinstance(e, UnicodeDecodeError):
+        return ExportParseError(f"invalid UTF-8: {e.reason}", row=row, offset=offset)
+    if isinstance(e, psycopg.errors.UniqueViolation):
+        return _Doubt()
+    assert isinstance(e, psycopg.DataError)
+    return ExportParseError(f"a value cannot be stored: {e.diag.message_primary} ({_copy_line(e)})", offset=offset)
 
 
-def _encode(fields: dict, huge: bool, index: int, offset: int, model: str) -> bytes:
-    """``fields`` as JSON, escaped for COPY's text format (tab-separated, backslash escaped; JSON text
-    holds no raw tab or newline). orjson encodes, the stdlib's encoder takes what is beyond it (integers
-    past 64 bits, deep nesting) and a ``huge`` row."""
+def _encode_beyond_orjson(fields: dict, index: int, offset: int, model: str) -> bytes:
+    """``fields`` as JSON by the stdlib's encoder: what orjson refuses (integers past 64 bits, deep
+    nesting), and huge rows."""
     try:
-        if huge:
-            raise orjson.JSONEncodeError
-        encoded = _dumps(fields)
-    except orjson.JSONEncodeError:
-        try:
-            encoded = _ENCODE(fields).encode()
-        except (RecursionError, ValueError) as e:
-            raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=offset, model=model) from None
-    if b"\\" in encoded:
-        encoded = encoded.replace(b"\\", b"\\\\")
-    return encoded
+        return _ENCODE(fields).encode()
+    except (RecursionError, ValueError) as e:
+        raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=offset, model=model) from None
+
+
+def _write_lines(copy: psycopg.Copy, lines: list[bytes], progress: ProgressFn | None, offset: int, rows: int) -> None:
+    """Write the lines gathered to the COPY, and report the progress."""
+    if lines:
+        copy.write(b"".join(lines))
+        lines.clear()
+    if progress is not None:
+        progress(offset, rows)
+
+
+def _write_alone(copy: psycopg.Copy, lines: list[bytes], head: bytes, encoded: bytes) -> None:
+    """A huge row goes on its own, without further copies (after the lines gathered before it)."""
+    _write_lines(copy, lines, None, 0, 0)
+    copy.write(head)
+    copy.write(encoded)
+    copy.write(b"\n")
 
 
 def _index_or_name_duplicate(conn: psycopg.Connection, import_id: str, ident: sql.Composable) -> None:
