@@ -43,9 +43,9 @@ from pydantic import Field
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
+from backup_assets.core.results import CheckOutcome, LoadResult
 from backup_assets.core.retry import NO_RETRIES, RetryPlan, one_line, operational
 from backup_assets.core.scheduler import ModelOutcome, load_models
-from backup_assets.core.settings import CheckOutcome, LoadResult
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
 from backup_assets.execution import Stopwatch, engine_errors, failure, held, open_restore
 from backup_assets.partitions import backups_partitions

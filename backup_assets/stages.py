@@ -21,7 +21,7 @@ from backup_assets.core import keys
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.errors import BackupFormatError, DecryptionError
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.settings import StageResult
+from backup_assets.core.results import StageResult
 from backup_assets.core.source import Backup, open_backup
 from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
 from backup_assets.execution import Stopwatch, engine_errors, held, import_id_of, open_restore

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/celery_workers.py [--rows 250000] [--backups 4]
 
 Needs the ``celery`` extra and Debian's ``redis-server``. One generated export
-(``backup_assets.core.synthetic``, built-in manifest) copied under ``--backups`` names, one embedded
+(``backup_assets.demo.synthetic``, built-in manifest) copied under ``--backups`` names, one embedded
 PostgreSQL (fsync off) with a fresh database per backup and per measurement, then the deployment of
 ``tests/celery_cluster.py``: redis on a loopback port, ``dagster-celery worker`` processes (concurrency 1,
 the targets' queues split between them), one launcher process per backup running ``celery_restore_job``.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from backup_assets.core import synthetic  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
+from backup_assets.demo import synthetic  # noqa: E402
 from backup_assets.partitions import backups_partitions, partition_key_for_file  # noqa: E402
 from tests.celery_cluster import Cluster  # noqa: E402
 

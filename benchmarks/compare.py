@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/compare.py [--sizes 100000,1000000,5000000] [--planted 1000000]
                                            [--baseline-ref REF --baseline-sizes 100000]
 
-For each size it generates a Sentry-format export (``backup_assets.core.synthetic``, its datetimes all
+For each size it generates a Sentry-format export (``backup_assets.demo.synthetic``, its datetimes all
 spelled with milliseconds, as a re-export writes them: else every datetime written without them by an old
 Sentry is a finding, as in Sentry's validator, and the comparison would not be of a clean round trip), encrypts it into
 Sentry's tarball with a fresh key pair, then measures, each in a fresh subprocess against a fresh database of
@@ -42,12 +42,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backup_assets.core import keys, synthetic  # noqa: E402
+from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.compare import iter_rows  # noqa: E402
 from backup_assets.core.decryptors import PemEncryptor  # noqa: E402
 from backup_assets.core.roundtrip import canonical_datetimes  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
 from backup_assets.core.source import encrypt_export, open_backup  # noqa: E402
+from backup_assets.demo import synthetic  # noqa: E402
 
 CLI = textwrap.dedent("""
     import json, resource, sys, time

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/concurrent_imports.py [--imports 3] [--rows 20000] [--repeat 2]
 
-A generated plain JSON export (``backup_assets.core.synthetic``, built-in manifest) is imported
+A generated plain JSON export (``backup_assets.demo.synthetic``, built-in manifest) is imported
 ``--imports`` times in organizations scope, create mode, each import by ``run_restore`` in a process of
 its own, into a fresh database of a dedicated embedded PostgreSQL (fsync off): first one after another
 (the baseline), then all at once into another fresh database. Both must end with the same number of
@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from backup_assets.core import synthetic  # noqa: E402
 from backup_assets.core.manifest import Manifest  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
 from benchmarks.reliability import machine, replace_section  # noqa: E402
+from backup_assets.demo import synthetic  # noqa: E402
 
 CHILD = ("import sys; from backup_assets.core.manifest import Manifest; from backup_assets.core.restore import "
          "run_restore; from backup_assets.core.settings import ImportSettings; from backup_assets.core.source import "

@@ -38,7 +38,7 @@ from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noq
 from backup_assets.core.restore import run_restore  # noqa: E402
 from backup_assets.core.settings import ImportSettings  # noqa: E402
 from backup_assets.core.source import open_backup  # noqa: E402
-from backup_assets.core.synthetic import count_rows, generate_rows, write_export  # noqa: E402
+from backup_assets.demo.synthetic import count_rows, generate_rows, write_export  # noqa: E402
 from backup_assets.run import failure_message, materialize_restore  # noqa: E402
 from benchmarks.reliability import machine, replace_section  # noqa: E402
 

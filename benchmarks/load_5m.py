@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/load_5m.py [--rows 1000000 5000000] [--concurrent 3 --concurrent-rows 50000]
 
 **Size.** For each ``--rows`` value (ascending; the first is the baseline) a plain JSON export of that
-many rows is generated (``backup_assets.core.synthetic``, the built-in "core" manifest), then restored by
+many rows is generated (``backup_assets.demo.synthetic``, the built-in "core" manifest), then restored by
 ``backup_assets.run.materialize_restore`` (the asset graph in-process, as ``backup-assets import``
 does) in a fresh subprocess into a fresh database of a dedicated embedded PostgreSQL (fsync off).
 Reported: wall time, rows/s, and the child's peak RSS (``ru_maxrss``), as a ratio to the first size:
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402  (a Dagster dependency)
 
-from backup_assets.core import synthetic  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
 from benchmarks.reliability import machine, replace_section  # noqa: E402
+from backup_assets.demo import synthetic  # noqa: E402
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, time

@@ -6,7 +6,7 @@ next to a raw COPY of the same rows and the naive Sentry-style import.
 
 For each manifest (``builtin``: the built-in one; ``full``: Sentry's whole ``model_dependencies/
 detailed.json`` from the conformance folder, 95 relocatable models) and each size, it generates the
-benchmark's export (``backup_assets.core.synthetic``), encrypts it with a fresh key pair, and measures
+benchmark's export (``backup_assets.demo.synthetic``), encrypts it with a fresh key pair, and measures
 each path in a fresh subprocess against a fresh database of one embedded PostgreSQL (fsync off), create
 mode, scope global:
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/restore.py [--rows 1000000] [--small 100000] [--naive-rows 100000]
 
-For each size it generates a Sentry-format export (``backup_assets.core.synthetic``, several models
+For each size it generates a Sentry-format export (``backup_assets.demo.synthetic``, several models
 with FK chains), encrypts it into Sentry's tarball with a fresh key pair (the private key stays in
 memory and reaches the child processes through an environment variable), then measures, each in a
 fresh subprocess against a fresh database of one embedded PostgreSQL (fsync off):
@@ -44,10 +44,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backup_assets.core import keys, synthetic  # noqa: E402
+from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.decryptors import PemEncryptor  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, _bin_dir, ensure_database  # noqa: E402
 from backup_assets.core.source import encrypt_export  # noqa: E402
+from backup_assets.demo import synthetic  # noqa: E402
 
 KEY_ENV = "BENCH_PRIVATE_KEY_PEM"
 

@@ -21,7 +21,7 @@ import psycopg
 
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.synthetic import write_export
+from backup_assets.demo.synthetic import write_export
 from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource

@@ -26,7 +26,7 @@ import yaml
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
 from backup_assets.core.settings import ImportSettings
-from backup_assets.core.synthetic import count_rows, generate_rows, write_export
+from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import partition_key_for_file
 from backup_assets.run import TARGET_TAG, failure_message, materialize_restore, target_tag
 from tests.dagster_dev import REPO, DagsterDev

@@ -24,7 +24,7 @@ if shutil.which("redis-server") is None:
 from backup_assets.celery import target_queue
 from backup_assets.core import keys
 from backup_assets.core.postgres import ensure_database
-from backup_assets.core.synthetic import write_export
+from backup_assets.demo.synthetic import write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import target_tag
 from tests.celery_cluster import Cluster

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets.core import synthetic
 from backup_assets.core.compare import PkOrdinals, compare, compare_sources
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.roundtrip import canonical_datetimes
 from backup_assets.core.spill import CHUNK_ROWS, RowSpill
+from backup_assets.demo import synthetic
 
 from .test_compare import MANIFEST, _fields, export, regenerated
 

@@ -22,7 +22,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from backup_assets.core import synthetic
 from backup_assets.core.errors import TargetError
 from backup_assets.core.locks import GlobalImportUnfinished, LockWaitTimeout, lock_table
 from backup_assets.core.manifest import Manifest
@@ -32,6 +31,7 @@ from backup_assets.core.rollback import rollback
 from backup_assets.core.semantics import REGENERATED, SECRETS
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
+from backup_assets.demo import synthetic
 from backup_assets.run import failure_message, materialize_restore
 from backup_assets.translator import PARSED_EXPORT_KEY
 
@@ -334,8 +334,8 @@ def test_a_dagster_global_import_runs_alone_between_its_steps_and_within_them(pg
 
 
 def test_a_global_import_that_failed_mid_way_keeps_other_imports_out_until_it_is_finished(pg_server, export):
-    """A global import that emptied the database and loaded part of it, then stopped: every other import,
-    a new global one too, fails naming it and writes nothing; the same import run again (same id) is let
+    """A global import that emptied the database and loaded part of it, then stopped: every other import
+    but a global one fails naming it and writes nothing; the same import run again (same id) is let
     through and finishes it; then the others go on, ending as the imports run one after the other do."""
     reference = _sequential(_database(pg_server, "seq_failed"), export, ["organizations", "global", "organizations"])
     dsn = _database(pg_server, "failed_global")
@@ -345,14 +345,39 @@ def test_a_global_import_that_failed_mid_way_keeps_other_imports_out_until_it_is
         failed.stage(open_backup(export))
         failed.prepare()
         failed.load_model("sentry.user")
-    for settings in (ORGS, ImportSettings(scope="global", replace_existing=True)):
-        with pytest.raises(GlobalImportUnfinished, match=r"^global import nightly \(Dagster run run-1, began .*\) has "
-                                                         r"emptied this database and not finished.*--import-id nightly"):
-            run_restore(dsn, open_backup(export), MANIFEST, settings)
+    with pytest.raises(GlobalImportUnfinished, match=r"^global import nightly \(Dagster run run-1, began .*\) has "
+                                                     r"emptied this database and not finished.*--import-id nightly"):
+        run_restore(dsn, open_backup(export), MANIFEST, ORGS)
     assert _orgs(dsn) == 0
     run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="nightly")
     assert _marker(dsn) is None
     run_restore(dsn, open_backup(export), MANIFEST, ORGS)
+    assert _snapshot(dsn) == reference[-1]
+
+
+def test_a_new_global_import_replaces_one_that_failed_mid_way_which_then_cannot_resume(pg_server, export):
+    """Last night's global import (a drill, say) emptied the database, loaded part of it and stopped. Tonight's
+    global import, a new id, replaces the database as a global import does and takes the marker's place:
+    it succeeds, the organizations import after it runs, and the end state is that of the imports run one
+    after the other. Re-running last night's import then fails, saying it cannot be resumed, and writes
+    nothing."""
+    reference = _sequential(_database(pg_server, "seq_replaced"), export, ["organizations", "global", "organizations"])
+    dsn = _database(pg_server, "replaced_global")
+    run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
+    failed = Restore(dsn, MANIFEST, "last-night", GLOBAL, run_id="run-1")
+    with failed.hold():
+        failed.stage(open_backup(export))
+        failed.prepare()
+        failed.load_model("sentry.user")
+    assert _marker(dsn) == ("last-night", "run-1")
+    run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="tonight")
+    assert _marker(dsn) is None
+    run_restore(dsn, open_backup(export), MANIFEST, ORGS)
+    assert _snapshot(dsn) == reference[-1]
+    with pytest.raises(TargetError, match=r"^global import last-night was ended after it emptied the database "
+                                          r"\(rolled back, or replaced by a later global import\), so it cannot "
+                                          r"be resumed"):
+        run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="last-night")
     assert _snapshot(dsn) == reference[-1]
 
 

@@ -17,7 +17,7 @@ from backup_assets.core.postgres import ensure_database
 from backup_assets.core.restore import Restore, run_restore
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export, open_backup
-from backup_assets.core.synthetic import count_rows, generate_rows, write_export
+from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import TARGET_TAG, failure_message, materialize_restore
 from backup_assets.resources.settings import ImportSettingsResource

@@ -150,11 +150,12 @@ def test_the_manifest_env_var_switches_the_models(tmp_path):
                            "sentry/apitoken", *(f"sentry_backup/{s}" for s in STAGES)])
 
 
-def test_the_core_never_imports_dagster():
-    code = ("import importlib, pkgutil, sys, backup_assets.core as core\n"
+def test_the_core_and_the_demo_data_never_import_dagster():
+    code = ("import importlib, pkgutil, sys, backup_assets.core as core, backup_assets.demo as demo\n"
             "names = [m.name for m in pkgutil.iter_modules(core.__path__)]\n"
             "for n in names: importlib.import_module('backup_assets.core.' + n)\n"
-            "assert len(names) >= 8, names\n"
+            "for m in pkgutil.iter_modules(demo.__path__): importlib.import_module('backup_assets.demo.' + m.name)\n"
+            "assert len(names) >= 8 and 'synthetic' in sys.modules['backup_assets.demo'].__dict__, names\n"
             "bad = sorted(m for m in sys.modules if m == 'dagster' or m.startswith('dagster.'))\n"
             "print(len(names), bad)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -429,8 +429,8 @@ def test_models_loaded_concurrently_give_exactly_the_rows_of_one_at_a_time(pg_se
     """Independent models load at once (two workers, each its own connection, constraints built after the
     rows: the path where loads lock each other's parents); the tables end up identical, ids included, to a
     restore loading one model at a time."""
-    from backup_assets.core import synthetic
     from backup_assets.core.postgres import ensure_database
+    from backup_assets.demo import synthetic
 
     manifest = Manifest.builtin()
     path = tmp_path / "synthetic.json"
@@ -475,8 +475,8 @@ def test_concurrent_loads_ride_out_a_tight_lock_timeout(pg_server, tmp_path, def
     one of them time out; it rolls back whole and is tried again, and the restore completes exactly."""
     import psycopg
 
-    from backup_assets.core import synthetic
     from backup_assets.core.postgres import ensure_database
+    from backup_assets.demo import synthetic
 
     manifest = Manifest.builtin()
     path = tmp_path / "synthetic.json"
@@ -497,7 +497,7 @@ def test_sentrys_conditional_uniques_become_partial_indexes(pg_dsn, pg_conn, tmp
     type) key among pinned ones): created as full uniques they refused a second organization import of the
     same export. Both are partial unique indexes, and the second import restores its searches."""
     from backup_assets.core import restore as restore_module
-    from backup_assets.core import synthetic
+    from backup_assets.demo import synthetic
 
     monkeypatch.setattr(restore_module, "DEFER_CONSTRAINTS_AT", 1 if deferred else 10 ** 9)
     manifest = Manifest.builtin()
@@ -519,7 +519,7 @@ def test_pk_maps_of_an_older_state_schema_are_carried_into_the_scoped_layout(pg_
     """A target restored by an earlier version holds one pk map table keyed by (import id, model, old pk) text;
     the state schema is brought up to date in place: every row kept under its (import, model) scope, readable
     through the pk_map view as before, and restores go on on top of it."""
-    from backup_assets.core.staging import ensure_state
+    from backup_assets.core.state import ensure_state
     pg_conn.execute("CREATE SCHEMA backup_assets")
     pg_conn.execute("""CREATE TABLE backup_assets.pk_map (import_id text COLLATE "C" NOT NULL,
         model text COLLATE "C" NOT NULL, old_pk bigint NOT NULL, new_pk bigint, kind "char" NOT NULL,

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from backup_assets.cli import main
-from backup_assets.core import keys, synthetic
+from backup_assets.core import keys
 from backup_assets.core.compare import compare, iter_export
 from backup_assets.core.decryptors import PemDecryptor, PemEncryptor
 from backup_assets.core.errors import ConfigurationError, TargetError
@@ -21,6 +21,7 @@ from backup_assets.core.restore import run_restore
 from backup_assets.core.roundtrip import canonical_datetimes
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
+from backup_assets.demo import synthetic
 
 BUILTIN = Manifest.builtin()
 

@@ -17,7 +17,7 @@ from backup_assets.core.errors import BackupFormatError, DecryptionError, Export
 from backup_assets.core.fernet_stream import FernetDecryptingReader
 from backup_assets.core.parse import _DepthGuard, stage_export
 from backup_assets.core.postgres import ensure_database
-from backup_assets.core.staging import ensure_state
+from backup_assets.core.state import ensure_state
 from backup_assets.core.tarball import MEMBERS, read_tarball
 from tests import corpus
 

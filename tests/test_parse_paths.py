@@ -12,9 +12,10 @@ import pytest
 from backup_assets.core import parse
 from backup_assets.core.errors import ExportParseError
 from backup_assets.core.parse import stage_export
-from backup_assets.core.staging import ensure_state, staging_table_name
+from backup_assets.core.staging import staging_table_name
 from tests import corpus
 from tests.corpus import row
+from backup_assets.core.state import ensure_state
 
 
 class OneWay(io.RawIOBase):

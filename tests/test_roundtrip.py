@@ -4,7 +4,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from backup_assets.core import keys, synthetic
+from backup_assets.core import keys
 from backup_assets.core.decryptors import PemDecryptor, PemEncryptor
 from backup_assets.core.errors import TargetError
 from backup_assets.core.manifest import Manifest
@@ -12,6 +12,7 @@ from backup_assets.core.restore import run_restore
 from backup_assets.core.roundtrip import canonical_datetimes, relocatable_rows, reset_fields, verify_round_trip
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export, open_backup
+from backup_assets.demo import synthetic
 
 BUILTIN = Manifest.builtin()
 

@@ -13,7 +13,7 @@ import pytest
 
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.synthetic import count_rows, generate_rows, write_export
+from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, failure_message
 from backup_assets.resources.settings import ImportSettingsResource

@@ -34,8 +34,8 @@ from backup_assets.core.manifest import Manifest
 from backup_assets.core.postgres import ensure_database, redacted_dsn
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export
-from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.core.tarball import read_tarball
+from backup_assets.demo.synthetic import generate_rows, write_export
 from backup_assets.run import failure_message, materialize_restore
 from backup_assets.resources.postgres import PostgresTargetResource, target_resource
 from tests.secret_scan import scan_tree, secret_forms, sqlite_tables

@@ -32,9 +32,9 @@ from backup_assets.core import keys
 from backup_assets.core.decryptors import PemEncryptor
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.source import encrypt_export
-from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.definitions import build_definitions
+from backup_assets.demo.synthetic import generate_rows, write_export
 from backup_assets.run import failure_message
 from backup_assets.schedules import DRILL_JOB_NAME
 from backup_assets.resources.backup_source import BackupSourceResource

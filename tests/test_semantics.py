@@ -14,10 +14,11 @@ from backup_assets.core.errors import TargetError, UniqueViolationError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.pk_kind import PkKind
 from backup_assets.core.restore import Restore, run_restore
+from backup_assets.core.results import RestoreResult
 from backup_assets.core.rollback import rollback
-from backup_assets.core.settings import ImportSettings, RestoreResult, new_import_id
+from backup_assets.core.settings import ImportSettings, new_import_id
 from backup_assets.core.source import open_backup
-from backup_assets.core.synthetic import generate_rows, write_export
+from backup_assets.demo.synthetic import generate_rows, write_export
 
 MANIFEST = Manifest.builtin()
 # 2 orgs (acme: alice, bob + an invite; globex: bob, carol + an invite), 5 users, 1 project each

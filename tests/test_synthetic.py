@@ -9,7 +9,7 @@ import pytest
 
 from backup_assets.core.errors import ConfigurationError
 from backup_assets.core.manifest import Manifest
-from backup_assets.core.synthetic import count_rows, demo_rows, generate_rows, scale_for_rows, write_export
+from backup_assets.demo.synthetic import count_rows, demo_rows, generate_rows, scale_for_rows, write_export
 
 MANIFEST = Manifest.builtin()
 SHAPES = [

@@ -20,7 +20,7 @@ import pytest
 
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.postgres import EmbeddedPostgres
-from backup_assets.core.synthetic import count_rows, generate_rows, write_export
+from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import partition_key_for_file
 from tests.dagster_dev import REPO, DagsterDev
 

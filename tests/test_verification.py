@@ -10,8 +10,8 @@ import pytest
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.settings import ImportSettings
-from backup_assets.core.synthetic import generate_rows, write_export
 from backup_assets.definitions import build_definitions, default_resources
+from backup_assets.demo.synthetic import generate_rows, write_export
 from backup_assets.partitions import backups_partitions
 from backup_assets.run import materialize_restore
 from backup_assets.resources.settings import ImportSettingsResource

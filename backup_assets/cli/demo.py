@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from ..core import keys, synthetic
+from ..core import keys
 from ..core.decryptors import LocalFileDecryptor, PemEncryptor
 from ..core.manifest import Manifest
 from ..core.postgres import embedded_default, ensure_database, resolve_dsn
 from ..core.settings import ImportSettings
 from ..core.source import encrypt_export
+from ..demo import synthetic
 from . import main
 from .common import dsn_option, project_errors
 from .crypto import write_key_file

@@ -13,7 +13,8 @@ from ..core.findings import InstanceID, RpcImportError, write_findings
 from ..core.manifest import Manifest
 from ..core.postgres import resolve_dsn
 from ..core.restore import Restore
-from ..core.settings import ImportSettings, RestoreResult, StageResult, new_import_id
+from ..core.results import RestoreResult, StageResult
+from ..core.settings import ImportSettings, new_import_id
 from ..core.source import open_backup
 from . import main
 from .common import (EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, findings_on_error, manifest_option,

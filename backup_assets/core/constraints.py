@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from .errors import TargetError
 from .schema import Constraint
-from .staging import PENDING_CONSTRAINT
+from .state import PENDING_CONSTRAINT
 
 
 def defer(conn: psycopg.Connection, schema: str, table: str, constraints: list[Constraint]) -> None:

@@ -50,7 +50,7 @@ from .errors import ConfigurationError, TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
 from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
-from .staging import PK_MAP
+from .state import PK_MAP
 
 __all__ = ["export_rows", "export_to", "export_plan", "format_datetime", "iter_json"]
 

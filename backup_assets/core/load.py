@@ -34,12 +34,12 @@ from psycopg import sql
 from . import constraints, locks
 from .errors import LoadError, MissingParentError, TargetError, UniqueViolationError
 from .manifest import ModelSpec
-from .pk_kind import PkKind
-from .query import one_row
+from .results import LoadResult
 from .schema import Column, TableInfo, describe_name, require_table, value_sql
 from .semantics import ModelRules, Rewrite, Where
-from .settings import LoadResult
-from .staging import LOAD_RECORD, OVERWRITTEN, PK_MAP_ROW, pk_scope
+from .state import LOAD_RECORD, OVERWRITTEN, PK_MAP_ROW, pk_scope
+from .pk_kind import PkKind
+from .query import one_row
 SAMPLE = 20
 #: Rows a model must have for its load to gather planner statistics (its candidates, then the pk map).
 ANALYZE_AFTER = 2000
@@ -133,12 +133,52 @@ def _check_parents(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec) 
                                             f"{ctx.import_id}; load them first (their primary-key maps are needed)")
 
 
+@dataclass
+class _Shape:
+    """What a model's load works with, decided before any row is read."""
+    spec: ModelSpec
+    table: TableInfo
+    rules: ModelRules                      #: the model's rules, the rewrites' values among its overrides
+    staged: sql.Composable                 #: the import's staging table, as ``s``
+    model: sql.Composable                  #: the model's name, as a literal
+    data_cols: list[Column]                #: the columns written from the staged fields (not id, not fks)
+    fks: list                              #: the foreign keys to other models (``fkN``, ``kN``, ``hasN``)
+    self_fks: list                         #: the foreign keys to the model itself
+    rewrites: list[tuple[int, Rewrite, Column]]
+    reset_columns: list[str]               #: the columns whose value a rule sets
+    key: list[tuple[str, sql.Composable]]  #: the unique key existing rows are matched on, with its values
+    matching: bool                         #: existing rows are matched on ``key``
+    one_pass: bool                         #: the candidates are created with their reasons and new ids
+
+
 def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: ModelRules,
           table: TableInfo) -> LoadResult:
     result = LoadResult(model=spec.name, table=spec.table_name)
+    shape = _shape(conn, ctx, spec, rules, table, result)
+    reason, expected = _missing_parent_reason(spec, shape.fks, shape.rules)
+    result.rows_read = _create_candidates(conn, ctx, shape, reason, expected)
+    _drop_filtered(conn, shape, Where(ctx.staging, ctx.import_id))
+    _drop_missing_parents(conn, shape, reason, expected, result)
+    _drop_orphaned_self_references(conn, shape)
+    if shape.matching:
+        _match_existing(conn, shape)
+    _rewrite_collisions(conn, ctx, shape)
+    _draw_new_ids(conn, ctx, shape)
+    inserted, overwritten = _write(conn, ctx, shape)
+    constraints.apply_pending(conn, table.schema, table.name)  # create mode: built now that the rows are in
+    _advance_sequence(conn, table)
+    _summarize(conn, result, shape)
+    result.rows_overwritten = overwritten
+    result.rows_written = inserted + overwritten
+    return result
+
+
+def _shape(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: ModelRules, table: TableInfo,
+           result: LoadResult) -> _Shape:
+    """The columns, keys and rules of this load; the staged fields the table has no column for go in
+    ``result.skipped_fields``. A foreign key without its column, or new rows without a sequence, fail."""
     model = sql.Literal(spec.name)
     staged = sql.SQL("{staging} s").format(staging=ctx.staging)
-
     present = set(ctx.fields) if ctx.fields is not None else {r[0] for r in conn.execute(sql.SQL(
         "SELECT DISTINCT jsonb_object_keys(s.fields) FROM {staged} WHERE s.model = {model}").format(
         staged=staged, model=model))}
@@ -156,16 +196,53 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         if fk.column not in table.columns and fk.field in present:
             raise TargetError(f"{spec.name}: table {spec.table_name!r} has no column {fk.column!r} "
                               f"for the foreign key {fk.field!r}")
+    if not rules.keep_pks and table.sequence_ident is None:
+        raise TargetError(f"{spec.name}: table {spec.table_name!r} has no sequence behind 'id' to number new rows "
+                          "(use --preserve-pks to keep the export's keys)")
+    key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
+    matching = bool(key) and len(key) == len(rules.match_columns)
+    return _Shape(spec, table, rules, staged, model, data_cols, fks, self_fks, rewrites, reset_columns, key,
+                  matching, one_pass=not rules.drops and not self_fks and not matching)
 
-    # 1. candidates, with every foreign key resolved through the parents' pk maps, and the reason a row
-    #    goes when a parent was not imported. When no other rule decides which rows are inserted (filters,
-    #    matches on a unique key, self-references), the new ids are drawn in this same pass.
-    # each foreign key's old value is read out of the staged JSON once (the parse let only integers and nulls
-    # through), in a subquery kept apart from the joins (OFFSET 0) so that it is not read again for each use
+
+def _create_candidates(conn: psycopg.Connection, ctx: LoadContext, shape: _Shape, reason: sql.Composable,
+                       expected: sql.Composable) -> int:
+    """Step 1: ``_cand``, one row per staged row with every foreign key resolved through the parents' pk
+    maps; in the one-pass case also the reason a row goes and the new ids. Returns the rows read."""
+    candidates = _candidates_select(conn, ctx, shape)
+    if shape.one_pass:  # reason as computed; kept rows numbered in old-pk order (the sequence is read in that order)
+        new_id = sql.SQL("y.old_pk") if shape.rules.keep_pks else sql.SQL("nextval({})").format(
+            sql.Literal(shape.table.sequence))
+        select = sql.SQL(
+            "SELECT y.*, CASE WHEN y.reason IS NULL THEN {new_id} END AS new_pk, "
+            "CASE WHEN y.reason IS NULL THEN 'I' END::\"char\" AS kind FROM (SELECT x.*, {reason} AS reason, "
+            "{expected} AS expected FROM ({candidates} ORDER BY s.pk OFFSET 0) x) y").format(
+            new_id=new_id, reason=reason, expected=expected, candidates=candidates)
+    else:  # reasons and ids are decided by the steps that follow
+        select = sql.SQL("SELECT x.*, NULL::text AS reason, false AS expected, NULL::bigint AS new_pk, "
+                         "NULL::\"char\" AS kind FROM ({candidates}) x").format(candidates=candidates)
+    # room on each page for the updates of the steps that follow (in the one-pass case, only renames on a collision)
+    rows = conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = {}) ON COMMIT DROP AS {}").format(
+        sql.Literal(100 if shape.one_pass else 50), select)).rowcount
+    conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
+    if rows >= ANALYZE_AFTER:  # the planner's estimates matter for the joins that follow
+        conn.execute("ANALYZE _cand")
+    conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
+    for j, _rw, _col in shape.rewrites:
+        conn.execute(sql.SQL("ALTER TABLE _cand ADD COLUMN {} text, ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
+            sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")))
+    return rows
+
+
+def _candidates_select(conn: psycopg.Connection, ctx: LoadContext, shape: _Shape) -> sql.Composable:
+    """The staged rows of the model with each foreign key's new id (``fkN``), pk map kind (``kN``) and
+    whether the row names a parent (``hasN``). Each old value is read out of the staged JSON once (the
+    parse let only integers and nulls through), in a subquery kept apart from the joins (OFFSET 0) so
+    that it is not read again for each use."""
     cols: list[sql.Composable] = [sql.SQL("s.pk AS old_pk"), sql.SQL("s.row_index")]
     olds: list[sql.Composable] = [sql.SQL("s.pk"), sql.SQL("s.row_index")]
-    joins = []
-    for i, fk in enumerate(fks):
+    joins: list[sql.Composable] = []
+    for i, fk in enumerate(shape.fks):
         m, old = sql.Identifier(f"m{i}"), sql.Identifier(f"old{i}")
         olds.append(sql.SQL("(s.fields ->> {f})::bigint AS {old}").format(f=sql.Literal(fk.field), old=old))
         cols += [sql.SQL("{m}.new_pk AS {c}").format(m=m, c=sql.Identifier(f"fk{i}")),
@@ -174,155 +251,152 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
         scope = pk_scope(conn, ctx.import_id, fk.model)  # None: the parent has no pk map, no row matches
         joins.append(sql.SQL("LEFT JOIN {pk_map} {m} ON {m}.scope = {scope} AND {m}.old_pk = s.{old}").format(
             pk_map=PK_MAP_ROW, m=m, scope=sql.Literal(scope), old=old))
-    key = [(c, _key_value(c, table, fks, rules)) for c in rules.match_columns if c in table.columns]
-    matching = bool(key) and len(key) == len(rules.match_columns)
-    if not rules.keep_pks and table.sequence_ident is None:
-        raise TargetError(f"{spec.name}: table {spec.table_name!r} has no sequence behind 'id' to number new rows "
-                          "(use --preserve-pks to keep the export's keys)")
-    reason, expected = _missing_parent_reason(spec, fks, rules)
-    one_pass = not rules.drops and not self_fks and not matching
-    candidates = sql.SQL("SELECT {cols} FROM (SELECT {olds} FROM {staged} WHERE s.model = {model} OFFSET 0) s {joins}"
-                         ).format(cols=sql.SQL(", ").join(cols), olds=sql.SQL(", ").join(olds), staged=staged,
-                                  joins=sql.SQL(" ").join(joins), model=model)
-    if one_pass:  # reason as computed; kept rows numbered in old-pk order (the sequence is read in that order)
-        new_id = sql.SQL("y.old_pk") if rules.keep_pks else sql.SQL("nextval({})").format(sql.Literal(table.sequence))
-        select = sql.SQL(
-            "SELECT y.*, CASE WHEN y.reason IS NULL THEN {new_id} END AS new_pk, "
-            "CASE WHEN y.reason IS NULL THEN 'I' END::\"char\" AS kind FROM (SELECT x.*, {reason} AS reason, "
-            "{expected} AS expected FROM ({candidates} ORDER BY s.pk OFFSET 0) x) y").format(
-            new_id=new_id, reason=reason, expected=expected, candidates=candidates)
-    else:  # reasons and ids are decided by the steps below
-        select = sql.SQL("SELECT x.*, NULL::text AS reason, false AS expected, NULL::bigint AS new_pk, "
-                         "NULL::\"char\" AS kind FROM ({candidates}) x").format(candidates=candidates)
-    # room on each page for the updates of the steps below (in the one-pass case, only renames on a collision)
-    result.rows_read = conn.execute(sql.SQL("CREATE TEMP TABLE _cand WITH (fillfactor = {}) ON COMMIT DROP AS {}").format(
-        sql.Literal(100 if one_pass else 50), select)).rowcount
-    conn.execute("CREATE UNIQUE INDEX ON _cand (old_pk)")
-    if result.rows_read >= ANALYZE_AFTER:  # the planner's estimates matter for the joins that follow
-        conn.execute("ANALYZE _cand")
-    conn.execute("ALTER TABLE _cand ADD COLUMN dup_of bigint")
-    for j, _rw, _col in rewrites:
-        conn.execute(sql.SQL("ALTER TABLE _cand ADD COLUMN {} text, ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
-            sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")))
-    where = Where(ctx.staging, ctx.import_id)
+    return sql.SQL("SELECT {cols} FROM (SELECT {olds} FROM {staged} WHERE s.model = {model} OFFSET 0) s {joins}"
+                   ).format(cols=sql.SQL(", ").join(cols), olds=sql.SQL(", ").join(olds), staged=shape.staged,
+                            joins=sql.SQL(" ").join(joins), model=shape.model)
 
-    # 2a. Sentry's filters and scope (before missing parents, so a row out of scope is counted as such)
-    for drop in rules.drops:
+
+def _drop_filtered(conn: psycopg.Connection, shape: _Shape, where: Where) -> None:
+    """Step 2a: Sentry's filters and scope (before missing parents, so a row out of scope is counted as such)."""
+    for drop in shape.rules.drops:
         conn.execute(sql.SQL("UPDATE _cand c SET reason = {why}, expected = {exp} FROM {staged} "
                              "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND ({cond})").format(
-            why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=staged, model=model,
+            why=sql.Literal(drop.reason), exp=sql.Literal(drop.expected), staged=shape.staged, model=shape.model,
             cond=drop.sql(where)))
 
-    # 2b. rows whose parents were not imported (already decided in the one-pass case)
-    if not one_pass and fks:
+
+def _drop_missing_parents(conn: psycopg.Connection, shape: _Shape, reason: sql.Composable,
+                          expected: sql.Composable, result: LoadResult) -> None:
+    """Step 2b: rows whose parents were not imported go (already decided in the one-pass case); the
+    NULL-if-missing keys set NULL are counted in ``result.resets``."""
+    if not shape.one_pass and shape.fks:
         conn.execute(sql.SQL("UPDATE _cand SET reason = {reason}, expected = {expected} "
                              "WHERE reason IS NULL AND {reason} IS NOT NULL").format(reason=reason, expected=expected))
-    nulled: dict[str, int] = {}
-    for i, fk in enumerate(fks):
-        if fk.field in rules.null_if_missing:
+    for i, fk in enumerate(shape.fks):
+        if fk.field in shape.rules.null_if_missing:
             n = one_row(conn.execute(sql.SQL("SELECT count(*) FROM _cand WHERE {has} AND {fk} IS NULL").format(
                 has=sql.Identifier(f"has{i}"), fk=sql.Identifier(f"fk{i}"))))[0]
             if n:
-                nulled[fk.field] = n
-    if nulled:
-        result.resets.update({f"{f} (target not imported: set NULL)": n for f, n in nulled.items()})
+                result.resets[f"{fk.field} (target not imported: set NULL)"] = n
 
-    # 2c. self-references: a row whose parent (in the same model) is not imported goes too, to a fixed point
-    for fk in self_fks:
+
+def _drop_orphaned_self_references(conn: psycopg.Connection, shape: _Shape) -> None:
+    """Step 2c: a row whose parent in the same model is not imported goes too, to a fixed point."""
+    for fk in shape.self_fks:
         f = sql.Literal(fk.field)
         while conn.execute(sql.SQL(
                 "UPDATE _cand c SET reason = {why} FROM {staged} WHERE s.model = {model} AND s.pk = c.old_pk "
                 "AND c.reason IS NULL AND jsonb_typeof(s.fields -> {f}) = 'number' AND NOT EXISTS "
                 "(SELECT 1 FROM _cand p WHERE p.old_pk = (s.fields ->> {f})::bigint AND p.reason IS NULL)").format(
-                why=sql.Literal(f"missing parent: {spec.name} ({fk.field}) is not imported"), staged=staged,
-                model=model, f=f)).rowcount:
+                why=sql.Literal(f"missing parent: {shape.spec.name} ({fk.field}) is not imported"),
+                staged=shape.staged, model=shape.model, f=f)).rowcount:
             pass
 
-    # 3. existing rows matched on a unique key: merged (E) or overwritten in place (O)
-    if matching:
-        match = sql.SQL(" AND ").join(sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=v)
-                                      for c, v in key)
-        conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
-                             "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
-            kind=sql.Literal(PkKind.OVERWRITTEN if rules.overwrite else PkKind.EXISTING), staged=staged, table=table.ident, model=model,
-            match=match))
-        # one export row overwrites an existing row; later rows with the same key only map onto it
-        conn.execute("UPDATE _cand c SET kind = 'E' WHERE c.kind = 'O' AND EXISTS "
-                     "(SELECT 1 FROM _cand o WHERE o.kind = 'O' AND o.new_pk = c.new_pk AND o.old_pk < c.old_pk)")
-        if rules.dedupe:  # a row repeating an earlier row's key inside the export maps onto that row
-            conn.execute(sql.SQL(
-                "UPDATE _cand u SET kind = 'E', dup_of = d.first FROM (SELECT c.old_pk, first_value(c.old_pk) "
-                "OVER (PARTITION BY {keys} ORDER BY c.old_pk) AS first FROM _cand c JOIN {staged} ON s.model = {model} "
-                "AND s.pk = c.old_pk WHERE c.reason IS NULL AND c.kind IS NULL AND {not_null}) d "
-                "WHERE u.old_pk = d.old_pk AND d.first <> d.old_pk").format(
-                keys=sql.SQL(", ").join(v for _c, v in key), staged=staged, model=model,
-                not_null=sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(v) for _c, v in key)))
 
-    # values that collide with the table or an earlier row of the export: renamed or regenerated
+def _match_existing(conn: psycopg.Connection, shape: _Shape) -> None:
+    """Step 3: existing rows matched on a unique key are merged (E) or overwritten in place (O); with
+    ``dedupe``, a row repeating an earlier row's key inside the export maps onto that row."""
+    rules = shape.rules
+    match = sql.SQL(" AND ").join(sql.SQL("t.{col} IS NOT DISTINCT FROM {v}").format(col=sql.Identifier(c), v=v)
+                                  for c, v in shape.key)
+    conn.execute(sql.SQL("UPDATE _cand c SET new_pk = t.id, kind = {kind} FROM {staged}, {table} t "
+                         "WHERE s.model = {model} AND s.pk = c.old_pk AND c.reason IS NULL AND {match}").format(
+        kind=sql.Literal(PkKind.OVERWRITTEN if rules.overwrite else PkKind.EXISTING), staged=shape.staged, table=shape.table.ident,
+        model=shape.model, match=match))
+    # one export row overwrites an existing row; later rows with the same key only map onto it
+    conn.execute("UPDATE _cand c SET kind = 'E' WHERE c.kind = 'O' AND EXISTS "
+                 "(SELECT 1 FROM _cand o WHERE o.kind = 'O' AND o.new_pk = c.new_pk AND o.old_pk < c.old_pk)")
+    if rules.dedupe:
+        conn.execute(sql.SQL(
+            "UPDATE _cand u SET kind = 'E', dup_of = d.first FROM (SELECT c.old_pk, first_value(c.old_pk) "
+            "OVER (PARTITION BY {keys} ORDER BY c.old_pk) AS first FROM _cand c JOIN {staged} ON s.model = {model} "
+            "AND s.pk = c.old_pk WHERE c.reason IS NULL AND c.kind IS NULL AND {not_null}) d "
+            "WHERE u.old_pk = d.old_pk AND d.first <> d.old_pk").format(
+            keys=sql.SQL(", ").join(v for _c, v in shape.key), staged=shape.staged, model=shape.model,
+            not_null=sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(v) for _c, v in shape.key)))
+
+
+def _rewrite_collisions(conn: psycopg.Connection, ctx: LoadContext, shape: _Shape) -> None:
+    """Values that collide with the table or an earlier row of the export: renamed or regenerated."""
+    if not shape.rewrites:
+        return
     # every candidate to be inserted (the usual case): the collision checks read the staged values alone
-    everyone = bool(rewrites) and not one_row(conn.execute(sql.SQL(
+    everyone = not one_row(conn.execute(sql.SQL(
         "SELECT EXISTS (SELECT 1 FROM _cand c WHERE NOT ({}))").format(_TO_INSERT)))[0]
-    for j, rw, col in rewrites:
-        _rewrite(conn, spec, table, ctx.staging, model, j, rw, col, everyone)
+    for j, rw, col in shape.rewrites:
+        _rewrite(conn, shape.spec, shape.table, ctx.staging, shape.model, j, rw, col, everyone)
 
-    # 4. new ids, in the order of the old pks (drawn with the candidates in the one-pass case)
-    if one_pass:
+
+def _draw_new_ids(conn: psycopg.Connection, ctx: LoadContext, shape: _Shape) -> None:
+    """Step 4: new ids, in the order of the old pks (drawn with the candidates in the one-pass case), or
+    the old pks where they are kept; then the pk map is written."""
+    if shape.one_pass:
         pass
-    elif rules.keep_pks:
+    elif shape.rules.keep_pks:
         conn.execute("UPDATE _cand SET new_pk = old_pk, kind = 'I' WHERE reason IS NULL AND kind IS NULL")
     else:
         conn.execute(sql.SQL(
             "UPDATE _cand c SET new_pk = a.id, kind = 'I' FROM (SELECT o.old_pk, nextval({seq}) AS id FROM "
             "(SELECT old_pk FROM _cand WHERE reason IS NULL AND kind IS NULL ORDER BY old_pk OFFSET 0) o) a "
-            "WHERE a.old_pk = c.old_pk").format(seq=sql.Literal(table.sequence)))
-    if matching and rules.dedupe:
+            "WHERE a.old_pk = c.old_pk").format(seq=sql.Literal(shape.table.sequence)))
+    if shape.matching and shape.rules.dedupe:
         conn.execute("UPDATE _cand c SET new_pk = f.new_pk FROM _cand f WHERE c.dup_of = f.old_pk")
     conn.execute(sql.SQL(
         "INSERT INTO {pk_map} (scope, old_pk, new_pk, kind) SELECT {scope}, old_pk, new_pk, "
         "COALESCE(kind, (CASE WHEN expected THEN 'F' ELSE 'D' END)::\"char\") FROM _cand").format(
-        pk_map=PK_MAP_ROW, scope=sql.Literal(pk_scope(conn, ctx.import_id, spec.name, create=True))))
+        pk_map=PK_MAP_ROW, scope=sql.Literal(pk_scope(conn, ctx.import_id, shape.spec.name, create=True))))
 
-    # 5. write
-    targets = [sql.Identifier("id")]
+
+def _write(conn: psycopg.Connection, ctx: LoadContext, shape: _Shape) -> tuple[int, int]:
+    """Step 5: ``INSERT ... SELECT`` of the new rows, and ``UPDATE`` of the overwritten ones (their
+    previous values kept for rollback). Returns the rows inserted and overwritten."""
+    targets, values, self_joins = _written_columns(shape)
+    source = sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
+        staged=shape.staged, model=shape.model)
+    table = shape.table.ident
+    inserted = conn.execute(sql.SQL("INSERT INTO {table} ({targets}) SELECT {values} {source} {joins} "
+                                    "WHERE c.kind = 'I' ORDER BY c.new_pk").format(
+        table=table, targets=sql.SQL(", ").join(targets), values=sql.SQL(", ").join(values), source=source,
+        joins=sql.SQL(" ").join(self_joins))).rowcount
+    if not shape.rules.overwrite:
+        return inserted, 0
+    conn.execute(sql.SQL("INSERT INTO {ow} (import_id, model, id, previous) SELECT {id}, {model}, t.id, to_jsonb(t) "
+                         "FROM {table} t JOIN _cand c ON t.id = c.new_pk AND c.kind = 'O' "
+                         "ON CONFLICT DO NOTHING").format(
+        ow=OVERWRITTEN, id=sql.Literal(ctx.import_id), model=shape.model, table=table))
+    sets = [sql.SQL("{} = {}").format(t, v) for t, v in zip(targets[1:], values[1:])]
+    if not sets:
+        return inserted, 0
+    return inserted, conn.execute(sql.SQL("UPDATE {table} t SET {sets} {source} WHERE t.id = c.new_pk AND c.kind = 'O'"
+                                          ).format(table=table, sets=sql.SQL(", ").join(sets), source=source)).rowcount
+
+
+def _written_columns(shape: _Shape) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
+    """The columns a written row sets, their values over ``c`` (the candidate) and ``s`` (its staged row),
+    and the joins that resolve self-references (``pN``: the referenced candidate)."""
+    targets: list[sql.Composable] = [sql.Identifier("id")]
     values: list[sql.Composable] = [sql.SQL("c.new_pk")]
-    self_joins = []
-    for col in data_cols:
+    self_joins: list[sql.Composable] = []
+    for col in shape.data_cols:
         targets.append(sql.Identifier(col.name))
-        values.append(_value(col, rules))
-    for i, fk in enumerate(fks):
-        if fk.column in table.columns:
+        values.append(_value(col, shape.rules))
+    for i, fk in enumerate(shape.fks):
+        if fk.column in shape.table.columns:
             targets.append(sql.Identifier(fk.column))
             values.append(sql.SQL("c.{}").format(sql.Identifier(f"fk{i}")))
-    for j, fk in enumerate(self_fks):
-        if fk.column in table.columns:
+    for j, fk in enumerate(shape.self_fks):
+        if fk.column in shape.table.columns:
             alias = sql.Identifier(f"p{j}")
             targets.append(sql.Identifier(fk.column))
             values.append(sql.SQL("{}.new_pk").format(alias))
             self_joins.append(sql.SQL("LEFT JOIN _cand {a} ON {a}.old_pk = (s.fields ->> {f})::bigint "
                                       "AND {a}.reason IS NULL").format(a=alias, f=sql.Literal(fk.field)))
-    source = sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk {joins}").format(
-        staged=staged, model=model, joins=sql.SQL(" ").join(self_joins))
-    cur = conn.execute(sql.SQL("INSERT INTO {table} ({targets}) SELECT {values} {source} WHERE c.kind = 'I' "
-                               "ORDER BY c.new_pk").format(
-        table=table.ident, targets=sql.SQL(", ").join(targets), values=sql.SQL(", ").join(values), source=source))
-    inserted = cur.rowcount
-    overwritten = 0
-    if rules.overwrite:
-        conn.execute(sql.SQL("INSERT INTO {ow} (import_id, model, id, previous) SELECT {id}, {model}, t.id, to_jsonb(t) "
-                             "FROM {table} t JOIN _cand c ON t.id = c.new_pk AND c.kind = 'O' "
-                             "ON CONFLICT DO NOTHING").format(
-            ow=OVERWRITTEN, id=sql.Literal(ctx.import_id), model=model, table=table.ident))
-        sets = [sql.SQL("{} = {}").format(t, v) for t, v in zip(targets[1:], values[1:])]
-        if sets:
-            overwritten = conn.execute(sql.SQL("UPDATE {table} t SET {sets} {source} "
-                                               "WHERE t.id = c.new_pk AND c.kind = 'O'").format(
-                table=table.ident, sets=sql.SQL(", ").join(sets),
-                source=sql.SQL("FROM _cand c JOIN {staged} ON s.model = {model} AND s.pk = c.old_pk").format(
-                    staged=staged, model=model))).rowcount
-    constraints.apply_pending(conn, table.schema, table.name)  # create mode: built now that the rows are in
-    _advance_sequence(conn, table)
+    return targets, values, self_joins
 
-    # 6. what happened
+
+def _summarize(conn: psycopg.Connection, result: LoadResult, shape: _Shape) -> None:
+    """Step 6: what happened: the drops by reason (with a sample), merges, the new ids' range, the values
+    reset or rewritten."""
     for reason, n, expected in conn.execute("SELECT reason, count(*), bool_and(expected) FROM _cand "
                                             "WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason"):
         result.dropped[reason] = n
@@ -335,10 +409,8 @@ def _load(conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, rules: Mo
     result.rows_merged, result.new_id_min, result.new_id_max = one_row(conn.execute(
         "SELECT count(*) FILTER (WHERE kind = 'E'), min(new_pk) FILTER (WHERE kind = 'I'), "
         "max(new_pk) FILTER (WHERE kind = 'I') FROM _cand"))
-    _record_changes(conn, result, rules, staged, model, reset_columns, rewrites, table)
-    result.rows_overwritten = overwritten
-    result.rows_written = inserted + overwritten
-    return result
+    _record_changes(conn, result, shape.rules, shape.staged, shape.model, shape.reset_columns, shape.rewrites,
+                    shape.table)
 
 
 def _missing_parent_reason(spec: ModelSpec, fks: list, rules: ModelRules) -> tuple[sql.Composable, sql.Composable]:

@@ -35,7 +35,7 @@ from psycopg import sql
 
 from .errors import TargetError
 from .query import one_row
-from .staging import GLOBAL_IMPORT, IMPORT, SESSION
+from .state import GLOBAL_IMPORT, IMPORT, SESSION
 
 
 class LockWaitTimeout(TargetError):
@@ -56,7 +56,8 @@ class GlobalImportUnfinished(TargetError):
             f"global import {import_id} ({run}began {began_at:%Y-%m-%d %H:%M:%S %Z}) has emptied this database "
             "and not finished, so no other import may run until it ends (if it failed, the database holds a partial "
             f"restore): finish it ({again}run that import again with the same import id: --import-id {import_id}), "
-            f"or undo what it loaded with `backup-assets rollback {import_id}`; then run this import again")
+            f"or undo what it loaded with `backup-assets rollback {import_id}`, or replace it with a new global "
+            "import; then run this import again")
         self.import_id, self.run_id, self.began_at = import_id, run_id, began_at
 
 
@@ -147,29 +148,33 @@ def _lock_and_admit(conn: psycopg.Connection, import_id: str, run_id: str | None
 
 
 def admit(conn: psycopg.Connection, import_id: str, run_id: str | None, *, exclusive: bool) -> None:
-    """Let ``import_id`` run, the import lock held: refused while another global import's marker stands;
-    a global import (``exclusive``) that a rollback ended after its wipe cannot be resumed. The marker of
-    the import itself names ``run_id`` from now on (the run to re-execute, should this one fail)."""
+    """Let ``import_id`` run, the import lock held: refused while another global import's marker stands,
+    unless it is a global import itself (``exclusive``): it replaces the whole database, so it takes the
+    unfinished one's place (that one is not running: this lock is exclusive). A global import that a
+    rollback or a later global import ended after its wipe cannot be resumed. The marker of the import
+    itself names ``run_id`` from now on (the run to re-execute, should this one fail)."""
     marker = global_import(conn)
-    if marker is not None and marker[0] != import_id:
+    if marker is not None and marker[0] != import_id and not exclusive:
         raise GlobalImportUnfinished(*marker)
-    if marker is not None and run_id and marker[1] != run_id:
-        conn.execute(sql.SQL("UPDATE {} SET run_id = %s").format(GLOBAL_IMPORT), (run_id,))
-    if marker is None and exclusive and one_row(conn.execute(sql.SQL(
+    if marker is not None and marker[0] == import_id:
+        if run_id and marker[1] != run_id:
+            conn.execute(sql.SQL("UPDATE {} SET run_id = %s").format(GLOBAL_IMPORT), (run_id,))
+        return
+    if exclusive and one_row(conn.execute(sql.SQL(
             "SELECT EXISTS (SELECT FROM {} WHERE import_id = %s AND prepared_at IS NOT NULL AND finished_at IS NULL "
             "AND (settings ->> 'scope') = 'global')").format(IMPORT), (import_id,)))[0]:
-        raise TargetError(f"global import {import_id} was rolled back after it emptied the database, so it cannot "
-                          "be resumed: start a new global import (a new import id)")
+        raise TargetError(f"global import {import_id} was ended after it emptied the database (rolled back, or "
+                          "replaced by a later global import), so it cannot be resumed: start a new global import "
+                          "(a new import id)")
 
 
 def mark_global(conn: psycopg.Connection, import_id: str, run_id: str | None) -> None:
-    """Record, in the caller's transaction (the wipe's), that global import ``import_id`` runs."""
-    row = conn.execute(sql.SQL(
+    """Record, in the caller's transaction (the wipe's), that global import ``import_id`` runs: in place of
+    an unfinished global import's marker, which :func:`admit` let this one replace."""
+    conn.execute(sql.SQL(
         "INSERT INTO {t} AS g (import_id, run_id) VALUES (%s, %s) ON CONFLICT (singleton) DO UPDATE "
-        "SET run_id = EXCLUDED.run_id WHERE g.import_id = EXCLUDED.import_id RETURNING g.import_id").format(
-        t=GLOBAL_IMPORT), (import_id, run_id)).fetchone()
-    if row is None:  # another global import's marker: admit() refuses this one before it gets here
-        raise GlobalImportUnfinished(*global_import(conn))  # type: ignore[misc]
+        "SET run_id = EXCLUDED.run_id, import_id = EXCLUDED.import_id, began_at = CASE WHEN g.import_id = "
+        "EXCLUDED.import_id THEN g.began_at ELSE now() END").format(t=GLOBAL_IMPORT), (import_id, run_id))
 
 
 def global_import(conn: psycopg.Connection) -> tuple[str, str | None, datetime] | None:

@@ -20,10 +20,10 @@ from psycopg import sql
 from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
-from .query import one_row
+from .results import StageResult
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
-from .settings import StageResult
 from .staging import analyze_staging, create_staging, index_staging
+from .query import one_row
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _BOM = b"\xef\xbb\xbf"
@@ -370,138 +370,206 @@ def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest:
     started = time.monotonic()
     result = StageResult(import_id=import_id)
     reader = _CountingReader(stream, surrogates=not fast)
+    _check_start(reader)
+    seen = _Seen(manifest, result)
+    ident = create_staging(conn, import_id, unlogged=unlogged)
+    if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
+        index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
+    result.rows = _copy_rows(conn, ident, reader, seen, fast, progress)
+    result.bytes = reader.pos
+    result.fields = seen.field_types()
+    if not fast:
+        _index_or_name_duplicate(conn, import_id, ident)
+    analyze_staging(conn, import_id)
+    if progress is not None:
+        progress(reader.pos, result.rows)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _check_start(reader: _CountingReader) -> None:
+    """Refuse an export that is empty or is not a JSON list."""
     first = reader.peek_start()
     if first is None:
         raise ExportParseError("the export is empty; a Sentry export is a JSON list of rows", offset=0)
     if first != ord("["):
         raise ExportParseError(f"the export must be a JSON list of rows, but it starts with {chr(first)!r}",
                                offset=0)
-    known = {name: tuple(fk.field for fk in spec.foreign_keys)
-             for name, spec in manifest.models.items() if spec.relocatable}
-    excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
-    removed, deleted = removed_models(manifest), deleted_fields(manifest)
-    per_model = result.rows_per_model
-    model_bytes = {name: name.encode() for name in known}  # manifest names: no tab, newline or backslash
+
+
+def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _CountingReader, seen: _Seen, fast: bool,
+               progress: ProgressFn | None) -> int:
+    """Parse the rows (orjson's fast path, or ijson), check them and ``COPY`` the staged ones into ``ident``,
+    :data:`_BATCH` lines of COPY's text format a write; the rows parsed. The loop is the hot path: what
+    it does for every row stays inline, what it does once (a new row shape, an error) is a call."""
+    known, deleted, shapes, stats, per_model = seen.known, seen.deleted, seen.shapes, seen.stats, seen.per_model
     lines: list[bytes] = []
-    last_pos = 0
-    stats: dict[str, dict[str, int]] = {}
-    shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
-    ident = create_staging(conn, import_id, unlogged=unlogged)
-    if fast:  # the index grows during the COPY, on the server's core while this one parses; a pk staged twice
-        index_staging(conn, import_id)  # then stops the COPY, and ijson's pass (index built after) names its rows
-    index = -1
+    model_bytes, last_pos, index = seen.model_bytes, 0, -1
     try:
         with conn.cursor() as cur, cur.copy(
                 sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
             rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
             for index, row in enumerate(rows):
-                if type(row) is not dict:
-                    raise ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=reader.pos)
-                model = row.get("model")
+                model = row.get("model") if type(row) is dict else None
                 if type(model) is not str:
-                    raise ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
-                                           row=index, offset=reader.pos)
+                    raise _row_error(row, index, reader.pos)
                 model = model.lower()
                 fk_fields = known.get(model)
                 if fk_fields is None:
-                    bucket = (result.excluded_models if model in excluded else
-                              result.removed_models if model in removed else result.unknown_models)
-                    name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
-                    bucket[name] = bucket.get(name, 0) + 1
+                    seen.count_unstaged(model)
                     continue
-                pk = row.get("pk")
-                if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
-                    hint = " (natural keys are not supported: re-export with a current Sentry)" \
-                        if isinstance(pk, (str, list)) else ""
-                    raise ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}"
-                                           f"{hint}", row=index, offset=reader.pos, model=model)
-                fields = row.get("fields")
-                if type(fields) is not dict:
-                    raise ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
-                                           row=index, offset=reader.pos, model=model)
+                pk, fields = row.get("pk"), row.get("fields")
+                if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1] or type(fields) is not dict:
+                    raise _pk_or_fields_error(row, index, reader.pos, model)
                 if model in deleted and not deleted[model].isdisjoint(fields):
-                    fields = _strip(fields, model, deleted[model], result.deleted_fields)
-                # a row of a shape seen before (model, keys, value types) tells nothing new but whether its strings
-                # are datetimes: its foreign keys are integers or null (their type says so; yajl and the fast
-                # path refuse integers past 64 bits), and only strings of fields so far all datetimes are matched
+                    fields = _strip(fields, model, deleted[model], seen.result.deleted_fields)
                 shape = (model, *fields, *map(type, fields.values()))
                 datetimes = shapes.get(shape)
                 if datetimes is None:
-                    _check_foreign_keys(fields, fk_fields, index, reader.pos, model)
+                    seen.learn(model, fields, fk_fields, shape, index, reader.pos)
+                else:
+                    for k in datetimes:
+                        if not _is_datetime(fields[k]):
+                            stats[model][k] |= TEXT
                 try:
-                    # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's encoder
-                    # does not (the fast path reads a block at a time and its rows are at most _BIG_ROW bytes)
+                    # a huge row: orjson's growing buffer would peak at several times its size, the stdlib's
+                    # encoder does not (the fast path reads a block at a time: its rows are at most _BIG_ROW bytes)
                     if not fast and reader.pos - last_pos > _BIG:
                         raise orjson.JSONEncodeError
                     encoded = _dumps(fields)
-                except orjson.JSONEncodeError:  # beyond orjson (ints past 64 bits, deep nesting): the stdlib's
-                    try:
-                        encoded = _ENCODE(fields).encode()
-                    except (RecursionError, ValueError) as e:
-                        raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=reader.pos,
-                                               model=model) from None
+                except orjson.JSONEncodeError:
+                    encoded = _encode_beyond_orjson(fields, index, reader.pos, model)
                 # COPY's text format: tab-separated, backslash escaped; JSON text holds no raw tab or newline
                 if b"\\" in encoded:
                     encoded = encoded.replace(b"\\", b"\\\\")
                 per_model[model] = per_model.get(model, 0) + 1
                 last_pos = reader.pos
-                seen = stats.get(model)
-                if seen is None:
-                    seen = stats[model] = {}
-                if datetimes is None:  # what each field's values are, for create mode and the load
-                    _note_types(seen, fields)
-                    if len(shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
-                        shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
-                else:
-                    for k in datetimes:
-                        if not _is_datetime(fields[k]):
-                            seen[k] |= TEXT
-                if len(encoded) > _BIG:  # a huge value goes on its own, without further copies
-                    if lines:
-                        copy.write(b"".join(lines))
-                        lines.clear()
-                    copy.write(b"%s\t%d\t%d\t" % (model_bytes[model], pk, index))
-                    copy.write(encoded)
-                    copy.write(b"\n")
+                if len(encoded) > _BIG:
+                    _write_alone(copy, lines, b"%s\t%d\t%d\t" % (model_bytes[model], pk, index), encoded)
                     continue
                 lines.append(b"%s\t%d\t%d\t%s\n" % (model_bytes[model], pk, index, encoded))
-                if index == 0 and progress is not None:
-                    progress(reader.pos, 1)
-                if len(lines) >= _BATCH:
-                    copy.write(b"".join(lines))
-                    lines.clear()
-                    if progress is not None:
-                        progress(reader.pos, index + 1)
-            if lines:
-                copy.write(b"".join(lines))
-    except ijson.JSONError as e:
-        raise ExportParseError(f"malformed JSON: {_clean(e)}", row=index + 1, offset=reader.pos) from None
-    except UnicodeDecodeError as e:
-        raise ExportParseError(f"invalid UTF-8: {e.reason}", row=index + 1, offset=reader.pos) from None
-    except psycopg.DataError as e:
-        raise ExportParseError(f"a value cannot be stored: {e.diag.message_primary} ({_copy_line(e)})",
-                               offset=reader.pos) from None
-    except psycopg.errors.UniqueViolation:
-        raise _Doubt from None
-    result.rows = index + 1
-    result.bytes = reader.pos
-    result.fields = {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
-                     for model, seen in stats.items()}
+                if len(lines) >= _BATCH or index == 0:
+                    _write_lines(copy, lines, progress, reader.pos, index + 1)
+            _write_lines(copy, lines, None, reader.pos, index + 1)
+    except (ijson.JSONError, UnicodeDecodeError, psycopg.DataError, psycopg.errors.UniqueViolation) as e:
+        raise _parse_error(e, index + 1, reader.pos) from None
+    return index + 1
+
+
+class _Seen:
+    """What the manifest says of the rows, and what the parse has seen of them: rows per model, the rows of
+    models not staged, and each field's types (for create mode and the load).
+
+    A row of a shape seen before (model, keys, value types) tells nothing new but whether its strings are
+    datetimes: its foreign keys are integers or null (their type says so; yajl and the fast path refuse
+    integers past 64 bits), and only strings of fields so far all datetimes are matched.
+    """
+
+    def __init__(self, manifest: Manifest, result: StageResult) -> None:
+        self.known = {name: tuple(fk.field for fk in spec.foreign_keys)
+                      for name, spec in manifest.models.items() if spec.relocatable}
+        self.excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
+        self.removed, self.deleted = removed_models(manifest), deleted_fields(manifest)
+        self.model_bytes = {name: name.encode() for name in self.known}  # manifest names: no tab, newline or backslash
+        self.result = result
+        self.per_model = result.rows_per_model
+        self.stats: dict[str, dict[str, int]] = {}
+        self.shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
+
+    def learn(self, model: str, fields: dict, fk_fields: tuple[str, ...], shape: tuple, index: int,
+              offset: int) -> None:
+        """A row of a shape not seen before: check its foreign keys, note its fields' types, and remember
+        the shape (while fewer than :data:`_SHAPES` are, of rows of at most :data:`_SHAPE_FIELDS` fields)."""
+        _check_foreign_keys(fields, fk_fields, index, offset, model)
+        seen = self.stats.get(model)
+        if seen is None:
+            seen = self.stats[model] = {}
+        _note_types(seen, fields)
+        if len(self.shapes) < _SHAPES and len(fields) <= _SHAPE_FIELDS:
+            self.shapes[shape] = tuple(k for k, v in fields.items() if type(v) is str and not seen[k] & TEXT)
+
+    def count_unstaged(self, model: str) -> None:
+        """Count a row of a model the manifest excludes, Sentry has removed, or nobody knows."""
+        result = self.result
+        bucket = (result.excluded_models if model in self.excluded else
+                  result.removed_models if model in self.removed else result.unknown_models)
+        name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
+        bucket[name] = bucket.get(name, 0) + 1
+
+    def field_types(self) -> dict[str, dict[str, str]]:
+        return {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
+                for model, seen in self.stats.items()}
+
+
+def _row_error(row: object, index: int, offset: int) -> ExportParseError:
+    if type(row) is not dict:
+        return ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=offset)
+    model = row.get("model")
+    return ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
+                            row=index, offset=offset)
+
+
+def _pk_or_fields_error(row: dict, index: int, offset: int, model: str) -> ExportParseError:
+    pk = row.get("pk")
+    if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
+        hint = " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
+        return ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
+                                row=index, offset=offset, model=model)
+    fields = row.get("fields")
+    return ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
+                            row=index, offset=offset, model=model)
+
+
+def _parse_error(e: Exception, row: int, offset: int) -> Exception:
+    """What a parser's or the server's refusal during the COPY means; a pk staged twice while the fast path
+    runs (its index grows with the COPY) sends the export to ijson's pass, which names the rows."""
+    if isinstance(e, ijson.JSONError):
+        return ExportParseError(f"malformed JSON: {_clean(e)}", row=row, offset=offset)
+    if isinstance(e, UnicodeDecodeError):
+        return ExportParseError(f"invalid UTF-8: {e.reason}", row=row, offset=offset)
+    if isinstance(e, psycopg.errors.UniqueViolation):
+        return _Doubt()
+    assert isinstance(e, psycopg.DataError)
+    return ExportParseError(f"a value cannot be stored: {e.diag.message_primary} ({_copy_line(e)})", offset=offset)
+
+
+def _encode_beyond_orjson(fields: dict, index: int, offset: int, model: str) -> bytes:
+    """``fields`` as JSON by the stdlib's encoder: what orjson refuses (integers past 64 bits, deep
+    nesting), and huge rows."""
     try:
-        if not fast:
-            with conn.transaction():
-                index_staging(conn, import_id)
+        return _ENCODE(fields).encode()
+    except (RecursionError, ValueError) as e:
+        raise ExportParseError(f"a value cannot be staged: {e}", row=index, offset=offset, model=model) from None
+
+
+def _write_lines(copy: psycopg.Copy, lines: list[bytes], progress: ProgressFn | None, offset: int, rows: int) -> None:
+    """Write the lines gathered to the COPY, and report the progress."""
+    if lines:
+        copy.write(b"".join(lines))
+        lines.clear()
+    if progress is not None:
+        progress(offset, rows)
+
+
+def _write_alone(copy: psycopg.Copy, lines: list[bytes], head: bytes, encoded: bytes) -> None:
+    """A huge row goes on its own, without further copies (after the lines gathered before it)."""
+    _write_lines(copy, lines, None, 0, 0)
+    copy.write(head)
+    copy.write(encoded)
+    copy.write(b"\n")
+
+
+def _index_or_name_duplicate(conn: psycopg.Connection, import_id: str, ident: sql.Composable) -> None:
+    """Build the staging's unique index; a pk staged twice for a model is reported with its rows."""
+    try:
+        with conn.transaction():
+            index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
         model, pk, rows = one_row(conn.execute(sql.SQL(
             "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
             "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)))
         raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
                                row=rows[1], model=model) from None
-    analyze_staging(conn, import_id)
-    if progress is not None:
-        progress(reader.pos, result.rows)
-    result.seconds = time.monotonic() - started
-    return result
 
 
 def _strip(fields: dict, model: str, gone: frozenset[str], counts: dict[str, int]) -> dict:

@@ -1,4 +1,4 @@
-"""One import, stage by stage: the API the CLI and the Dagster layer drive.
+"""One import, step by step: the API the CLI and the Dagster layer drive.
 
     restore = Restore(dsn, manifest, import_id, settings)
     restore.stage(backup)            # parse the (decrypted) export into the staging area
@@ -31,16 +31,18 @@ from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
-from .query import one_row
+from .results import CheckOutcome, LoadResult, RestoreResult, StageResult
 from .retry import QUICK_RETRIES
-from .scheduler import ModelOutcome, default_workers, load_models  # noqa: F401 - default_workers re-exported
+from .scheduler import ModelOutcome, load_models
 from .schema import ensure_tables, find_table, tables_to_change
-from .semantics import replace_existing_data, rules_for
-from .settings import (CheckOutcome, ImportSettings, LoadResult, RestoreResult, StageResult, check_import_id,
-                       new_import_id)
-from .source import Backup
-from .staging import IMPORT, drop_staging, ensure_state, lock_import, staging_exists, staging_ident
+from .semantics import rules_for
+from .settings import ImportSettings, check_import_id, new_import_id
+from .staging import drop_staging, staging_exists, staging_ident
+from .state import IMPORT, ensure_state, lock_import
 from .verify import verify_model
+from .wipe import replace_existing_data
+from .query import one_row
+from .source import Backup
 
 
 class Restore:
@@ -59,7 +61,7 @@ class Restore:
     @contextmanager
     def session(self) -> Iterator[Restore]:
         """Share one connection between the calls this thread makes inside this block (one process doing
-        every stage); other threads open sessions of their own. Inside :meth:`hold`, its connection."""
+        every step); other threads open sessions of their own. Inside :meth:`hold`, its connection."""
         with self.connect() as conn, self._bound(conn):
             yield self
 
@@ -146,8 +148,8 @@ class Restore:
                 staging_ident(self.import_id))))[0]
         return True
 
-    # -- stages --------------------------------------------------------------------------------------
-    def stage(self, backup: Backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
+    # -- steps --------------------------------------------------------------------------------------
+    def stage(self, backup, progress: ProgressFn | None = None, *, if_missing: bool = False) -> StageResult:
         """Parse ``backup`` (a :class:`backup_assets.core.source.Backup`) into the staging area, in one
         transaction: on any error nothing is staged. With ``if_missing``, an import whose staging is
         already usable is left as it is (several steps finding it gone stage it once).

@@ -23,8 +23,8 @@ from .errors import ConfigurationError, TargetError
 from .manifest import Manifest
 from .schema import INTERNAL_SCHEMA, find_table
 from .settings import check_import_id
-from .staging import (IMPORT, LOAD_RECORD, OVERWRITTEN, PK_MAP, PK_MAP_ROW, PK_SCOPE, drop_staging, ensure_state,
-                      lock_import)
+from .staging import drop_staging
+from .state import IMPORT, LOAD_RECORD, OVERWRITTEN, PK_MAP, PK_MAP_ROW, PK_SCOPE, ensure_state, lock_import
 
 ROLLBACK = sql.Identifier(INTERNAL_SCHEMA, "rollback")
 

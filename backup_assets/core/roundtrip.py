@@ -34,8 +34,8 @@ from .query import one_row
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
+from .state import IMPORT, PK_MAP
 from .source import Backup
-from .staging import IMPORT, PK_MAP
 
 __all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from .errors import StagingMissingError
+from .results import CheckOutcome, LoadResult
 from .retry import QUICK_RETRIES, RetryPlan, is_transient
-from .settings import CheckOutcome, LoadResult
 
 if TYPE_CHECKING:
     from .restore import Restore

@@ -50,8 +50,8 @@ from random import Random
 from typing import IO
 from collections.abc import Callable, Iterable, Iterator
 
-from .errors import ConfigurationError
-from .manifest import Manifest
+from ..core.errors import ConfigurationError
+from ..core.manifest import Manifest
 
 __all__ = ["generate_rows", "count_rows", "write_export", "demo_rows", "scale_for_rows"]
 

@@ -1,0 +1,1 @@
+"""Demo and test data: generated Sentry exports (:mod:`.synthetic`). Imports the core, never Dagster."""
