@@ -49,7 +49,7 @@ from .decryptors import Encryptor
 from .errors import ConfigurationError, TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
-from .staging import PK_MAP
+from .staging import PK_MAP, PK_MAP_ROW, pk_scope
 
 __all__ = ["export_rows", "export_to", "export_plan", "format_datetime", "iter_json"]
 
@@ -116,6 +116,8 @@ class _Model:
     conditions: list[sql.Composable] = field(default_factory=list)
     params: list[object] = field(default_factory=list)
     record: bool = False                  #: keep its exported pks (later models, or itself, refer to them)
+    #: the import's pk map scope when the export is restricted to an import (0: the import wrote no row)
+    scope: int | None = None
 
     def where(self, cond: sql.Composable, *params: object) -> None:
         self.conditions.append(cond)
@@ -123,6 +125,16 @@ class _Model:
 
     def condition(self) -> sql.Composable:
         return sql.SQL(" AND ").join(self.conditions) if self.conditions else sql.SQL("true")
+
+    def rows(self) -> tuple[sql.Composable, list[object]]:
+        """The FROM clause naming the table ``t`` and its parameters. Restricted to an import, the import's
+        new pks in ascending order drive the join: an index probe per row written, in pk order, and no sort
+        (a semi-join on the pk map was planned as a nested loop of random probes and a sort of whole rows)."""
+        if self.scope is None:
+            return sql.SQL("{} t").format(self.table.ident), []
+        return sql.SQL("(SELECT DISTINCT p.new_pk FROM {pk_map} p WHERE p.scope = %s AND p.kind IN ('I', 'O') "
+                       "ORDER BY p.new_pk) p JOIN {table} t ON t.id = p.new_pk").format(
+            pk_map=PK_MAP_ROW, table=self.table.ident), [self.scope]
 
 
 def export_plan(conn: psycopg.Connection, manifest: Manifest, scope: str) -> list[tuple[ModelSpec, TableInfo]]:
@@ -191,9 +203,6 @@ class _Filters:
             m.where(sql.SQL("t.slug = ANY(%s)"), sorted(self.org_slugs))
         elif name == "sentry.email" and self.scope != "global" and self.import_id is None:
             self._emails(m)
-        if self.import_id is not None:
-            m.where(sql.SQL("t.id IN (SELECT p.new_pk FROM {pk_map} p WHERE p.import_id = %s AND p.model = %s "
-                            "AND p.kind IN ('I', 'O'))").format(pk_map=PK_MAP), self.import_id, name)
 
     def _users(self, m: _Model) -> None:
         if self.usernames is not None:
@@ -273,13 +282,18 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
         for m in plan:
             m.record = m.spec.name in referenced
             filters.apply(m)
+            if import_id is not None:
+                m.scope = pk_scope(conn, import_id, m.spec.name)
+                if m.scope is None:  # the import wrote no row of it
+                    m.where(sql.SQL("false"))
         for m in plan:
             yield from _export_model(conn, m, temp, itersize)
 
 
 def _seed_existing(conn: psycopg.Connection, temp: sql.Identifier, import_id: str) -> None:
     """Rows an import mapped onto existing ones (kind E) are not re-exported, but rows referring to them are."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.pk_map",)).fetchone()[0]:
+    if conn.execute("SELECT to_regclass(%s) IS NULL OR to_regclass(%s) IS NULL",
+                    (f"{INTERNAL_SCHEMA}.pk_map", f"{INTERNAL_SCHEMA}.pk_scope")).fetchone()[0]:
         raise TargetError(f"import {import_id}: the target has no {INTERNAL_SCHEMA}.pk_map; nothing was imported here")
     conn.execute(sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT model, new_pk, false FROM {pk_map} "
                          "WHERE import_id = %s AND kind = 'E' AND new_pk IS NOT NULL ON CONFLICT DO NOTHING").format(
@@ -294,9 +308,10 @@ def _export_model(conn: psycopg.Connection, m: _Model, temp: sql.Identifier, ite
                         "AND e.output) ORDER BY t.id").format(cols=select, table=m.table.ident, tmp=temp)
         params: list[object] = [name]
     else:
-        query = sql.SQL("SELECT {cols} FROM {table} t WHERE {cond} ORDER BY t.id").format(
-            cols=select, table=m.table.ident, cond=m.condition())
-        params = m.params
+        rows, params = m.rows()
+        query = sql.SQL("SELECT {cols} FROM {rows} WHERE {cond} ORDER BY t.id").format(
+            cols=select, rows=rows, cond=m.condition())
+        params += m.params
     try:
         if m.record:
             _record(conn, m, temp)
@@ -330,12 +345,14 @@ def _fails(value: Any) -> bool:
 def _record(conn: psycopg.Connection, m: _Model, temp: sql.Identifier) -> None:
     """Keep the pks of ``m``'s exported rows; repeated until nothing is added, so that a self-reference
     is satisfied by rows of the same model (in any pk order)."""
-    insert = sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {table} t WHERE {cond} "
+    rows, rows_params = m.rows()
+    insert = sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {rows} WHERE {cond} "
                      "AND t.id NOT IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s AND e.output) "
                      "ON CONFLICT (model, pk) DO UPDATE SET output = true").format(
-        tmp=temp, table=m.table.ident, cond=m.condition())
-    params = [m.spec.name, *m.params, m.spec.name]
-    self_ref = any(fk.model == m.spec.name for fk in m.spec.foreign_keys)
+        tmp=temp, rows=rows, cond=m.condition())
+    params = [m.spec.name, *rows_params, *m.params, m.spec.name]
+    self_ref = any(fk.model == m.spec.name and (m.spec.name, fk.field) not in NEVER_FILTERS
+                   for fk in m.spec.foreign_keys)
     total = 0
     while True:
         added = conn.execute(insert, params).rowcount
