@@ -95,14 +95,18 @@ _CONVERT: dict[type, Any] = {
     **{t: str for t in (IPv4Address, IPv6Address, IPv4Interface, IPv6Interface, IPv4Network, IPv6Network)},
 }
 _PLAIN = (str, int, bool, dict, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def _jsonable(value: Any) -> Any:
     """A column value as a JSON value (json/jsonb values arrive from psycopg already parsed)."""
-    if isinstance(value, _PLAIN):
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
         return value
-    convert = _CONVERT.get(type(value))
-    return convert(value) if convert else str(value)
+    convert = _CONVERT.get(kind)  # no key of it is a subclass of a plain type
+    if convert is not None:
+        return convert(value)
+    return value if isinstance(value, _PLAIN) else str(value)
 
 
 # -- what to export ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ such value would be reported although the instant is the same.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -82,7 +83,7 @@ def canonical_datetimes(rows: Iterable[Any]) -> Iterator[Any]:
         fields = row.get("fields") if isinstance(row, dict) else None
         if isinstance(fields, dict):
             changed = {k: new for k, v in fields.items()
-                       if type(v) is str and len(v) >= 20 and (new := _canonical(v)) is not v}
+                       if type(v) is str and len(v) >= 20 and _maybe_old_datetime(v) and (new := _canonical(v)) is not v}
             if changed:
                 row = {**row, "fields": {**fields, **changed}}
         yield row
@@ -170,7 +171,7 @@ def verify_round_trip(dsn: str, backup, manifest: Manifest, import_id: str, *,
         return _without(canonical_datetimes(kept), reset)
 
     def right() -> Iterator[Any]:
-        return reexport_rows(request) if separate_process else reexported(request)
+        return reexport_rows(request) if separate_process and sys.executable else reexported(request)
 
     return list(compare_sources(left, right, manifest,
                                 names=(str(backup.path), f"re-export of import {import_id}")))
