@@ -19,8 +19,9 @@ holders of a user permission or an admin role), and ``sentry.email`` rows only f
 exported users' ``sentry.useremail`` rows. ``import_id`` restricts the export to the rows that import
 inserted or overwrote (``pk_map`` kinds I and O): what a round-trip verification re-exports.
 
-Memory: rows come through a server-side cursor, ``itersize`` at a time; the pks of exported rows that
-later models refer to are kept in a temporary table of the export's transaction, not in the client. The
+Memory: each model's rows are streamed (libpq's chunked mode, ``itersize`` rows a chunk: the server sends
+the next rows while these are converted, and waits when the client is behind); the pks of exported rows
+that later models refer to are kept in a temporary table of the export's transaction, not in the client. The
 export runs in one transaction (REPEATABLE READ when the connection is idle), so it sees one snapshot.
 """
 from __future__ import annotations
@@ -263,7 +264,7 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     """Stream the target's rows as a Sentry export in ``scope`` (users, organizations, config, global).
 
     See the module docstring for the format and the filters. ``conn`` must not be used by anyone else
-    while the iterator is alive (the export holds a transaction and a server-side cursor on it).
+    while the iterator is alive (the export holds a transaction and a streaming query on it).
     """
     usernames = None if filter_usernames is None else frozenset(filter_usernames)
     org_slugs = None if filter_org_slugs is None else frozenset(filter_org_slugs)
@@ -271,9 +272,6 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     with conn.transaction():
         if idle:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # every row is read: plans for the whole result, not the fast start a cursor's plan aims at by default
-        # (a nested loop over the import's pk map there)
-        conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         plan = [_describe(spec, table) for spec, table in export_plan(conn, manifest, scope)]
         temp = sql.Identifier(f"_backup_assets_export_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "
@@ -319,10 +317,8 @@ def _export_model(conn: psycopg.Connection, m: _Model, temp: sql.Identifier, ite
     try:
         if m.record:
             _record(conn, m, temp)
-        with conn.cursor(name=f"backup_assets_export_{next(_names)}") as cur:
-            cur.itersize = itersize
-            cur.execute(query, params)
-            for record in cur:
+        with conn.cursor() as cur:
+            for record in cur.stream(query, params, size=itersize):
                 yield _row(name, m.fields, record)
     except psycopg.Error as e:
         raise TargetError(f"{name}: cannot read table {m.spec.table_name!r}: "
