@@ -19,8 +19,9 @@ holders of a user permission or an admin role), and ``sentry.email`` rows only f
 exported users' ``sentry.useremail`` rows. ``import_id`` restricts the export to the rows that import
 inserted or overwrote (``pk_map`` kinds I and O): what a round-trip verification re-exports.
 
-Memory: rows come through a server-side cursor, ``itersize`` at a time; the pks of exported rows that
-later models refer to are kept in a temporary table of the export's transaction, not in the client. The
+Memory: each model's rows are streamed (libpq's chunked mode, ``itersize`` rows a chunk: the server sends
+the next rows while these are converted, and waits when the client is behind); the pks of exported rows
+that later models refer to are kept in a temporary table of the export's transaction, not in the client. The
 export runs in one transaction (REPEATABLE READ when the connection is idle), so it sees one snapshot.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .errors import ConfigurationError, TargetError
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
 from .query import one_row
 from .schema import INTERNAL_SCHEMA, TableInfo, find_table
-from .state import PK_MAP
+from .state import PK_MAP, PK_MAP_ROW, pk_scope
 
 __all__ = ["export_rows", "export_to", "export_plan", "format_datetime", "iter_json"]
 
@@ -97,14 +98,18 @@ _CONVERT: dict[type, Any] = {
     **{t: str for t in (IPv4Address, IPv6Address, IPv4Interface, IPv6Interface, IPv4Network, IPv6Network)},
 }
 _PLAIN = (str, int, bool, dict, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def _jsonable(value: Any) -> Any:
     """A column value as a JSON value (json/jsonb values arrive from psycopg already parsed)."""
-    if isinstance(value, _PLAIN):
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
         return value
-    convert = _CONVERT.get(type(value))
-    return convert(value) if convert else str(value)
+    convert = _CONVERT.get(kind)  # no key of it is a subclass of a plain type
+    if convert is not None:
+        return convert(value)
+    return value if isinstance(value, _PLAIN) else str(value)
 
 
 # -- what to export ---------------------------------------------------------------------------------
@@ -118,6 +123,8 @@ class _Model:
     conditions: list[sql.Composable] = field(default_factory=list)
     params: list[object] = field(default_factory=list)
     record: bool = False                  #: keep its exported pks (later models, or itself, refer to them)
+    #: the import's pk map scope when the export is restricted to an import (0: the import wrote no row)
+    scope: int | None = None
 
     def where(self, cond: sql.Composable, *params: object) -> None:
         self.conditions.append(cond)
@@ -125,6 +132,16 @@ class _Model:
 
     def condition(self) -> sql.Composable:
         return sql.SQL(" AND ").join(self.conditions) if self.conditions else sql.SQL("true")
+
+    def rows(self) -> tuple[sql.Composable, list[object]]:
+        """The FROM clause naming the table ``t`` and its parameters. Restricted to an import, the import's
+        new pks in ascending order drive the join: an index probe per row written, in pk order, and no sort
+        (a semi-join on the pk map was planned as a nested loop of random probes and a sort of whole rows)."""
+        if self.scope is None:
+            return sql.SQL("{} t").format(self.table.ident), []
+        return sql.SQL("(SELECT DISTINCT p.new_pk FROM {pk_map} p WHERE p.scope = %s AND p.kind IN ('I', 'O') "
+                       "ORDER BY p.new_pk) p JOIN {table} t ON t.id = p.new_pk").format(
+            pk_map=PK_MAP_ROW, table=self.table.ident), [self.scope]
 
 
 def export_plan(conn: psycopg.Connection, manifest: Manifest, scope: str) -> list[tuple[ModelSpec, TableInfo]]:
@@ -195,9 +212,6 @@ class _Filters:
             m.where(sql.SQL("t.slug = ANY(%s)"), sorted(self.org_slugs))
         elif name == "sentry.email" and self.scope != "global" and self.import_id is None:
             self._emails(m)
-        if self.import_id is not None:
-            m.where(sql.SQL("t.id IN (SELECT p.new_pk FROM {pk_map} p WHERE p.import_id = %s AND p.model = %s "
-                            "AND p.kind IN ('I', 'O'))").format(pk_map=PK_MAP), self.import_id, name)
 
     def _users(self, m: _Model) -> None:
         if self.usernames is not None:
@@ -254,7 +268,7 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     """Stream the target's rows as a Sentry export in ``scope`` (users, organizations, config, global).
 
     See the module docstring for the format and the filters. ``conn`` must not be used by anyone else
-    while the iterator is alive (the export holds a transaction and a server-side cursor on it).
+    while the iterator is alive (the export holds a transaction and a streaming query on it).
     """
     usernames = None if filter_usernames is None else frozenset(filter_usernames)
     org_slugs = None if filter_org_slugs is None else frozenset(filter_org_slugs)
@@ -262,9 +276,6 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
     with conn.transaction():
         if idle:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # every row is read: plans for the whole result, not the fast start a cursor's plan aims at by default
-        # (a nested loop over the import's pk map there)
-        conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         plan = [_describe(spec, table) for spec, table in export_plan(conn, manifest, scope)]
         temp = sql.Identifier(f"_backup_assets_export_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "
@@ -277,13 +288,18 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
         for m in plan:
             m.record = m.spec.name in referenced
             filters.apply(m)
+            if import_id is not None:
+                m.scope = pk_scope(conn, import_id, m.spec.name)
+                if m.scope is None:  # the import wrote no row of it
+                    m.where(sql.SQL("false"))
         for m in plan:
             yield from _export_model(conn, m, temp, itersize)
 
 
 def _seed_existing(conn: psycopg.Connection, temp: sql.Identifier, import_id: str) -> None:
     """Rows an import mapped onto existing ones (kind E) are not re-exported, but rows referring to them are."""
-    if one_row(conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.pk_map",)))[0]:
+    if one_row(conn.execute("SELECT to_regclass(%s) IS NULL OR to_regclass(%s) IS NULL",
+                            (f"{INTERNAL_SCHEMA}.pk_map", f"{INTERNAL_SCHEMA}.pk_scope")))[0]:
         raise TargetError(f"import {import_id}: the target has no {INTERNAL_SCHEMA}.pk_map; nothing was imported here")
     conn.execute(sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT model, new_pk, false FROM {pk_map} "
                          "WHERE import_id = %s AND kind = 'E' AND new_pk IS NOT NULL ON CONFLICT DO NOTHING").format(
@@ -298,16 +314,15 @@ def _export_model(conn: psycopg.Connection, m: _Model, temp: sql.Identifier, ite
                         "AND e.output) ORDER BY t.id").format(cols=select, table=m.table.ident, tmp=temp)
         params: list[object] = [name]
     else:
-        query = sql.SQL("SELECT {cols} FROM {table} t WHERE {cond} ORDER BY t.id").format(
-            cols=select, table=m.table.ident, cond=m.condition())
-        params = m.params
+        rows, params = m.rows()
+        query = sql.SQL("SELECT {cols} FROM {rows} WHERE {cond} ORDER BY t.id").format(
+            cols=select, rows=rows, cond=m.condition())
+        params += m.params
     try:
         if m.record:
             _record(conn, m, temp)
-        with conn.cursor(name=f"backup_assets_export_{next(_names)}") as cur:
-            cur.itersize = itersize
-            cur.execute(query, params)
-            for record in cur:
+        with conn.cursor() as cur:
+            for record in cur.stream(query, params, size=itersize):
                 yield _row(name, m.fields, record)
     except psycopg.Error as e:
         raise TargetError(f"{name}: cannot read table {m.spec.table_name!r}: "
@@ -334,12 +349,14 @@ def _fails(value: Any) -> bool:
 def _record(conn: psycopg.Connection, m: _Model, temp: sql.Identifier) -> None:
     """Keep the pks of ``m``'s exported rows; repeated until nothing is added, so that a self-reference
     is satisfied by rows of the same model (in any pk order)."""
-    insert = sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {table} t WHERE {cond} "
+    rows, rows_params = m.rows()
+    insert = sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {rows} WHERE {cond} "
                      "AND t.id NOT IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s AND e.output) "
                      "ON CONFLICT (model, pk) DO UPDATE SET output = true").format(
-        tmp=temp, table=m.table.ident, cond=m.condition())
-    params = [m.spec.name, *m.params, m.spec.name]
-    self_ref = any(fk.model == m.spec.name for fk in m.spec.foreign_keys)
+        tmp=temp, rows=rows, cond=m.condition())
+    params = [m.spec.name, *rows_params, *m.params, m.spec.name]
+    self_ref = any(fk.model == m.spec.name and (m.spec.name, fk.field) not in NEVER_FILTERS
+                   for fk in m.spec.foreign_keys)
     total = 0
     while True:
         added = conn.execute(insert, params).rowcount

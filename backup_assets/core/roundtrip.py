@@ -18,6 +18,7 @@ such value would be reported although the instant is the same.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, UTC
 from typing import Any
@@ -31,13 +32,14 @@ from .export import export_rows, format_datetime
 from .findings import Finding
 from .manifest import IMPORT_SCOPES, Manifest
 from .query import one_row
+from .reexport import ReexportRequest, reexport_rows
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
 from .state import IMPORT, PK_MAP
 from .source import Backup
 
-__all__ = ["verify_round_trip", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
+__all__ = ["verify_round_trip", "reexported", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
 
 _ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$")
 
@@ -48,19 +50,28 @@ def relocatable_rows(rows: Iterable[Any], manifest: Manifest, scope: str = "glob
     that the comparison reports them."""
     if scope not in IMPORT_SCOPES:
         raise ConfigurationError(f"scope {scope!r} is not one of {', '.join(IMPORT_SCOPES)}")
+    kept: dict[str, bool] = {}  # model as spelled -> whether its rows are kept
     for row in rows:
         model = row.get("model") if isinstance(row, dict) else None
         if isinstance(model, str):
-            spec = manifest.models.get(model.lower())
-            if spec is None or not spec.relocatable or not spec.in_scope(scope):
+            keep = kept.get(model)
+            if keep is None:
+                spec = manifest.models.get(model.lower())
+                keep = kept[model] = spec is not None and spec.relocatable and spec.in_scope(scope)
+            if not keep:
                 continue
         yield row
 
 
+def _maybe_old_datetime(value: Any) -> bool:
+    """False only for values :func:`_canonical` returns unchanged: not a string shaped like a datetime, or
+    one already in today's format (a cheap test, before the pattern)."""
+    return (type(value) is str and len(value) >= 20 and value[10] == "T"
+            and not (len(value) == 24 and value[19] == "." and value[23] == "Z"))
+
+
 def _canonical(value: Any) -> Any:
-    if type(value) is not str or len(value) < 20 or value[10] != "T" or not _ISO.match(value):
-        return value
-    if len(value) == 24 and value[19] == "." and value[23] == "Z":  # already today's format
+    if not _maybe_old_datetime(value) or not _ISO.match(value):
         return value
     try:
         return format_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC))
@@ -73,7 +84,8 @@ def canonical_datetimes(rows: Iterable[Any]) -> Iterator[Any]:
     for row in rows:
         fields = row.get("fields") if isinstance(row, dict) else None
         if isinstance(fields, dict):
-            changed = {k: new for k, v in fields.items() if (new := _canonical(v)) is not v}
+            changed = {k: new for k, v in fields.items()
+                       if type(v) is str and len(v) >= 20 and _maybe_old_datetime(v) and (new := _canonical(v)) is not v}
             if changed:
                 row = {**row, "fields": {**fields, **changed}}
         yield row
@@ -105,6 +117,9 @@ def reset_fields(manifest: Manifest, settings: ImportSettings) -> dict[str, froz
 
 
 def _without(rows: Iterable[Any], fields: Mapping[str, frozenset[str]]) -> Iterator[Any]:
+    if not fields:
+        yield from rows
+        return
     for row in rows:
         drop = fields.get(str(row.get("model")).lower()) if isinstance(row, dict) else None
         if drop and isinstance(row.get("fields"), dict):
@@ -119,30 +134,46 @@ def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int
         (import_id,))}
 
 
-def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: str) -> list[Finding]:
+def _connect(dsn: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(dsn, autocommit=True, application_name="backup-assets verify")
+    except psycopg.OperationalError as e:
+        raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
+
+
+def reexported(request: ReexportRequest) -> Iterator[Any]:
+    """The right side of a round trip: the rows import ``request.import_id`` wrote, re-exported and
+    normalised (datetimes, reset fields) as the left side is."""
+    with _connect(request.dsn) as conn:
+        rows = export_rows(conn, request.manifest, request.scope, import_id=request.import_id)
+        yield from _without(canonical_datetimes(rows), request.reset)
+
+
+def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: str, *,
+                      separate_process: bool = True) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
     ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
 
     Bounded memory: the backup and the re-export are read together, once
-    (:func:`backup_assets.core.compare.compare_sources`; twice in the rare case it explains)."""
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name="backup-assets verify")
-    except psycopg.OperationalError as e:
-        raise ConfigurationError(f"cannot connect to the target database: {str(e).strip()}") from None
-    with conn:
+    (:func:`backup_assets.core.compare.compare_sources`; twice in the rare case it explains). The re-export
+    is made by a child process while this one reads the backup and compares (:mod:`.reexport`), unless
+    ``separate_process`` is false.
+    """
+    with _connect(dsn) as conn:
         settings = import_settings(conn, import_id)
         skipped = _not_written(conn, import_id)
-        reset = reset_fields(manifest, settings)
+    reset = reset_fields(manifest, settings)
+    request = ReexportRequest(dsn, manifest, settings.scope, import_id, reset)
 
-        def left() -> Iterator[Any]:
-            rows = relocatable_rows(iter_rows(backup.open_plaintext, str(backup.path)), manifest, settings.scope)
-            kept = (row for row in rows
-                    if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
-            return _without(canonical_datetimes(kept), reset)
+    def left() -> Iterator[Any]:
+        rows = relocatable_rows(iter_rows(backup.open_plaintext, str(backup.path)), manifest, settings.scope)
+        kept = rows if not skipped else (
+            row for row in rows
+            if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
+        return _without(canonical_datetimes(kept), reset)
 
-        def right() -> Iterator[Any]:
-            return _without(canonical_datetimes(export_rows(conn, manifest, settings.scope, import_id=import_id)),
-                            reset)
+    def right() -> Iterator[Any]:
+        return reexport_rows(request) if separate_process and sys.executable else reexported(request)
 
-        return list(compare_sources(left, right, manifest,
-                                    names=(str(backup.path), f"re-export of import {import_id}")))
+    return list(compare_sources(left, right, manifest,
+                                names=(str(backup.path), f"re-export of import {import_id}")))

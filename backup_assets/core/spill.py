@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["RowSpill", "CHUNK_ROWS"]
+__all__ = ["RowSpill", "CHUNK_ROWS", "encode_rows", "decode_rows"]
 
 #: Rows per encrypted chunk (and the most rows held in memory per end of the queue).
 CHUNK_ROWS = 1000
@@ -29,14 +29,16 @@ _ORJSON, _STDLIB = b"o", b"j"  # how a chunk's plaintext is encoded (the stdlib 
 _LENGTH = 8
 
 
-def _encode(rows: list[Any]) -> bytes:
+def encode_rows(rows: list[Any]) -> bytes:
+    """JSON rows as bytes, exactly (orjson, or the stdlib for what orjson cannot write)."""
     try:
         return _ORJSON + orjson.dumps(rows)
     except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate: the stdlib keeps them exactly
         return _STDLIB + json.dumps(rows).encode()
 
 
-def _decode(data: bytes) -> list[Any]:
+def decode_rows(data: bytes) -> list[Any]:
+    """The rows :func:`encode_rows` wrote."""
     return orjson.loads(data[1:]) if data[:1] == _ORJSON else json.loads(data[1:])
 
 
@@ -104,7 +106,7 @@ class RowSpill:
         assert self._aead is not None
         self._nonce += 1
         nonce = self._nonce.to_bytes(12, "big")
-        sealed = nonce + self._aead.encrypt(nonce, _encode(rows), None)
+        sealed = nonce + self._aead.encrypt(nonce, encode_rows(rows), None)
         self._file.seek(self._write_at)
         self._file.write(len(sealed).to_bytes(_LENGTH, "big") + sealed)
         self._write_at += _LENGTH + len(sealed)
@@ -119,4 +121,4 @@ class RowSpill:
         if self._read_at == self._write_at:  # everything written was read: start the file over
             self._read_at = self._write_at = 0
             self._file.truncate(0)
-        return _decode(self._aead.decrypt(sealed[:12], sealed[12:], None))
+        return decode_rows(self._aead.decrypt(sealed[:12], sealed[12:], None))
