@@ -99,43 +99,44 @@ def _unknown_models_check(staged: StageResult) -> dg.AssetCheckResult:
         metadata={"unknown_models": dg.MetadataValue.json(unknown), "unknown_rows": sum(unknown.values())})
 
 
+def _backup_file_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource) -> dg.MaterializeResult:
+    bf = _backup_file(context, backup_source)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(bf.path)), "size_bytes": bf.size, "sha256": bf.sha256,
+        "import_id": context.partition_key})
+
+def _unwrapped_tarball_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource
+                      ) -> dg.MaterializeResult:
+    bf = _backup_file(context, backup_source)
+    if _is_plain(bf):
+        return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
+    with engine_errors("tarball"):
+        contents = read_tarball(bf.path)
+    members = dg.MetadataValue.table(
+        records=[dg.TableRecord({"member": m, "bytes": n}) for m, n in contents.members.items()],
+        schema=dg.TableSchema(columns=[dg.TableColumn("member", "string"), dg.TableColumn("bytes", "int")]))
+    return dg.MaterializeResult(metadata={"kind": "tarball", "members": members,
+                                          "export_json_bytes": contents.export_size})
+
+def _data_key_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
+             decryptor: DecryptorResource) -> dg.MaterializeResult:
+    bf = _backup_file(context, backup_source)
+    if _is_plain(bf):
+        return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
+    with engine_errors("data key"):
+        contents = read_tarball(bf.path)
+        fingerprint = keys.fingerprint(contents.key_pub)
+        # Proves key.pub matches the private key and data.key unwraps; the key is dropped at once.
+        _decryptor(decryptor, bf).unwrap_data_key(contents.data_key, contents.key_pub)
+    return dg.MaterializeResult(metadata={
+        "kind": "tarball", "key_pub_fingerprint": fingerprint,
+        "key_pub_matched": True,
+        "note": "data key unwrapped in memory and discarded; later stages unwrap it again"})
+
+
 def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None
                        ) -> list[dg.AssetsDefinition]:
     """The four stages before the model assets (see the module doc)."""
-
-    def backup_file(context: dg.AssetExecutionContext, backup_source: BackupSourceResource) -> dg.MaterializeResult:
-        bf = _backup_file(context, backup_source)
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(bf.path)), "size_bytes": bf.size, "sha256": bf.sha256,
-            "import_id": context.partition_key})
-
-    def unwrapped_tarball(context: dg.AssetExecutionContext, backup_source: BackupSourceResource
-                          ) -> dg.MaterializeResult:
-        bf = _backup_file(context, backup_source)
-        if _is_plain(bf):
-            return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
-        with engine_errors("tarball"):
-            contents = read_tarball(bf.path)
-        members = dg.MetadataValue.table(
-            records=[dg.TableRecord({"member": m, "bytes": n}) for m, n in contents.members.items()],
-            schema=dg.TableSchema(columns=[dg.TableColumn("member", "string"), dg.TableColumn("bytes", "int")]))
-        return dg.MaterializeResult(metadata={"kind": "tarball", "members": members,
-                                              "export_json_bytes": contents.export_size})
-
-    def data_key(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
-                 decryptor: DecryptorResource) -> dg.MaterializeResult:
-        bf = _backup_file(context, backup_source)
-        if _is_plain(bf):
-            return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
-        with engine_errors("data key"):
-            contents = read_tarball(bf.path)
-            fingerprint = keys.fingerprint(contents.key_pub)
-            # Proves key.pub matches the private key and data.key unwraps; the key is dropped at once.
-            _decryptor(decryptor, bf).unwrap_data_key(contents.data_key, contents.key_pub)
-        return dg.MaterializeResult(metadata={
-            "kind": "tarball", "key_pub_fingerprint": fingerprint,
-            "key_pub_matched": True,
-            "note": "data key unwrapped in memory and discarded; later stages unwrap it again"})
 
     def parsed_export(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
                       decryptor: DecryptorResource, target: PostgresTargetResource,
@@ -149,11 +150,11 @@ def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefiniti
                                     check_results=[_unknown_models_check(staged)])
 
     return [
-        _stage(backup_file, BACKUP_FILE_KEY, [], "The backup file of this partition: size and SHA-256.",
+        _stage(_backup_file_stage, BACKUP_FILE_KEY, [], "The backup file of this partition: size and SHA-256.",
                partitions_def),
-        _stage(unwrapped_tarball, UNWRAPPED_TARBALL_KEY, [BACKUP_FILE_KEY],
+        _stage(_unwrapped_tarball_stage, UNWRAPPED_TARBALL_KEY, [BACKUP_FILE_KEY],
                "The export tarball's members, validated (a plain JSON export passes through).", partitions_def),
-        _stage(data_key, DATA_KEY_KEY, [UNWRAPPED_TARBALL_KEY],
+        _stage(_data_key_stage, DATA_KEY_KEY, [UNWRAPPED_TARBALL_KEY],
                "key.pub matched against the private key and data.key unwrapped in memory; the key is never "
                "stored (a plain JSON export passes through).", partitions_def),
         _stage(parsed_export, PARSED_EXPORT_KEY, [DATA_KEY_KEY],
