@@ -49,21 +49,21 @@ from backup_assets.core.scheduler import ModelOutcome, load_models
 from backup_assets.core.verify import CHECKS as ENGINE_CHECKS
 from backup_assets.execution import Stopwatch, engine_errors, failure, held, open_restore
 from backup_assets.partitions import backups_partitions
-from backup_assets.resources.settings import ImportSettingsResource
-from backup_assets.stages import build_restore_complete_asset, build_stage_assets, open_run_backup
-from backup_assets.translator import MODEL_METADATA_KEY, SentryRestoreTranslator, default_model_key
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from backup_assets.stages import build_restore_complete_asset, build_stage_assets, open_run_backup
+from backup_assets.translator import MODEL_METADATA_KEY, SentryRestoreTranslator, default_model_key
 
 _CHECK_DESCRIPTIONS: Mapping[str, str] = {
     "counts_reconcile": "Rows read from the backup = rows written + rows merged + rows dropped, and the "
-                        "written rows are in the table.",
+    "written rows are in the table.",
     "no_dangling_fk": "No foreign key of a row this import wrote points at a missing row.",
     "sequence_past_max": "The table's id sequence is past max(id), so the next insert cannot collide.",
     "no_rows_dropped": "Every row was imported (a warning when the only drops are those a filter or the "
-                       "scope asked for).",
+    "scope asked for).",
 }
 #: The checks of every model asset (the engine's, in its order) -> description.
 CHECKS: Mapping[str, str] = {name: _CHECK_DESCRIPTIONS.get(name, name.replace("_", " ")) for name in ENGINE_CHECKS}
@@ -71,8 +71,9 @@ CHECKS: Mapping[str, str] = {name: _CHECK_DESCRIPTIONS.get(name, name.replace("_
 #: Concurrency pool of every model asset (one target database).
 DEFAULT_POOL = "sentry_target"
 #: Three retries, 2 s, 4 s, 8 s apart (plus or minus jitter), for transient database errors only.
-DEFAULT_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL,
-                                      jitter=dg.Jitter.PLUS_MINUS)
+DEFAULT_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 #: Dropped/renamed rows shown in a materialization's preview tables.
 PREVIEW_ROWS = 20
 
@@ -81,9 +82,12 @@ PREVIEW_ROWS = 20
 def _preview(rows: Sequence[Mapping[str, Any]]) -> dg.TableMetadataValue:
     columns = list(dict.fromkeys(k for r in rows[:PREVIEW_ROWS] for k in r))
     return dg.MetadataValue.table(
-        records=[dg.TableRecord({c: ("" if r.get(c) is None else str(r.get(c))) for c in columns})
-                 for r in rows[:PREVIEW_ROWS]],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
+        records=[
+            dg.TableRecord({c: ("" if r.get(c) is None else str(r.get(c))) for c in columns})
+            for r in rows[:PREVIEW_ROWS]
+        ],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]),
+    )
 
 
 def load_metadata(result: LoadResult) -> dict[str, Any]:
@@ -122,18 +126,32 @@ def check_results(key: dg.AssetKey, outcomes: Sequence[CheckOutcome]) -> list[dg
     by_name = {o.name: o for o in outcomes}
     unknown = sorted(set(by_name) - set(CHECKS))
     if unknown:
-        raise dg.Failure(f"{key.to_user_string()}: the engine reported undeclared checks {unknown}", allow_retries=False)
+        raise dg.Failure(
+            f"{key.to_user_string()}: the engine reported undeclared checks {unknown}", allow_retries=False
+        )
     results = []
     for name in CHECKS:
         o = by_name.get(name)
         if o is None:
-            results.append(dg.AssetCheckResult(check_name=name, asset_key=key, passed=False,
-                                               description="not verified: the engine reported no outcome"))
+            results.append(
+                dg.AssetCheckResult(
+                    check_name=name,
+                    asset_key=key,
+                    passed=False,
+                    description="not verified: the engine reported no outcome",
+                )
+            )
             continue
-        results.append(dg.AssetCheckResult(
-            check_name=name, asset_key=key, passed=o.passed, description=o.description,
-            severity=dg.AssetCheckSeverity.WARN if o.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
-            metadata=o.metadata))
+        results.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                asset_key=key,
+                passed=o.passed,
+                description=o.description,
+                severity=dg.AssetCheckSeverity.WARN if o.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
+                metadata=o.metadata,
+            )
+        )
     return results
 
 
@@ -152,8 +170,7 @@ def _remap_deps(spec: dg.AssetSpec, keys: Mapping[dg.AssetKey, dg.AssetKey | Non
     return spec.replace_attributes(deps=deps)
 
 
-def model_asset_specs(manifest: Manifest, translator: SentryRestoreTranslator | None = None
-                      ) -> dict[str, dg.AssetSpec]:
+def model_asset_specs(manifest: Manifest, translator: SentryRestoreTranslator | None = None) -> dict[str, dg.AssetSpec]:
     """Model name -> final asset spec, for every relocatable model, in dependency order."""
     translator = translator or SentryRestoreTranslator()
     relocatable = manifest.relocatable()
@@ -167,7 +184,8 @@ def model_asset_specs(manifest: Manifest, translator: SentryRestoreTranslator | 
     for m, spec in specs.items():
         if spec.key in seen:
             raise dg.DagsterInvalidDefinitionError(
-                f"the translator gave models {seen[spec.key]} and {m} the same asset key {spec.key.to_user_string()}")
+                f"the translator gave models {seen[spec.key]} and {m} the same asset key {spec.key.to_user_string()}"
+            )
         seen[spec.key] = m
     return specs
 
@@ -178,17 +196,24 @@ MODELS_STEP = "sentry_models"
 class ModelsConfig(dg.Config):
     """How the models' step loads."""
 
-    workers: int = Field(default=0, ge=0, description="Models loaded at once, each on its own connection "
-                                                       "(0: the factory's default, two on a multi-core machine).")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="Models loaded at once, each on its own connection "
+        "(0: the factory's default, two on a multi-core machine).",
+    )
 
 
 def retry_plan(policy: dg.RetryPolicy | None) -> RetryPlan:
     """The in-step retries of one model's load: the numbers of the step's ``RetryPolicy``."""
     if policy is None:
         return NO_RETRIES
-    return RetryPlan(max_retries=policy.max_retries, delay=float(policy.delay or 0),
-                     backoff=2.0 if policy.backoff == dg.Backoff.EXPONENTIAL else 1.0,
-                     jitter=0.5 if policy.jitter is not None else 0.0)
+    return RetryPlan(
+        max_retries=policy.max_retries,
+        delay=float(policy.delay or 0),
+        backoff=2.0 if policy.backoff == dg.Backoff.EXPONENTIAL else 1.0,
+        jitter=0.5 if policy.jitter is not None else 0.0,
+    )
 
 
 def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: ModelOutcome) -> dg.MaterializeResult:
@@ -200,10 +225,14 @@ def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: 
     metadata["restaged"] = outcome.restaged
     checks = check_results(key, outcome.checks)
     metadata["failed_checks"] = dg.MetadataValue.json(
-        [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR])
+        [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+    )
     selected = context.selected_asset_check_keys  # a run may leave the checks out; failed_checks still says
-    return dg.MaterializeResult(asset_key=key, metadata=metadata, check_results=[
-        r for r in checks if r.check_name and dg.AssetCheckKey(key, r.check_name) in selected])
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata=metadata,
+        check_results=[r for r in checks if r.check_name and dg.AssetCheckKey(key, r.check_name) in selected],
+    )
 
 
 def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -> dg.Failure:
@@ -212,11 +241,18 @@ def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -
     blocked = [o for o in outcomes if o.blocked_by]
     lines = [f"{len(failed)} model(s) failed:", *(f"  {f.description}" for _, f in failed)]
     if blocked:
-        lines.append("not attempted, their parents failed: " +
-                     ", ".join(f"{o.model} (needs {', '.join(o.blocked_by)})" for o in blocked))
-    return dg.Failure(description="\n".join(lines), allow_retries=any(f.allow_retries for _, f in failed),
-                      metadata={"failed_models": dg.MetadataValue.json([m for m, _ in failed]),
-                                "not_attempted": dg.MetadataValue.json([o.model for o in blocked])})
+        lines.append(
+            "not attempted, their parents failed: "
+            + ", ".join(f"{o.model} (needs {', '.join(o.blocked_by)})" for o in blocked)
+        )
+    return dg.Failure(
+        description="\n".join(lines),
+        allow_retries=any(f.allow_retries for _, f in failed),
+        metadata={
+            "failed_models": dg.MetadataValue.json([m for m, _ in failed]),
+            "not_attempted": dg.MetadataValue.json([o.model for o in blocked]),
+        },
+    )
 
 
 class _InOrder:
@@ -248,14 +284,24 @@ def _skipped(restore: Restore, models: Mapping[str, dg.AssetKey], plan: set[str]
     staged = restore.staged_result()  # None when not staged (yet): then every model is loaded (or re-staged)
     out = {m: f"not part of a {restore.settings.scope!r} import: nothing loaded" for m in models if m not in plan}
     if staged is not None:
-        out.update({m: "no row of this model in the backup: nothing loaded"
-                    for m in models if m in plan and not staged.rows_per_model.get(m)})
+        out.update(
+            {
+                m: "no row of this model in the backup: nothing loaded"
+                for m in models
+                if m in plan and not staged.rows_per_model.get(m)
+            }
+        )
     return out
 
 
-def load_selected(context: dg.AssetExecutionContext, restore: Restore, models: Mapping[str, dg.AssetKey],
-                  workers: int | None, retry: RetryPlan, restage_with: tuple[BackupSourceResource,
-                  DecryptorResource | Decryptor]) -> Iterator[dg.MaterializeResult]:
+def load_selected(
+    context: dg.AssetExecutionContext,
+    restore: Restore,
+    models: Mapping[str, dg.AssetKey],
+    workers: int | None,
+    retry: RetryPlan,
+    restage_with: tuple[BackupSourceResource, DecryptorResource | Decryptor],
+) -> Iterator[dg.MaterializeResult]:
     """Load ``models`` (name -> key, dependency order) with the engine's scheduler, yielding each model's
     materialization and checks as soon as it is loaded and verified; then fail naming every failed model."""
     with engine_errors("plan"):
@@ -270,25 +316,39 @@ def load_selected(context: dg.AssetExecutionContext, restore: Restore, models: M
     def on_retry(model: str, n: int, pause: float, e: BaseException) -> None:
         retried[model] = n
         cause = operational(e) or e
-        context.log.warning(f"{model}: transient database error, loaded again in {pause:.1f}s (retry {n} of "
-                            f"{retry.max_retries}): {type(cause).__name__}: {one_line(cause)}")
+        context.log.warning(
+            f"{model}: transient database error, loaded again in {pause:.1f}s (retry {n} of "
+            f"{retry.max_retries}): {type(cause).__name__}: {one_line(cause)}"
+        )
 
     problems: list[ModelOutcome] = []
     with engine_errors("models"):
-        for outcome in load_models(restore, [m for m in models if m not in skipped], workers=workers, retry=retry,
-                                   restage=lambda m: restage(context, restore, *restage_with, m), on_retry=on_retry):
+        for outcome in load_models(
+            restore,
+            [m for m in models if m not in skipped],
+            workers=workers,
+            retry=retry,
+            restage=lambda m: restage(context, restore, *restage_with, m),
+            on_retry=on_retry,
+        ):
             if not outcome.loaded:
                 problems.append(outcome)
-            yield from in_order.add(outcome.model, _model_result(context, models[outcome.model], outcome)
-                                    if outcome.loaded else None)
+            yield from in_order.add(
+                outcome.model, _model_result(context, models[outcome.model], outcome) if outcome.loaded else None
+            )
     if problems:
         raise _models_failure(problems, retried)
 
 
-def build_models_asset(manifest: Manifest, translator: SentryRestoreTranslator | None = None,
-                       partitions_def: dg.PartitionsDefinition | None = backups_partitions,
-                       retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY, pool: str | None = DEFAULT_POOL,
-                       workers: int | None = None, name: str = MODELS_STEP) -> dg.AssetsDefinition:
+def build_models_asset(
+    manifest: Manifest,
+    translator: SentryRestoreTranslator | None = None,
+    partitions_def: dg.PartitionsDefinition | None = backups_partitions,
+    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    pool: str | None = DEFAULT_POOL,
+    workers: int | None = None,
+    name: str = MODELS_STEP,
+) -> dg.AssetsDefinition:
     """Every relocatable model of ``manifest`` as one subsettable multi-asset: one asset (with its four
     checks) per model, one step that loads the selected models with the engine's scheduler.
 
@@ -303,60 +363,96 @@ def build_models_asset(manifest: Manifest, translator: SentryRestoreTranslator |
 
     @dg.multi_asset(
         name=name,
-        specs=[spec.replace_attributes(metadata={**spec.metadata, MODEL_METADATA_KEY: m}, partitions_def=partitions_def)
-               for m, spec in specs.items()],
+        specs=[
+            spec.replace_attributes(metadata={**spec.metadata, MODEL_METADATA_KEY: m}, partitions_def=partitions_def)
+            for m, spec in specs.items()
+        ],
         check_specs=[dg.AssetCheckSpec(c, asset=k, description=d) for k in keys.values() for c, d in CHECKS.items()],
-        can_subset=True, retry_policy=retry_policy, pool=pool,
+        can_subset=True,
+        retry_policy=retry_policy,
+        pool=pool,
         description="Loads the selected Sentry models in dependency order, independent ones at once.",
     )
-    def _models(context: dg.AssetExecutionContext, config: ModelsConfig, target: PostgresTargetResource,
-                import_settings: ImportSettingsResource, staging: StagingResource,
-                backup_source: BackupSourceResource, decryptor: DecryptorResource) -> Iterator[dg.MaterializeResult]:
+    def _models(
+        context: dg.AssetExecutionContext,
+        config: ModelsConfig,
+        target: PostgresTargetResource,
+        import_settings: ImportSettingsResource,
+        staging: StagingResource,
+        backup_source: BackupSourceResource,
+        decryptor: DecryptorResource,
+    ) -> Iterator[dg.MaterializeResult]:
         restore = open_restore(context, manifest, target, import_settings, staging)
         selected = {m: k for m, k in keys.items() if k in context.selected_asset_keys}
         with held(restore):
-            yield from load_selected(context, restore, selected, config.workers or workers, retry,
-                                     (backup_source, decryptor))
+            yield from load_selected(
+                context, restore, selected, config.workers or workers, retry, (backup_source, decryptor)
+            )
 
     return _models
 
 
-def restage(context: dg.AssetExecutionContext, restore: Restore, source: BackupSourceResource,
-            decryptor: DecryptorResource | Decryptor, model: str) -> None:
+def restage(
+    context: dg.AssetExecutionContext,
+    restore: Restore,
+    source: BackupSourceResource,
+    decryptor: DecryptorResource | Decryptor,
+    model: str,
+) -> None:
     """Stage the run's backup again (its staging is gone) and prepare the import (idempotent)."""
     with engine_errors(f"{model}: re-staging"):
         backup = open_run_backup(context, source, decryptor)
         with Stopwatch() as sw:
             staged = restore.stage(backup, if_missing=True)  # once, if several steps find it gone
             restore.prepare()
-    context.log.warning(f"{model}: the staging of import {restore.import_id} was gone; staged the backup again "
-                        f"({staged.rows} rows in {sw.seconds:.2f}s). It is dropped when restore_complete "
-                        "is materialized.")
+    context.log.warning(
+        f"{model}: the staging of import {restore.import_id} was gone; staged the backup again "
+        f"({staged.rows} rows in {sw.seconds:.2f}s). It is dropped when restore_complete "
+        "is materialized."
+    )
 
 
 def _nothing_to_load(key: dg.AssetKey, note: str) -> dg.MaterializeResult:
     """A model with nothing to load (outside the import's scope, or no row of it in the backup): recorded
     as materialized with no rows, so ``restore_complete`` runs in the same run, without check results
     (there is nothing to verify; a check result costs Dagster an event and a query)."""
-    return dg.MaterializeResult(asset_key=key, metadata={
-        "dagster/row_count": 0, "rows_read": 0, "rows_written": 0, "skipped": note,
-        "failed_checks": dg.MetadataValue.json([])})
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "dagster/row_count": 0,
+            "rows_read": 0,
+            "rows_written": 0,
+            "skipped": note,
+            "failed_checks": dg.MetadataValue.json([]),
+        },
+    )
 
 
-def build_restore_assets(manifest: Manifest, translator: SentryRestoreTranslator | None = None,
-                         partitions_def: dg.PartitionsDefinition | None = backups_partitions,
-                         retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
-                         pool: str | None = DEFAULT_POOL, workers: int | None = None) -> list[dg.AssetsDefinition]:
+def build_restore_assets(
+    manifest: Manifest,
+    translator: SentryRestoreTranslator | None = None,
+    partitions_def: dg.PartitionsDefinition | None = backups_partitions,
+    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    pool: str | None = DEFAULT_POOL,
+    workers: int | None = None,
+) -> list[dg.AssetsDefinition]:
     """The model assets of ``manifest`` (for custom graphs): one multi-asset, see :func:`build_models_asset`."""
     return [build_models_asset(manifest, translator, partitions_def, retry_policy, pool, workers)]
 
 
-def build_restore_graph(manifest: Manifest, translator: SentryRestoreTranslator | None = None,
-                        partitions_def: dg.PartitionsDefinition | None = backups_partitions,
-                        retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
-                        pool: str | None = DEFAULT_POOL, workers: int | None = None) -> list[dg.AssetsDefinition]:
+def build_restore_graph(
+    manifest: Manifest,
+    translator: SentryRestoreTranslator | None = None,
+    partitions_def: dg.PartitionsDefinition | None = backups_partitions,
+    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    pool: str | None = DEFAULT_POOL,
+    workers: int | None = None,
+) -> list[dg.AssetsDefinition]:
     """The whole graph of one import: the stage assets, the models' multi-asset, and ``restore_complete``."""
     models = build_models_asset(manifest, translator, partitions_def, retry_policy, pool, workers)
     model_keys = {k: models.metadata_by_key[k][MODEL_METADATA_KEY] for k in models.keys}
-    return [*build_stage_assets(manifest, partitions_def), models,
-            build_restore_complete_asset(manifest, model_keys, partitions_def)]
+    return [
+        *build_stage_assets(manifest, partitions_def),
+        models,
+        build_restore_complete_asset(manifest, model_keys, partitions_def),
+    ]

@@ -19,6 +19,7 @@ Everything a step needs reaches the worker through Dagster: the job is re-import
 code location, resources read ``EnvVar`` (the target DSN, the backup folder) or a variable *name*
 (the private key) in the worker's environment, and steps share nothing but the target database.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,8 +82,10 @@ def run_target(plan_context: PlanOrchestrationContext) -> str | None:
         return None
     actual, tagged = target_tag(dsn), plan_context.dagster_run.tags.get(TARGET_TAG)
     if tagged and tagged != actual:
-        raise ConfigurationError(f"run tag {TARGET_TAG}={tagged} names another database than the run's target "
-                                 f"resource ({actual}): fix the tag, or leave it out")
+        raise ConfigurationError(
+            f"run tag {TARGET_TAG}={tagged} names another database than the run's target "
+            f"resource ({actual}): fix the tag, or leave it out"
+        )
     return actual
 
 
@@ -125,9 +128,11 @@ class WatchedResult:
         self._silent_since = self._silent_since or now
         if now - self._silent_since < self._lost_after:
             return None
-        return (f"Celery worker {worker} (pid {info.get('pid')}) stopped answering while running step "
-                f"{self._step_key}; the step did not complete (its open transaction is rolled back by "
-                "PostgreSQL). Re-execute the run from failure once a worker serves its queue.")
+        return (
+            f"Celery worker {worker} (pid {info.get('pid')}) stopped answering while running step "
+            f"{self._step_key}; the step did not complete (its open transaction is rolled back by "
+            "PostgreSQL). Re-execute the run from failure once a worker serves its queue."
+        )
 
 
 class RestoreCeleryExecutor(CeleryExecutor):
@@ -153,11 +158,17 @@ class RestoreCeleryExecutor(CeleryExecutor):
     name="backup_assets_celery",
     config_schema={
         **CELERY_CONFIG,
-        "backend": dg.Field(dg.Noneable(dg.StringSource), is_required=False,
-                            description=f"Celery result backend; default ${BACKEND_ENV}, else a redis broker."),
-        "worker_lost_seconds": dg.Field(float, is_required=False, default_value=DEFAULT_WORKER_LOST_SECONDS,
-                                        description="Seconds a running step's worker may stay silent before "
-                                                    "the step and the run fail."),
+        "backend": dg.Field(
+            dg.Noneable(dg.StringSource),
+            is_required=False,
+            description=f"Celery result backend; default ${BACKEND_ENV}, else a redis broker.",
+        ),
+        "worker_lost_seconds": dg.Field(
+            float,
+            is_required=False,
+            default_value=DEFAULT_WORKER_LOST_SECONDS,
+            description="Seconds a running step's worker may stay silent before the step and the run fail.",
+        ),
     },
     requirements=dg.multiple_process_executor_requirements(),
 )
@@ -166,9 +177,16 @@ def restore_celery_executor(init_context: dg.InitExecutorContext) -> RestoreCele
     default to ``$BACKUP_ASSETS_CELERY_BROKER`` / ``$BACKUP_ASSETS_CELERY_BACKEND`` (else the broker)."""
     config: Mapping[str, Any] = init_context.executor_config
     broker = config.get("broker") or os.environ.get(BROKER_ENV)
-    backend = config.get("backend") or os.environ.get(BACKEND_ENV) or (
-        broker if broker and broker.startswith("redis") else None)
+    backend = (
+        config.get("backend")
+        or os.environ.get(BACKEND_ENV)
+        or (broker if broker and broker.startswith("redis") else None)
+    )
     return RestoreCeleryExecutor(
-        worker_lost_seconds=config["worker_lost_seconds"], broker=broker, backend=backend,
-        config_source=config.get("config_source"), include=config.get("include"),
-        retries=RetryMode.from_config(config["retries"]))
+        worker_lost_seconds=config["worker_lost_seconds"],
+        broker=broker,
+        backend=backend,
+        config_source=config.get("config_source"),
+        include=config.get("include"),
+        retries=RetryMode.from_config(config["retries"]),
+    )

@@ -5,6 +5,7 @@ Point ``workspace.yaml`` (or ``dagster dev -m``) at ``backup_assets.celery_defin
 the same module when they run a step. The environment of :mod:`backup_assets.definitions` applies,
 read where the code is loaded: the launching process and every worker.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,13 @@ def celery_restore_job(name: str = CELERY_JOB_NAME) -> dg.UnresolvedAssetJobDefi
     whose config points ``target`` elsewhere (``dsn: {env: OTHER_DSN}``) is given that target's tag
     by whoever launches it."""
     tags = {TARGET_TAG: target_tag(os.environ[DSN_ENV])} if os.environ.get(DSN_ENV) else None
-    return dg.define_asset_job(name, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
-                               executor_def=restore_celery_executor, tags=tags,
-                               description="Restore one backup (a partition), its steps on Celery workers.")
+    return dg.define_asset_job(
+        name,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
+        executor_def=restore_celery_executor,
+        tags=tags,
+        description="Restore one backup (a partition), its steps on Celery workers.",
+    )
 
 
 def build_celery_definitions() -> dg.Definitions:

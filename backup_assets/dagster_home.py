@@ -11,12 +11,12 @@ first. Which instance a command uses:
 The home holds Dagster's run and event storage only: targets reach runs as ``EnvVar`` names or as
 DSNs without a password, so no credential is written there.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-
 
 HOME_ENV = "DAGSTER_HOME"
 #: The shared home's folder name, in the working directory (git-ignored in the repository).
@@ -26,10 +26,14 @@ LOCATION_NAME = "backup_assets"
 
 #: Instance settings of a home made outside the repository (no ``dagster.yaml`` to copy): no telemetry,
 #: no first-visit dialog, the event log of :mod:`backup_assets.event_log`.
-_MINIMAL_INSTANCE = ("telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
-                     "event_log_storage:\n  module: backup_assets.event_log\n  class: KeptOpenSqliteEventLogStorage\n")
-_WORKSPACE = ("load_from:\n  - python_module:\n      module_name: backup_assets.definitions\n"
-              "      working_directory: {cwd}\n      location_name: " + LOCATION_NAME + "\n")
+_MINIMAL_INSTANCE = (
+    "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+    "event_log_storage:\n  module: backup_assets.event_log\n  class: KeptOpenSqliteEventLogStorage\n"
+)
+_WORKSPACE = (
+    "load_from:\n  - python_module:\n      module_name: backup_assets.definitions\n"
+    "      working_directory: {cwd}\n      location_name: " + LOCATION_NAME + "\n"
+)
 
 
 def shared_home(cwd: Path | None = None) -> Path:

@@ -22,25 +22,31 @@ Runs execute in-process by default: all models are one step (:func:`backup_asset
 that loads independent models at once itself. Parallelism across backups comes from runs, one per
 backup partition, capped in ``dagster.yaml``.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.manifest import Manifest
-from backup_assets.schedules import build_restore_drill_schedule, drill_job
-from backup_assets.sensors import RESTORE_JOB_NAME, build_backup_sensor
-from backup_assets.resources.settings import ImportSettingsResource
-from backup_assets.verification import (ROUND_TRIP_KEY, build_rollback_job, build_round_trip_asset,
-                                       build_round_trip_check, verify_job)
 from backup_assets.resources.backup_source import DEFAULT_GLOB, BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from backup_assets.schedules import build_restore_drill_schedule, drill_job
+from backup_assets.sensors import RESTORE_JOB_NAME, build_backup_sensor
+from backup_assets.verification import (
+    ROUND_TRIP_KEY,
+    build_rollback_job,
+    build_round_trip_asset,
+    build_round_trip_check,
+    verify_job,
+)
 
 MANIFEST_ENV = "BACKUP_ASSETS_MANIFEST"
 BACKUPS_ENV = "BACKUP_ASSETS_BACKUPS"
@@ -68,7 +74,8 @@ def default_resources() -> dict[str, object]:
         "target": PostgresTargetResource.from_env(),
         "backup_source": BackupSourceResource(
             folder=dg.EnvVar(BACKUPS_ENV) if env.get(BACKUPS_ENV) else "backups",
-            glob=dg.EnvVar(GLOB_ENV) if env.get(GLOB_ENV) else DEFAULT_GLOB),
+            glob=dg.EnvVar(GLOB_ENV) if env.get(GLOB_ENV) else DEFAULT_GLOB,
+        ),
         "decryptor": decryptor,
         "staging": StagingResource(),
         "import_settings": ImportSettingsResource(),
@@ -77,14 +84,23 @@ def default_resources() -> dict[str, object]:
 
 def restore_job(name: str = JOB_NAME) -> dg.UnresolvedAssetJobDefinition:
     """Every asset of the graph (and the checks defined on them), for one backup partition, in-process."""
-    return dg.define_asset_job(name, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
-                               executor_def=dg.in_process_executor,
-                               description="Restore one backup (a partition) into the target database.")
+    return dg.define_asset_job(
+        name,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ROUND_TRIP_KEY),
+        executor_def=dg.in_process_executor,
+        description="Restore one backup (a partition) into the target database.",
+    )
 
 
-def build_definitions(manifest: Manifest | None = None, *, resources: Mapping[str, object] | None = None,
-                      sensor: dg.SensorDefinition | None = None, schedule: dg.ScheduleDefinition | None = None,
-                      round_trip_check: bool = False, **graph_options: Any) -> dg.Definitions:
+def build_definitions(
+    manifest: Manifest | None = None,
+    *,
+    resources: Mapping[str, object] | None = None,
+    sensor: dg.SensorDefinition | None = None,
+    schedule: dg.ScheduleDefinition | None = None,
+    round_trip_check: bool = False,
+    **graph_options: Any,
+) -> dg.Definitions:
     """The Definitions of the code location for ``manifest`` (default: :func:`load_manifest`).
 
     ``resources`` (default: :func:`default_resources`), ``sensor`` (default: the backup folder sensor)

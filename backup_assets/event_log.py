@@ -24,6 +24,7 @@ storage keeps the same files, so an existing home keeps its history)::
       module: backup_assets.event_log
       class: KeptOpenSqliteEventLogStorage
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,10 @@ from typing import Any
 import sqlalchemy as db
 from dagster import DagsterInstance
 from dagster._config import Field, StringSource
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance import InstanceType
 from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
 from dagster._core.run_coordinator import DefaultRunCoordinator
-from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
@@ -82,8 +83,9 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         return {"base_dir": Field(StringSource, is_required=False)}
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,
-                          config_value: Mapping[str, Any]) -> KeptOpenSqliteEventLogStorage:
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> KeptOpenSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
     def _engine(self, shard: str) -> Engine:
@@ -92,9 +94,11 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines, self._engines_pid = OrderedDict(), os.getpid()
         engine = self._engines.get(shard)
         if engine is None:
-            engine = db.create_engine(self.conn_string_for_shard(shard), poolclass=StaticPool,
-                                      connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
-                                                    "check_same_thread": False})
+            engine = db.create_engine(
+                self.conn_string_for_shard(shard),
+                poolclass=StaticPool,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+            )
             self._engines[shard] = engine
             self._close_old_run_files()
         self._engines.move_to_end(shard)
@@ -102,7 +106,7 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _close_old_run_files(self) -> None:
         runs = [s for s in self._engines if s != INDEX_SHARD_NAME]
-        for shard in runs[:max(0, len(runs) - OPEN_RUN_FILES)]:
+        for shard in runs[: max(0, len(runs) - OPEN_RUN_FILES)]:
             self._engines.pop(shard).dispose()
 
     def _forget(self, shard: str) -> None:
@@ -185,7 +189,12 @@ class KeptOpenInMemoryEventLogStorage(InMemoryEventLogStorage):
 def ephemeral_instance() -> DagsterInstance:
     """``DagsterInstance.ephemeral()`` with :class:`KeptOpenInMemoryEventLogStorage`: nothing on disk
     but an empty temporary folder for artifacts, removed when the instance is disposed."""
-    return DagsterInstance(instance_type=InstanceType.EPHEMERAL, local_artifact_storage=TemporaryLocalArtifactStorage(),
-                           run_storage=InMemoryRunStorage(), event_storage=KeptOpenInMemoryEventLogStorage(),
-                           compute_log_manager=NoOpComputeLogManager(), run_coordinator=DefaultRunCoordinator(),
-                           run_launcher=SyncInMemoryRunLauncher())
+    return DagsterInstance(
+        instance_type=InstanceType.EPHEMERAL,
+        local_artifact_storage=TemporaryLocalArtifactStorage(),
+        run_storage=InMemoryRunStorage(),
+        event_storage=KeptOpenInMemoryEventLogStorage(),
+        compute_log_manager=NoOpComputeLogManager(),
+        run_coordinator=DefaultRunCoordinator(),
+        run_launcher=SyncInMemoryRunLauncher(),
+    )

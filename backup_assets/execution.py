@@ -19,6 +19,7 @@ each model's load by it); this module words it for Dagster.
   engine's message (which names the model, row and field).
 * Anything else is a bug: it also fails at once, keeping the original exception as the cause.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,12 +29,12 @@ from contextlib import ExitStack, contextmanager
 import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
-from backup_assets.core.retry import exhausted_resource, one_line, operational
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.restore import Restore
+from backup_assets.core.retry import exhausted_resource, one_line, operational
 from backup_assets.core.settings import check_import_id
-from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
 
 
@@ -46,12 +47,17 @@ def failure(what: str, e: BaseException, retried: int = 0) -> dg.Failure:
     ran_out = exhausted_resource(op)
     if op is not None and not ran_out:  # transient (see is_transient)
         again = f" (after {retried} retries in the step)" if retried else ""
-        return dg.Failure(description=f"{what}: transient database error{again}, retried by policy: "
-                                      f"{type(op).__name__}: {one_line(op)}", allow_retries=True)
+        return dg.Failure(
+            description=f"{what}: transient database error{again}, retried by policy: "
+            f"{type(op).__name__}: {one_line(op)}",
+            allow_retries=True,
+        )
     if ran_out and op is not None:
-        return dg.Failure(description=f"{what}: {ran_out} ({type(op).__name__}: {one_line(op)}); nothing of "
-                                      "this step was committed: free the resource, then re-materialize",
-                          allow_retries=False)
+        return dg.Failure(
+            description=f"{what}: {ran_out} ({type(op).__name__}: {one_line(op)}); nothing of "
+            "this step was committed: free the resource, then re-materialize",
+            allow_retries=False,
+        )
     kind = "" if isinstance(e, BackupAssetsError) else "unexpected error: "
     return dg.Failure(description=f"{what}: {kind}{type(e).__name__}: {e}", allow_retries=False)
 
@@ -70,19 +76,31 @@ def engine_errors(what: str) -> Iterator[None]:
 def import_id_of(context: dg.AssetExecutionContext) -> str:
     """The import id of the run: its partition key (one partition is one import)."""
     if not context.has_partition_key:
-        raise dg.Failure("the restore assets are partitioned by backup: select a partition (a backup) to run",
-                         allow_retries=False)
+        raise dg.Failure(
+            "the restore assets are partitioned by backup: select a partition (a backup) to run", allow_retries=False
+        )
     with engine_errors("partition key"):
         return check_import_id(context.partition_key)
 
 
-def open_restore(context: dg.AssetExecutionContext, manifest: Manifest, target: PostgresTargetResource,
-                 import_settings: ImportSettingsResource, staging: StagingResource) -> Restore:
+def open_restore(
+    context: dg.AssetExecutionContext,
+    manifest: Manifest,
+    target: PostgresTargetResource,
+    import_settings: ImportSettingsResource,
+    staging: StagingResource,
+) -> Restore:
     """The engine object of this run's import (each step opens its own connections)."""
     import_id = import_id_of(context)
     with engine_errors("configuration"):
-        return Restore(target.resolved_dsn(), manifest, import_id, import_settings.to_settings(),
-                       unlogged_staging=staging.unlogged, run_id=context.run.run_id)
+        return Restore(
+            target.resolved_dsn(),
+            manifest,
+            import_id,
+            import_settings.to_settings(),
+            unlogged_staging=staging.unlogged,
+            run_id=context.run.run_id,
+        )
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Run the restore graph in-process for one backup: what ``backup-assets import`` calls, so the command
 line and the Dagster UI share one code path (and one record: see :mod:`backup_assets.dagster_home`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,16 +17,16 @@ from psycopg.conninfo import conninfo_to_dict
 from backup_assets.assets import build_restore_graph
 from backup_assets.core.decryptors import Decryptor
 from backup_assets.core.manifest import Manifest
+from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.dagster_home import HOME_ENV, cli_home
 from backup_assets.event_log import ephemeral_instance
-from backup_assets.core.settings import ImportSettings, check_import_id
 from backup_assets.partitions import backups_partitions, partition_key_for_file, partitions_name
-from backup_assets.resources.settings import ImportSettingsResource
-from backup_assets.translator import PARSED_EXPORT_KEY
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import target_resource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from backup_assets.translator import PARSED_EXPORT_KEY
 
 if TYPE_CHECKING:
     from dagster._core.execution.plan.objects import StepFailureData
@@ -63,12 +64,20 @@ def cli_instance() -> Iterator[tuple[dg.DagsterInstance, bool]]:
         yield recorded, True
 
 
-def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, settings: ImportSettings | None = None,
-                        manifest: Manifest | None = None, import_id: str | None = None,
-                        decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
-                        selection: dg.AssetSelection | str | list | None = None, *, raise_on_error: bool = False,
-                        staging: StagingResource | None = None, log_level: str | None = None
-                        ) -> dg.ExecuteInProcessResult:
+def materialize_restore(
+    backup_path: str | os.PathLike[str],
+    dsn: str | None,
+    settings: ImportSettings | None = None,
+    manifest: Manifest | None = None,
+    import_id: str | None = None,
+    decryptor: Decryptor | None = None,
+    instance: dg.DagsterInstance | None = None,
+    selection: dg.AssetSelection | str | list | None = None,
+    *,
+    raise_on_error: bool = False,
+    staging: StagingResource | None = None,
+    log_level: str | None = None,
+) -> dg.ExecuteInProcessResult:
     """Restore ``backup_path`` into ``dsn`` by materializing the asset graph in-process, as one partition.
 
     ``import_id`` defaults to the file's partition key (readable stem + SHA-256 prefix); the partition is
@@ -80,8 +89,19 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
     """
     if instance is None:
         with cli_instance() as (instance, _):
-            return materialize_restore(backup_path, dsn, settings, manifest, import_id, decryptor, instance, selection,
-                                       raise_on_error=raise_on_error, staging=staging, log_level=log_level)
+            return materialize_restore(
+                backup_path,
+                dsn,
+                settings,
+                manifest,
+                import_id,
+                decryptor,
+                instance,
+                selection,
+                raise_on_error=raise_on_error,
+                staging=staging,
+                log_level=log_level,
+            )
     path = Path(backup_path).absolute()
     manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
     key = check_import_id(import_id) if import_id else partition_key_for_file(path)
@@ -95,19 +115,34 @@ def materialize_restore(backup_path: str | os.PathLike[str], dsn: str | None, se
         "import_settings": ImportSettingsResource.from_settings(settings or ImportSettings()),
     }
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}} if log_level else None
-    return dg.materialize(build_restore_graph(manifest), instance=instance, partition_key=key, resources=resources,
-                          selection=selection, raise_on_error=raise_on_error, run_config=run_config,
-                          tags={TARGET_TAG: target_tag(dsn), BACKUP_TAG: path.name})
+    return dg.materialize(
+        build_restore_graph(manifest),
+        instance=instance,
+        partition_key=key,
+        resources=resources,
+        selection=selection,
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+        tags={TARGET_TAG: target_tag(dsn), BACKUP_TAG: path.name},
+    )
 
 
 #: Every asset, and of the checks only the stage's (a stage asset cannot run without its checks).
-_WITHOUT_MODEL_CHECKS = dg.AssetSelection.all().without_checks() | dg.AssetSelection.checks_for_assets(PARSED_EXPORT_KEY)
+_WITHOUT_MODEL_CHECKS = dg.AssetSelection.all().without_checks() | dg.AssetSelection.checks_for_assets(
+    PARSED_EXPORT_KEY
+)
 
 
-def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: ImportSettings | None = None,
-                   manifest: Manifest | None = None, import_id: str | None = None,
-                   decryptor: Decryptor | None = None, instance: dg.DagsterInstance | None = None,
-                   log_level: str | None = None) -> dg.ExecuteInProcessResult:
+def restore_backup(
+    backup_path: str | os.PathLike[str],
+    dsn: str,
+    settings: ImportSettings | None = None,
+    manifest: Manifest | None = None,
+    import_id: str | None = None,
+    decryptor: Decryptor | None = None,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str | None = None,
+) -> dg.ExecuteInProcessResult:
     """The whole restore of one backup as one in-process run of the graph (what ``backup-assets import``
     does): the stages, the models' step, ``restore_complete``. Without an instance, the run is recorded
     in the command line's (:func:`backup_assets.dagster_home.cli_home`: ``$DAGSTER_HOME``, else the
@@ -115,8 +150,16 @@ def restore_backup(backup_path: str | os.PathLike[str], dsn: str, settings: Impo
     (it leaves no temporary folder behind), whose run leaves the models' checks out of its selection: the
     engine still verifies every model and ``restore_complete`` still fails on an ERROR check (from each
     model's ``failed_checks``), but no check evaluation is recorded in an instance nobody reads."""
-    run = functools.partial(materialize_restore, backup_path, dsn, settings, manifest=manifest, import_id=import_id,
-                            decryptor=decryptor, log_level=log_level)
+    run = functools.partial(
+        materialize_restore,
+        backup_path,
+        dsn,
+        settings,
+        manifest=manifest,
+        import_id=import_id,
+        decryptor=decryptor,
+        log_level=log_level,
+    )
     if instance is not None:
         return run(instance=instance)
     with cli_instance() as (instance, recorded):

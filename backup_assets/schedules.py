@@ -24,6 +24,7 @@ into the same standby would find the import recorded there and prove nothing new
 The schedule is off by default (``DefaultScheduleStatus.STOPPED``): turn it on in the UI or with
 ``dagster schedule start``. Its cron comes from ``$BACKUP_ASSETS_DRILL_CRON`` when set.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,10 +35,10 @@ import dagster as dg
 
 from backup_assets.core.errors import BackupAssetsError
 from backup_assets.partitions import backups_partitions, partition_key_for_file, partitions_name
+from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 from backup_assets.translator import RESTORE_COMPLETE_KEY
 from backup_assets.verification import ROUND_TRIP_CHECK_KEY
-from backup_assets.resources.backup_source import BackupSourceResource
 
 DRILL_JOB_NAME = "restore_drill_job"
 DRILL_SCHEDULE_NAME = "restore_drill_schedule"
@@ -55,10 +56,14 @@ def drill_job(name: str = DRILL_JOB_NAME, *, round_trip_check: bool = False) -> 
     selection: dg.AssetSelection = dg.AssetSelection.all()
     if round_trip_check:
         selection = selection - dg.AssetSelection.checks(ROUND_TRIP_CHECK_KEY)
-    return dg.define_asset_job(name, selection=selection, executor_def=dg.in_process_executor,
-                               tags={DRILL_TAG: "true"},
-                               description="Restore drill: the newest backup into the standby database "
-                                           "(global replace), every check verified; fails on an ERROR check.")
+    return dg.define_asset_job(
+        name,
+        selection=selection,
+        executor_def=dg.in_process_executor,
+        tags={DRILL_TAG: "true"},
+        description="Restore drill: the newest backup into the standby database "
+        "(global replace), every check verified; fails on an ERROR check.",
+    )
 
 
 def drill_run_config(standby_dsn_env: str = STANDBY_DSN_ENV, create_schema: bool = True) -> dict[str, Any]:
@@ -69,8 +74,9 @@ def drill_run_config(standby_dsn_env: str = STANDBY_DSN_ENV, create_schema: bool
     return {
         "resources": {
             "target": {"config": {"dsn": {"env": standby_dsn_env}}},
-            "import_settings": {"config": {"scope": "global", "replace_existing": True,
-                                           "create_schema": create_schema, "strict": True}},
+            "import_settings": {
+                "config": {"scope": "global", "replace_existing": True, "create_schema": create_schema, "strict": True}
+            },
         },
         "ops": {RESTORE_COMPLETE_KEY.to_python_identifier(): {"config": {"fail_on_dropped_rows": True}}},
     }
@@ -89,24 +95,34 @@ def newest_backup(source: BackupSourceResource) -> Path | None:
     return newest[2] if newest else None
 
 
-def build_restore_drill_schedule(cron: str | None = None, *, name: str = DRILL_SCHEDULE_NAME,
-                                 job: dg.UnresolvedAssetJobDefinition | str = DRILL_JOB_NAME,
-                                 standby_dsn_env: str = STANDBY_DSN_ENV, create_schema: bool = True,
-                                 execution_timezone: str | None = None,
-                                 partitions_def: dg.DynamicPartitionsDefinition = backups_partitions,
-                                 default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
-                                 ) -> dg.ScheduleDefinition:
+def build_restore_drill_schedule(
+    cron: str | None = None,
+    *,
+    name: str = DRILL_SCHEDULE_NAME,
+    job: dg.UnresolvedAssetJobDefinition | str = DRILL_JOB_NAME,
+    standby_dsn_env: str = STANDBY_DSN_ENV,
+    create_schema: bool = True,
+    execution_timezone: str | None = None,
+    partitions_def: dg.DynamicPartitionsDefinition = backups_partitions,
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.ScheduleDefinition:
     """The drill schedule (see the module doc). ``cron``: explicit, else ``$BACKUP_ASSETS_DRILL_CRON``,
     else 04:00 daily. ``job`` must select every asset of the graph (default: :func:`drill_job`'s name)."""
     cron = cron or os.environ.get(CRON_ENV) or DEFAULT_CRON
     job_kwargs = {"job_name": job} if isinstance(job, str) else {"job": job}
 
-    @dg.schedule(name=name, cron_schedule=cron, execution_timezone=execution_timezone,
-                 default_status=default_status, **job_kwargs,
-                 description=f"Restore drill ({cron}): the newest backup into the standby database "
-                             f"(${standby_dsn_env}), global replace, every check; fails on an ERROR check.")
-    def _schedule(context: dg.ScheduleEvaluationContext, backup_source: BackupSourceResource
-                  ) -> dg.RunRequest | dg.SkipReason:
+    @dg.schedule(
+        name=name,
+        cron_schedule=cron,
+        execution_timezone=execution_timezone,
+        default_status=default_status,
+        **job_kwargs,
+        description=f"Restore drill ({cron}): the newest backup into the standby database "
+        f"(${standby_dsn_env}), global replace, every check; fails on an ERROR check.",
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, backup_source: BackupSourceResource
+    ) -> dg.RunRequest | dg.SkipReason:
         try:
             path = newest_backup(backup_source)
             if path is None:
@@ -117,10 +133,16 @@ def build_restore_drill_schedule(cron: str | None = None, *, name: str = DRILL_S
         if not context.instance.has_dynamic_partition(partitions_name(partitions_def), key):
             context.instance.add_dynamic_partitions(partitions_name(partitions_def), [key])
         return dg.RunRequest(
-            run_key=f"drill:{key}", partition_key=key,
+            run_key=f"drill:{key}",
+            partition_key=key,
             run_config=drill_run_config(standby_dsn_env, create_schema),
-            tags={DRILL_TAG: "true", BACKUP_TAG: path.name,
-                  TARGET_TAG: target_tag(os.environ.get(standby_dsn_env)) if os.environ.get(standby_dsn_env)
-                  else f"${standby_dsn_env}"})
+            tags={
+                DRILL_TAG: "true",
+                BACKUP_TAG: path.name,
+                TARGET_TAG: target_tag(os.environ.get(standby_dsn_env))
+                if os.environ.get(standby_dsn_env)
+                else f"${standby_dsn_env}",
+            },
+        )
 
     return _schedule

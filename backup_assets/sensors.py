@@ -18,6 +18,7 @@ following ticks, so a first tick over a full folder does not start dozens of res
 The cursor is JSON: ``{"files": {name: [size, mtime_ns, sha256 | null, requested]}}``. It only names
 files present at the last tick, so it stays as small as the folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,9 @@ import dagster as dg
 from backup_assets.core.errors import BackupAssetsError
 from backup_assets.core.postgres import DSN_ENV
 from backup_assets.partitions import backups_partitions, file_sha256, partition_key, partitions_name
-from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 
 DEFAULT_SENSOR_NAME = "backup_folder_sensor"
 DEFAULT_MAX_RUNS_PER_TICK = 2
@@ -76,14 +77,15 @@ def dump_cursor(files: Mapping[str, FileState]) -> str:
 class Scan:
     """The outcome of one tick over the folder."""
 
-    files: dict[str, FileState]        #: the next cursor
+    files: dict[str, FileState]  #: the next cursor
     to_request: list[tuple[str, str]]  #: (file name, partition key) to add and run, oldest first
-    waiting: list[str]                 #: files seen for the first time or still changing
-    deferred: int                      #: stable new backups left for later ticks by the cap
+    waiting: list[str]  #: files seen for the first time or still changing
+    deferred: int  #: stable new backups left for later ticks by the cap
 
 
-def scan_folder(source: BackupSourceResource, previous: Mapping[str, FileState], existing_key: Callable[[str], bool],
-                max_runs: int) -> Scan:
+def scan_folder(
+    source: BackupSourceResource, previous: Mapping[str, FileState], existing_key: Callable[[str], bool], max_runs: int
+) -> Scan:
     """Compare the folder with the previous cursor (see the module doc). ``existing_key(key)`` says
     whether a partition exists already (then the file is marked requested without a new run)."""
     files: dict[str, FileState] = {}
@@ -120,13 +122,15 @@ def scan_folder(source: BackupSourceResource, previous: Mapping[str, FileState],
     return Scan(files, [(name, key) for _, name, key in chosen], waiting, len(ready) - len(chosen))
 
 
-def build_backup_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition | str | None = None, *,
-                        name: str = DEFAULT_SENSOR_NAME,
-                        max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK,
-                        minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
-                        partitions_def: dg.DynamicPartitionsDefinition = backups_partitions,
-                        default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
-                        ) -> dg.SensorDefinition:
+def build_backup_sensor(
+    job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition | str | None = None,
+    *,
+    name: str = DEFAULT_SENSOR_NAME,
+    max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK,
+    minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    partitions_def: dg.DynamicPartitionsDefinition = backups_partitions,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
     """A sensor over the ``backup_source`` resource's folder that adds one partition and requests one run
     of ``job`` (default: ``restore_backup_job``) per new, settled backup file (see the module doc).
 
@@ -139,33 +143,47 @@ def build_backup_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition 
     job = RESTORE_JOB_NAME if job is None else job
     job_kwargs = {"job_name": job} if isinstance(job, str) else {"job": job}
 
-    @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
-               description=f"Adds a partition and requests a restore for each new backup file once it has "
-                           f"stopped changing; at most {max_runs_per_tick} runs per tick.", **job_kwargs)
-    def _sensor(context: dg.SensorEvaluationContext, backup_source: BackupSourceResource,
-                target: PostgresTargetResource) -> dg.SensorResult:
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=f"Adds a partition and requests a restore for each new backup file once it has "
+        f"stopped changing; at most {max_runs_per_tick} runs per tick.",
+        **job_kwargs,
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext, backup_source: BackupSourceResource, target: PostgresTargetResource
+    ) -> dg.SensorResult:
         previous = parse_cursor(context.cursor)
         try:
-            scan = scan_folder(backup_source, previous,
-                               lambda k: context.instance.has_dynamic_partition(partitions_name(partitions_def), k),
-                               max_runs_per_tick)
+            scan = scan_folder(
+                backup_source,
+                previous,
+                lambda k: context.instance.has_dynamic_partition(partitions_name(partitions_def), k),
+                max_runs_per_tick,
+            )
         except BackupAssetsError as e:
             return dg.SensorResult(skip_reason=f"backup folder unreadable: {e}", cursor=context.cursor)
         cursor = dump_cursor(scan.files)
         if scan.deferred:
-            context.log.info(f"{scan.deferred} more new backup(s) left for the next ticks "
-                             f"(max_runs_per_tick={max_runs_per_tick})")
+            context.log.info(
+                f"{scan.deferred} more new backup(s) left for the next ticks (max_runs_per_tick={max_runs_per_tick})"
+            )
         if not scan.to_request:
-            why = (f"waiting for {len(scan.waiting)} file(s) to stop changing: {', '.join(scan.waiting[:5])}"
-                   if scan.waiting else "no new backup")
+            why = (
+                f"waiting for {len(scan.waiting)} file(s) to stop changing: {', '.join(scan.waiting[:5])}"
+                if scan.waiting
+                else "no new backup"
+            )
             return dg.SensorResult(skip_reason=why, cursor=cursor)
         tag = target_tag(target.dsn or os.environ.get(DSN_ENV))
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=key, run_key=key,
-                                        tags={BACKUP_TAG: name, TARGET_TAG: tag}) for name, key in scan.to_request],
+            run_requests=[
+                dg.RunRequest(partition_key=key, run_key=key, tags={BACKUP_TAG: name, TARGET_TAG: tag})
+                for name, key in scan.to_request
+            ],
             dynamic_partitions_requests=[partitions_def.build_add_request([k for _, k in scan.to_request])],
-            cursor=cursor)
+            cursor=cursor,
+        )
 
     return _sensor
-
-

@@ -25,14 +25,18 @@ from backup_assets.core.results import StageResult
 from backup_assets.core.source import Backup, open_backup
 from backup_assets.core.tarball import BLOCK, compression_of, is_tar_header, read_tarball
 from backup_assets.execution import Stopwatch, engine_errors, held, import_id_of, open_restore
-from backup_assets.resources.settings import ImportSettingsResource
-from backup_assets.translator import (
-    BACKUP_FILE_KEY, DATA_KEY_KEY, PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY, UNWRAPPED_TARBALL_KEY,
-)
 from backup_assets.resources.backup_source import BackupFile, BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from backup_assets.translator import (
+    BACKUP_FILE_KEY,
+    DATA_KEY_KEY,
+    PARSED_EXPORT_KEY,
+    RESTORE_COMPLETE_KEY,
+    UNWRAPPED_TARBALL_KEY,
+)
 
 STAGE_GROUP = "sentry_backup"
 PLAIN_JSON_NOTE = "plain JSON export: not encrypted, nothing to unwrap"
@@ -50,8 +54,10 @@ def _decryptor(resource: DecryptorResource | Decryptor, bf: BackupFile) -> Decry
     if isinstance(resource, Decryptor):
         return resource
     if not (resource.private_key_path or resource.private_key_env):
-        raise DecryptionError(f"{bf.path}: this backup is encrypted; configure the 'decryptor' resource "
-                              "(private_key_path, or private_key_env naming a variable that holds the PEM)")
+        raise DecryptionError(
+            f"{bf.path}: this backup is encrypted; configure the 'decryptor' resource "
+            "(private_key_path, or private_key_env naming a variable that holds the PEM)"
+        )
     return resource.get_decryptor()
 
 
@@ -66,8 +72,9 @@ def _is_plain(bf: BackupFile) -> bool:
     return not (is_tar_header(head) or compression_of(head))
 
 
-def open_run_backup(context: dg.AssetExecutionContext, source: BackupSourceResource,
-                    decryptor: DecryptorResource | Decryptor) -> Backup:
+def open_run_backup(
+    context: dg.AssetExecutionContext, source: BackupSourceResource, decryptor: DecryptorResource | Decryptor
+) -> Backup:
     """The run's backup, opened; a decryptor is only asked for when the backup is encrypted. Used by
     the parse stage, and by a model asset that finds its import's staging gone (it stages again)."""
     bf = _backup_file(context, source)
@@ -76,11 +83,23 @@ def open_run_backup(context: dg.AssetExecutionContext, source: BackupSourceResou
         return open_backup(bf.path, None if plain else _decryptor(decryptor, bf))
 
 
-def _stage(fn: Callable[..., dg.MaterializeResult], key: dg.AssetKey, deps: list[dg.AssetKey], description: str,
-           partitions_def: dg.PartitionsDefinition | None,
-           check_specs: list[dg.AssetCheckSpec] | None = None) -> dg.AssetsDefinition:
-    return dg.asset(key=key, deps=deps, description=description, group_name=STAGE_GROUP,
-                    partitions_def=partitions_def, kinds={"sentry"}, check_specs=check_specs)(fn)
+def _stage(
+    fn: Callable[..., dg.MaterializeResult],
+    key: dg.AssetKey,
+    deps: list[dg.AssetKey],
+    description: str,
+    partitions_def: dg.PartitionsDefinition | None,
+    check_specs: list[dg.AssetCheckSpec] | None = None,
+) -> dg.AssetsDefinition:
+    return dg.asset(
+        key=key,
+        deps=deps,
+        description=description,
+        group_name=STAGE_GROUP,
+        partitions_def=partitions_def,
+        kinds={"sentry"},
+        check_specs=check_specs,
+    )(fn)
 
 
 UNKNOWN_MODELS_CHECK = "no_unknown_models"
@@ -92,21 +111,34 @@ def _unknown_models_check(staged: StageResult) -> dg.AssetCheckResult:
     unknown = dict(sorted(staged.unknown_models.items()))
     described = ", ".join(f"{m} ({n})" for m, n in unknown.items())
     return dg.AssetCheckResult(
-        check_name=UNKNOWN_MODELS_CHECK, passed=not unknown, severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"{sum(unknown.values())} rows of {len(unknown)} models the manifest does not know were "
-                     f"skipped: {described}; pass the manifest of the export's Sentry release" if unknown
-                     else "every row is of a model the manifest knows"),
-        metadata={"unknown_models": dg.MetadataValue.json(unknown), "unknown_rows": sum(unknown.values())})
+        check_name=UNKNOWN_MODELS_CHECK,
+        passed=not unknown,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"{sum(unknown.values())} rows of {len(unknown)} models the manifest does not know were "
+            f"skipped: {described}; pass the manifest of the export's Sentry release"
+            if unknown
+            else "every row is of a model the manifest knows"
+        ),
+        metadata={"unknown_models": dg.MetadataValue.json(unknown), "unknown_rows": sum(unknown.values())},
+    )
 
 
 def _backup_file_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource) -> dg.MaterializeResult:
     bf = _backup_file(context, backup_source)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(bf.path)), "size_bytes": bf.size, "sha256": bf.sha256,
-        "import_id": context.partition_key})
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(bf.path)),
+            "size_bytes": bf.size,
+            "sha256": bf.sha256,
+            "import_id": context.partition_key,
+        }
+    )
 
-def _unwrapped_tarball_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource
-                      ) -> dg.MaterializeResult:
+
+def _unwrapped_tarball_stage(
+    context: dg.AssetExecutionContext, backup_source: BackupSourceResource
+) -> dg.MaterializeResult:
     bf = _backup_file(context, backup_source)
     if _is_plain(bf):
         return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
@@ -114,12 +146,16 @@ def _unwrapped_tarball_stage(context: dg.AssetExecutionContext, backup_source: B
         contents = read_tarball(bf.path)
     members = dg.MetadataValue.table(
         records=[dg.TableRecord({"member": m, "bytes": n}) for m, n in contents.members.items()],
-        schema=dg.TableSchema(columns=[dg.TableColumn("member", "string"), dg.TableColumn("bytes", "int")]))
-    return dg.MaterializeResult(metadata={"kind": "tarball", "members": members,
-                                          "export_json_bytes": contents.export_size})
+        schema=dg.TableSchema(columns=[dg.TableColumn("member", "string"), dg.TableColumn("bytes", "int")]),
+    )
+    return dg.MaterializeResult(
+        metadata={"kind": "tarball", "members": members, "export_json_bytes": contents.export_size}
+    )
 
-def _data_key_stage(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
-             decryptor: DecryptorResource) -> dg.MaterializeResult:
+
+def _data_key_stage(
+    context: dg.AssetExecutionContext, backup_source: BackupSourceResource, decryptor: DecryptorResource
+) -> dg.MaterializeResult:
     bf = _backup_file(context, backup_source)
     if _is_plain(bf):
         return dg.MaterializeResult(metadata={"kind": "json", "note": PLAIN_JSON_NOTE})
@@ -128,47 +164,83 @@ def _data_key_stage(context: dg.AssetExecutionContext, backup_source: BackupSour
         fingerprint = keys.fingerprint(contents.key_pub)
         # Proves key.pub matches the private key and data.key unwraps; the key is dropped at once.
         _decryptor(decryptor, bf).unwrap_data_key(contents.data_key, contents.key_pub)
-    return dg.MaterializeResult(metadata={
-        "kind": "tarball", "key_pub_fingerprint": fingerprint,
-        "key_pub_matched": True,
-        "note": "data key unwrapped in memory and discarded; later stages unwrap it again"})
+    return dg.MaterializeResult(
+        metadata={
+            "kind": "tarball",
+            "key_pub_fingerprint": fingerprint,
+            "key_pub_matched": True,
+            "note": "data key unwrapped in memory and discarded; later stages unwrap it again",
+        }
+    )
 
 
-def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None
-                       ) -> list[dg.AssetsDefinition]:
+def build_stage_assets(manifest: Manifest, partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetsDefinition]:
     """The four stages before the model assets (see the module doc)."""
 
-    def parsed_export(context: dg.AssetExecutionContext, backup_source: BackupSourceResource,
-                      decryptor: DecryptorResource, target: PostgresTargetResource,
-                      import_settings: ImportSettingsResource, staging: StagingResource) -> dg.MaterializeResult:
+    def parsed_export(
+        context: dg.AssetExecutionContext,
+        backup_source: BackupSourceResource,
+        decryptor: DecryptorResource,
+        target: PostgresTargetResource,
+        import_settings: ImportSettingsResource,
+        staging: StagingResource,
+    ) -> dg.MaterializeResult:
         backup = open_run_backup(context, backup_source, decryptor)
         restore = open_restore(context, manifest, target, import_settings, staging)
         with held(restore), engine_errors("parse"), Stopwatch() as sw:
             staged = restore.stage(backup)
             restore.prepare()
-        return dg.MaterializeResult(metadata=_stage_metadata(staged, sw.seconds),
-                                    check_results=[_unknown_models_check(staged)])
+        return dg.MaterializeResult(
+            metadata=_stage_metadata(staged, sw.seconds), check_results=[_unknown_models_check(staged)]
+        )
 
     return [
-        _stage(_backup_file_stage, BACKUP_FILE_KEY, [], "The backup file of this partition: size and SHA-256.",
-               partitions_def),
-        _stage(_unwrapped_tarball_stage, UNWRAPPED_TARBALL_KEY, [BACKUP_FILE_KEY],
-               "The export tarball's members, validated (a plain JSON export passes through).", partitions_def),
-        _stage(_data_key_stage, DATA_KEY_KEY, [UNWRAPPED_TARBALL_KEY],
-               "key.pub matched against the private key and data.key unwrapped in memory; the key is never "
-               "stored (a plain JSON export passes through).", partitions_def),
-        _stage(parsed_export, PARSED_EXPORT_KEY, [DATA_KEY_KEY],
-               "The export decrypted and parsed into the staging area (schema backup_assets of the target "
-               "database), and the import prepared.", partitions_def,
-               [dg.AssetCheckSpec(UNKNOWN_MODELS_CHECK, asset=PARSED_EXPORT_KEY, blocking=False,
-                                  description="No row skipped because the manifest does not know its model.")]),
+        _stage(
+            _backup_file_stage,
+            BACKUP_FILE_KEY,
+            [],
+            "The backup file of this partition: size and SHA-256.",
+            partitions_def,
+        ),
+        _stage(
+            _unwrapped_tarball_stage,
+            UNWRAPPED_TARBALL_KEY,
+            [BACKUP_FILE_KEY],
+            "The export tarball's members, validated (a plain JSON export passes through).",
+            partitions_def,
+        ),
+        _stage(
+            _data_key_stage,
+            DATA_KEY_KEY,
+            [UNWRAPPED_TARBALL_KEY],
+            "key.pub matched against the private key and data.key unwrapped in memory; the key is never "
+            "stored (a plain JSON export passes through).",
+            partitions_def,
+        ),
+        _stage(
+            parsed_export,
+            PARSED_EXPORT_KEY,
+            [DATA_KEY_KEY],
+            "The export decrypted and parsed into the staging area (schema backup_assets of the target "
+            "database), and the import prepared.",
+            partitions_def,
+            [
+                dg.AssetCheckSpec(
+                    UNKNOWN_MODELS_CHECK,
+                    asset=PARSED_EXPORT_KEY,
+                    blocking=False,
+                    description="No row skipped because the manifest does not know its model.",
+                )
+            ],
+        ),
     ]
 
 
 def _stage_metadata(staged: StageResult, seconds: float) -> dict[str, Any]:
     per_model = dg.MetadataValue.table(
         records=[dg.TableRecord({"model": m, "rows": n}) for m, n in sorted(staged.rows_per_model.items())],
-        schema=dg.TableSchema(columns=[dg.TableColumn("model", "string"), dg.TableColumn("rows", "int")]))
+        schema=dg.TableSchema(columns=[dg.TableColumn("model", "string"), dg.TableColumn("rows", "int")]),
+    )
     return {
         "dagster/row_count": staged.rows,
         "rows": staged.rows,
@@ -191,7 +263,8 @@ _TOTALS = ("rows_read", "rows_written", "rows_merged", "rows_dropped")
 
 def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> Mapping[str, Any] | None:
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
+    ).records
     if not records or records[0].asset_materialization is None:
         return None
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
@@ -209,16 +282,21 @@ class RestoreCompleteConfig(dg.Config):
     fail_on_dropped_rows: bool = False
 
 
-def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.AssetKey, str],
-                                 partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+def build_restore_complete_asset(
+    manifest: Manifest, model_keys: Mapping[dg.AssetKey, str], partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
     """``restore_complete``: depends on every model asset; totals their loads, fails when a model with
     staged rows was never materialized for the partition (a model with nothing staged may have been
     left out of a subset) or failed an ERROR check (staging is then kept for re-runs), else
     drops the staging area (unless ``staging.keep_after_restore``)."""
 
-    def restore_complete(context: dg.AssetExecutionContext, config: RestoreCompleteConfig,
-                         target: PostgresTargetResource, import_settings: ImportSettingsResource,
-                         staging: StagingResource) -> dg.MaterializeResult:
+    def restore_complete(
+        context: dg.AssetExecutionContext,
+        config: RestoreCompleteConfig,
+        target: PostgresTargetResource,
+        import_settings: ImportSettingsResource,
+        staging: StagingResource,
+    ) -> dg.MaterializeResult:
         totals = dict.fromkeys(_TOTALS, 0)
         missing, failed, dropped = [], {}, []
         restore = open_restore(context, manifest, target, import_settings, staging)
@@ -244,23 +322,37 @@ def build_restore_complete_asset(manifest: Manifest, model_keys: Mapping[dg.Asse
         elif unknown:
             context.log.warning(f"rows of models the manifest does not know were skipped: {unknown}")
         if dropped:
-            context.log.warning(f"rows were dropped (their parents are not in the backup, as Sentry drops them): "
-                                f"{', '.join(dropped)}; see each model's no_rows_dropped check")
+            context.log.warning(
+                f"rows were dropped (their parents are not in the backup, as Sentry drops them): "
+                f"{', '.join(dropped)}; see each model's no_rows_dropped check"
+            )
         if missing or failed:
             parts = []
             if missing:
                 parts.append(f"models never loaded for this partition: {', '.join(missing)}")
             if failed:
                 parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
-            raise dg.Failure(f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
-                             "(staging kept: fix and re-materialize those models)", allow_retries=False)
+            raise dg.Failure(
+                f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
+                "(staging kept: fix and re-materialize those models)",
+                allow_retries=False,
+            )
         with held(restore), engine_errors("finish"):  # a global import's marker goes: other imports may run
             restore.finish(keep_staging=staging.keep_after_restore)
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": totals["rows_written"] + totals["rows_merged"], **totals,
-            "models": len(model_keys), "staging_dropped": not staging.keep_after_restore})
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": totals["rows_written"] + totals["rows_merged"],
+                **totals,
+                "models": len(model_keys),
+                "staging_dropped": not staging.keep_after_restore,
+            }
+        )
 
-    return dg.asset(key=RESTORE_COMPLETE_KEY, deps=list(model_keys), group_name=STAGE_GROUP,
-                    partitions_def=partitions_def, kinds={"postgres"},
-                    description="Every model of the import loaded and verified: totals; the staging area dropped."
-                    )(restore_complete)
+    return dg.asset(
+        key=RESTORE_COMPLETE_KEY,
+        deps=list(model_keys),
+        group_name=STAGE_GROUP,
+        partitions_def=partitions_def,
+        kinds={"postgres"},
+        description="Every model of the import loaded and verified: totals; the staging area dropped.",
+    )(restore_complete)

@@ -15,6 +15,7 @@ Dependencies are written as the *default* keys of the parent models; the factory
 those parents, and drops dependencies on models that get no asset (Excluded scope, or not in the
 manifest). Dependencies on any other key (an asset of your own) are kept as they are.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,9 +84,11 @@ class SentryRestoreTranslator:
     def get_description(self, model_spec: ModelSpec) -> str:
         fks = ", ".join(f"`{fk.column}` -> {fk.model}" for fk in model_spec.foreign_keys) or "none"
         scopes = scopes_text(model_spec)
-        return (f"Rows of Sentry model `{model_spec.name}` restored into table `{model_spec.table_name}`, "
-                f"primary keys remapped and foreign keys rewritten through the parents' key maps.\n\n"
-                f"Relocation scope: {scopes}. Foreign keys: {fks}.")
+        return (
+            f"Rows of Sentry model `{model_spec.name}` restored into table `{model_spec.table_name}`, "
+            f"primary keys remapped and foreign keys rewritten through the parents' key maps.\n\n"
+            f"Relocation scope: {scopes}. Foreign keys: {fks}."
+        )
 
     def get_metadata(self, model_spec: ModelSpec) -> dict[str, object]:
         return {
@@ -93,8 +96,11 @@ class SentryRestoreTranslator:
             "table": model_spec.table_name,
             "dagster/table_name": model_spec.table_name,
             "foreign_keys": dg.MetadataValue.json(
-                [{"field": fk.field, "column": fk.column, "model": fk.model, "nullable": fk.nullable}
-                 for fk in model_spec.foreign_keys]),
+                [
+                    {"field": fk.field, "column": fk.column, "model": fk.model, "nullable": fk.nullable}
+                    for fk in model_spec.foreign_keys
+                ]
+            ),
             "relocation_scopes": scopes_text(model_spec),
             "uniques": dg.MetadataValue.json([list(u) for u in model_spec.uniques]),
         }

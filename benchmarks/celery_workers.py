@@ -10,6 +10,7 @@ the targets' queues split between them), one launcher process per backup running
 All runs are launched at once; wall = launch to the last run's end. Step seconds = sum over the runs of
 each step's STEP_START -> STEP_SUCCESS. Results go to the "Celery" section of ``benchmarks/README.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def measure(work: Path, server: EmbeddedPostgres, backups: list[Path], workers: 
     dbs = [f"celery_bench_{label}_{i}" for i in range(len(backups))]
     for db in dbs:
         ensure_database(server.dsn("postgres"), db)
-    env = {"BACKUP_ASSETS_BACKUPS": str(backups[0].parent), "BACKUP_ASSETS_GLOB": "*.json",
-           **{f"BENCH_TARGET_{i}": server.dsn(db) for i, db in enumerate(dbs)}}
+    env = {
+        "BACKUP_ASSETS_BACKUPS": str(backups[0].parent),
+        "BACKUP_ASSETS_GLOB": "*.json",
+        **{f"BENCH_TARGET_{i}": server.dsn(db) for i, db in enumerate(dbs)},
+    }
     cluster = Cluster(work / label, env)
     pg_before, ours_before = pg_cpu(server), children_cpu()
     try:
@@ -68,9 +72,15 @@ def measure(work: Path, server: EmbeddedPostgres, backups: list[Path], workers: 
     finally:
         cluster.stop()
     pg, ours = pg_cpu(server) - pg_before, children_cpu() - ours_before
-    return {"workers": workers, "wall_s": round(wall, 1), "ok": ok, "step_s": round(steps, 1),
-            "postgres_cpu_s": round(pg, 1), "dagster_celery_cpu_s": round(ours, 1),
-            "cores_busy": round((pg + ours) / wall, 2)}
+    return {
+        "workers": workers,
+        "wall_s": round(wall, 1),
+        "ok": ok,
+        "step_s": round(steps, 1),
+        "postgres_cpu_s": round(pg, 1),
+        "dagster_celery_cpu_s": round(ours, 1),
+        "cores_busy": round((pg + ours) / wall, 2),
+    }
 
 
 def pg_cpu(server: EmbeddedPostgres) -> float:

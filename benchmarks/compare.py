@@ -25,6 +25,7 @@ its time, its peak RSS, and whether its findings equal today's (they must).
 
 The private key never touches the disk: it lives in a memfd the children inherit (``/proc/self/fd/N``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import orjson
 
@@ -46,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.compare import iter_rows  # noqa: E402
 from backup_assets.core.decryptors import PemEncryptor  # noqa: E402
-from backup_assets.core.roundtrip import canonical_datetimes  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
+from backup_assets.core.roundtrip import canonical_datetimes  # noqa: E402
 from backup_assets.core.source import encrypt_export, open_backup  # noqa: E402
 from backup_assets.demo import synthetic  # noqa: E402
 
@@ -76,8 +77,14 @@ ROUND_TRIP = textwrap.dedent("""
 
 
 def child(code: str, *args: str, pythonpath: Path = ROOT, fds: tuple[int, ...] = ()) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=pythonpath,
-                         env={**os.environ, "PYTHONPATH": str(pythonpath)}, pass_fds=fds)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=pythonpath,
+        env={**os.environ, "PYTHONPATH": str(pythonpath)},
+        pass_fds=fds,
+    )
     if out.returncode:
         raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,10 +99,13 @@ def memfd(name: str, data: bytes) -> tuple[int, str]:
 def planted(src: Path, key: str, kind: str) -> Iterator[Any]:
     """The re-export's rows with one difference: ``field`` (a project renamed), ``row`` (the last project key
     missing) or ``fk`` (the first project key pointing at the last project)."""
-    projects = [r["pk"] for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext) if r["model"] == "sentry.project"]
+    projects = [
+        r["pk"] for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext) if r["model"] == "sentry.project"
+    ]
     keys_seen = 0
-    last_key = sum(1 for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext)
-                   if r["model"] == "sentry.projectkey")
+    last_key = sum(
+        1 for r in iter_rows(open_backup(src, _decryptor(key)).open_plaintext) if r["model"] == "sentry.projectkey"
+    )
     for row in iter_rows(open_backup(src, _decryptor(key)).open_plaintext):
         if row["model"] == "sentry.project" and row["pk"] == projects[0] and kind == "field":
             row["fields"]["name"] += " (edited)"
@@ -123,6 +133,7 @@ def reordered(src: Path, key: str, folder: Path) -> Path:
             for out in reversed(parts.values()):
                 out.seek(0)
                 yield from map(orjson.loads, out)
+
         dest = folder / "reexport-reversed.json"
         synthetic.write_export(dest, rows())
         return dest
@@ -134,6 +145,7 @@ def reordered(src: Path, key: str, folder: Path) -> Path:
 
 def _decryptor(key: str):
     from backup_assets.core.decryptors import LocalFileDecryptor
+
     return LocalFileDecryptor(Path(key))
 
 
@@ -141,8 +153,9 @@ def baseline_tree(ref: str, folder: Path) -> Path:
     """The package as of ``ref`` (``git archive``), to run the old comparison."""
     dest = folder / f"baseline-{ref}"
     dest.mkdir()
-    archive = subprocess.run(["git", "archive", ref, "backup_assets", "resources"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", ref, "backup_assets", "resources"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
@@ -167,8 +180,19 @@ def main() -> None:
     table: list[tuple[int, str, dict]] = []
     try:
         for size in sizes:
-            table.extend(measure_size(size, work, server, key, pub, (key_fd, pub_fd), size in planted_at,
-                                      old if size in baseline_at else None, not a.no_unordered))
+            table.extend(
+                measure_size(
+                    size,
+                    work,
+                    server,
+                    key,
+                    pub,
+                    (key_fd, pub_fd),
+                    size in planted_at,
+                    old if size in baseline_at else None,
+                    not a.no_unordered,
+                )
+            )
             subprocess.run(["rm", "-rf", *map(str, work.glob("export-*")), *map(str, work.glob("reexport*"))])
     finally:
         server.destroy()
@@ -178,8 +202,17 @@ def main() -> None:
     report(table)
 
 
-def measure_size(size: int, work: Path, server: EmbeddedPostgres, key: str, pub: str, fds: tuple[int, ...],
-                 plant: bool, old: Path | None, unordered: bool) -> list[tuple[int, str, dict]]:
+def measure_size(
+    size: int,
+    work: Path,
+    server: EmbeddedPostgres,
+    key: str,
+    pub: str,
+    fds: tuple[int, ...],
+    plant: bool,
+    old: Path | None,
+    unordered: bool,
+) -> list[tuple[int, str, dict]]:
     plain = work / f"export-{size}.json"
     scale = synthetic.scale_for_rows(size)
     synthetic.write_export(plain, canonical_datetimes(synthetic.generate_rows(scale=scale)))
@@ -199,8 +232,22 @@ def measure_size(size: int, work: Path, server: EmbeddedPostgres, key: str, pub:
         out.append((size, kind, r))
         return r
 
-    run("restore", CLI, "import", "global", str(tar), "--decrypt-with", key, "--dsn", dsn, "--create-schema",
-        "--no-prompt", "--silent", "--import-id", f"bench-{size}")
+    run(
+        "restore",
+        CLI,
+        "import",
+        "global",
+        str(tar),
+        "--decrypt-with",
+        key,
+        "--dsn",
+        dsn,
+        "--create-schema",
+        "--no-prompt",
+        "--silent",
+        "--import-id",
+        f"bench-{size}",
+    )
     reexport = work / f"reexport-{size}.tar"
     run("export", CLI, "export", "global", str(reexport), "--encrypt-with", pub, "--dsn", dsn, "--silent")
     both_keys = ("--decrypt-left-with", key, "--decrypt-right-with", key)
@@ -208,7 +255,9 @@ def measure_size(size: int, work: Path, server: EmbeddedPostgres, key: str, pub:
     assert r["exit"] == 0, "the round trip of a clean restore must compare equal"
     if unordered:
         reversed_json = reordered(reexport, key, work)
-        r = run("compare, unordered", CLI, "backup", "compare", str(tar), str(reversed_json), "--decrypt-left-with", key)
+        r = run(
+            "compare, unordered", CLI, "backup", "compare", str(tar), str(reversed_json), "--decrypt-left-with", key
+        )
         assert r["exit"] == 0
         reversed_json.unlink()
     r = run("round trip", ROUND_TRIP, dsn, str(tar), key, f"bench-{size}")
@@ -223,8 +272,18 @@ def measure_size(size: int, work: Path, server: EmbeddedPostgres, key: str, pub:
     return out
 
 
-def plant_and_compare(size: int, rows: int, work: Path, tar: Path, reexport: Path, key: str, fds: tuple[int, ...],
-                      kind: str, expected: str, old: Path | None) -> list[tuple[int, str, dict]]:
+def plant_and_compare(
+    size: int,
+    rows: int,
+    work: Path,
+    tar: Path,
+    reexport: Path,
+    key: str,
+    fds: tuple[int, ...],
+    kind: str,
+    expected: str,
+    old: Path | None,
+) -> list[tuple[int, str, dict]]:
     changed = work / f"reexport-{kind}.json"
     synthetic.write_export(changed, planted(reexport, key, kind))
     results = []
@@ -233,8 +292,19 @@ def plant_and_compare(size: int, rows: int, work: Path, tar: Path, reexport: Pat
         if path is None:
             continue
         findings = work / f"findings-{kind}.json"
-        r = child(CLI, "backup", "compare", str(tar), str(changed), "--decrypt-left-with", key,
-                  "--findings-file", str(findings), pythonpath=path, fds=fds)
+        r = child(
+            CLI,
+            "backup",
+            "compare",
+            str(tar),
+            str(changed),
+            "--decrypt-left-with",
+            key,
+            "--findings-file",
+            str(findings),
+            pythonpath=path,
+            fds=fds,
+        )
         texts.append(findings.read_text())
         r["rows"], r["findings"] = rows, [f["kind"] for f in json.loads(texts[-1])]
         print(f"planted {kind}{label} {size}: {r}", file=sys.stderr)
@@ -248,6 +318,7 @@ def plant_and_compare(size: int, rows: int, work: Path, tar: Path, reexport: Pat
 
 def server_drop(server: EmbeddedPostgres, db: str) -> None:
     import psycopg
+
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{db}"')
 
@@ -259,10 +330,14 @@ def report(table: list[tuple[int, str, dict]]) -> None:
     print("| rows | step | seconds | x restore | peak RSS (MB) | RSS vs smallest size | findings |")
     print("|---:|---|---:|---:|---:|---:|---|")
     for size, kind, r in table:
-        findings = ", ".join(r["findings"]) if r.get("findings") else ("0" if "exit" not in r or r["exit"] == 0 else "?")
+        findings = (
+            ", ".join(r["findings"]) if r.get("findings") else ("0" if "exit" not in r or r["exit"] == 0 else "?")
+        )
         vs = f"{r['rss_mb'] / rss0[kind]:.2f}x" if kind in rss0 else ""
-        print(f"| {size:,} | {kind} | {r['seconds']:.1f} | {r['seconds'] / restore[size]:.2f}x | {r['rss_mb']:.0f} "
-              f"| {vs} | {findings} |")
+        print(
+            f"| {size:,} | {kind} | {r['seconds']:.1f} | {r['seconds'] / restore[size]:.2f}x | {r['rss_mb']:.0f} "
+            f"| {vs} | {findings} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ each table's collision checks and insert (and create mode's DDL) cost against ru
 
 Results go to the section "Concurrent imports into one database" of ``benchmarks/README.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,15 @@ import psycopg  # noqa: E402
 
 from backup_assets.core.manifest import Manifest  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
-from benchmarks.reliability import machine, replace_section  # noqa: E402
 from backup_assets.demo import synthetic  # noqa: E402
+from benchmarks.reliability import machine, replace_section  # noqa: E402
 
-CHILD = ("import sys; from backup_assets.core.manifest import Manifest; from backup_assets.core.restore import "
-         "run_restore; from backup_assets.core.settings import ImportSettings; from backup_assets.core.source import "
-         "open_backup; run_restore(sys.argv[1], open_backup(sys.argv[2]), Manifest.builtin(), "
-         "ImportSettings(scope='organizations', create_schema=True))")
+CHILD = (
+    "import sys; from backup_assets.core.manifest import Manifest; from backup_assets.core.restore import "
+    "run_restore; from backup_assets.core.settings import ImportSettings; from backup_assets.core.source import "
+    "open_backup; run_restore(sys.argv[1], open_backup(sys.argv[2]), Manifest.builtin(), "
+    "ImportSettings(scope='organizations', create_schema=True))"
+)
 
 
 def imports(dsn: str, export: Path, n: int, at_once: bool) -> float:
@@ -53,8 +56,11 @@ def imports(dsn: str, export: Path, n: int, at_once: bool) -> float:
 def rows_per_table(dsn: str) -> dict[str, int]:
     tables = sorted({Manifest.builtin()[m].table_name for m in Manifest.builtin().relocatable()})
     with psycopg.connect(dsn) as conn:
-        return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables
-                if conn.execute("SELECT to_regclass(%s)", (f'public."{t}"',)).fetchone()[0]}
+        return {
+            t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+            for t in tables
+            if conn.execute("SELECT to_regclass(%s)", (f'public."{t}"',)).fetchone()[0]
+        }
 
 
 def main() -> None:
@@ -83,7 +89,9 @@ def main() -> None:
         finally:
             server.destroy()
     table = "\n".join(f"| {i + 1} | {s:.1f} | {p:.1f} | {p / s:.2f}x |" for i, (s, p) in enumerate(runs))
-    replace_section("Concurrent imports into one database", textwrap.dedent(f"""
+    replace_section(
+        "Concurrent imports into one database",
+        textwrap.dedent(f"""
         `.venv/bin/python benchmarks/concurrent_imports.py --imports {args.imports} --rows {args.rows} --repeat {args.repeat}`
         — {args.imports} imports of one generated export (organizations scope, create mode), each `run_restore` in a
         process of its own, into one database of a dedicated embedded PostgreSQL (fsync off): one after another
@@ -91,7 +99,10 @@ def main() -> None:
 
         | run | one after another (s) | at once (s) | at once vs one after another |
         |---:|---:|---:|---:|
-        """) + table + "\n")
+        """)
+        + table
+        + "\n",
+    )
 
 
 if __name__ == "__main__":

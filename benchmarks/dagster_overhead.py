@@ -17,6 +17,7 @@ models). Median of ``--repeat`` runs each; imports and graph building are outsid
 definitions-load benchmark measures those). Results go to the "Dagster overhead" section of
 ``benchmarks/README.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,7 @@ def dagster_once(target: Target, backup: Path, manifest: Manifest, home: Path) -
     dsn = target.fresh()
     with dg.instance_for_test(temp_dir=tempfile.mkdtemp(dir=home)) as instance:
         start = time.perf_counter()
-        result = materialize_restore(backup, dsn, SETTINGS, manifest=manifest, instance=instance,
-                                     log_level="CRITICAL")
+        result = materialize_restore(backup, dsn, SETTINGS, manifest=manifest, instance=instance, log_level="CRITICAL")
         seconds = time.perf_counter() - start
         if not result.success:
             raise SystemExit(failure_message(result))
@@ -87,8 +87,13 @@ def measure(target: Target, backup: Path, manifest: Manifest, repeat: int, home:
     dagster = [s for s, _ in runs]
     steps = runs[0][1]
     e, d = statistics.median(engine), statistics.median(dagster)
-    return {"models": len(manifest.relocatable()), "steps": steps, "engine_s": e, "dagster_s": d,
-            "per_step_ms": (d - e) / steps * 1000}
+    return {
+        "models": len(manifest.relocatable()),
+        "steps": steps,
+        "engine_s": e,
+        "dagster_s": d,
+        "per_step_ms": (d - e) / steps * 1000,
+    }
 
 
 def main() -> None:
@@ -108,13 +113,20 @@ def main() -> None:
     finally:
         target.server.destroy()
         shutil.rmtree(folder, ignore_errors=True)
-    lines = ["| manifest | models | steps | engine `run_restore` (s, baseline) | Dagster graph (s) | ratio | "
-             "overhead per step (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| manifest | models | steps | engine `run_restore` (s, baseline) | Dagster graph (s) | ratio | "
+        "overhead per step (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         print(name, r)
-        lines.append(f"| {name} | {r['models']} | {r['steps']} | {r['engine_s']:.2f} | {r['dagster_s']:.2f} | "
-                     f"{r['dagster_s'] / r['engine_s']:.1f}x | {r['per_step_ms']:.0f} |")
-    replace_section("Dagster overhead", textwrap.dedent(f"""
+        lines.append(
+            f"| {name} | {r['models']} | {r['steps']} | {r['engine_s']:.2f} | {r['dagster_s']:.2f} | "
+            f"{r['dagster_s'] / r['engine_s']:.1f}x | {r['per_step_ms']:.0f} |"
+        )
+    replace_section(
+        "Dagster overhead",
+        textwrap.dedent(f"""
         `.venv/bin/python benchmarks/dagster_overhead.py --repeat {args.repeat}` — a generated export of {rows} rows
         (the size of a fresh install: one user, one organization, one project, their options and keys),
         restored in-process into a fresh database of a dedicated embedded PostgreSQL (fsync off) by the
@@ -124,7 +136,10 @@ def main() -> None:
         are not timed. Overhead per step = (Dagster - engine) / steps.
 
         - {machine()}
-        """) + "\n" + "\n".join(lines))
+        """)
+        + "\n"
+        + "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

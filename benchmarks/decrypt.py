@@ -12,6 +12,7 @@ decrypts the token file, each run in a fresh subprocess (so peak RSS is that run
 Every run includes reading the token from the (page-cached) file.  MB/s are plaintext MB per wall-clock second;
 peak RSS is the child's ``ru_maxrss``.  The best of ``--repeat`` runs per mode is reported (the machine is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ MB = 10**6
 
 def generate(path: Path, size: int) -> int:
     """Write a JSON list of Sentry-like rows of about ``size`` bytes; returns its size."""
-    row = ('{"model":"sentry.user","pk":%d,"fields":{"username":"user%d@example.com","email":"user%d@example.com",'
-           '"name":"User Number %d","is_active":true,"is_staff":false,"date_joined":"2024-01-01T00:00:00.000Z",'
-           '"password":"pbkdf2_sha256$150000$%016x$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG="}}')
+    row = (
+        '{"model":"sentry.user","pk":%d,"fields":{"username":"user%d@example.com","email":"user%d@example.com",'
+        '"name":"User Number %d","is_active":true,"is_staff":false,"date_joined":"2024-01-01T00:00:00.000Z",'
+        '"password":"pbkdf2_sha256$150000$%016x$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG="}}'
+    )
     written = 0
     with open(path, "wb") as f:
         f.write(b"[")
@@ -82,14 +85,21 @@ def child(mode: str, token_path: str, key_path: str) -> None:
 
 
 def run_child(mode: str, token: Path, key: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(token), str(key)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(token), str(key)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout)
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
     return f"{os.cpu_count()} CPUs ({cpu}), {mem} GB RAM, Python {platform.python_version()}"
 
@@ -122,15 +132,19 @@ def main() -> None:
         t_enc = time.perf_counter() - t
         plain.unlink()
         print(f"machine: {machine()}")
-        print(f"plaintext {size / MB:.1f} MB (generated in {t_gen:.1f}s), token {token.stat().st_size / MB:.1f} MB, "
-              f"streaming encrypt {size / MB / t_enc:.0f} MB/s")
+        print(
+            f"plaintext {size / MB:.1f} MB (generated in {t_gen:.1f}s), token {token.stat().st_size / MB:.1f} MB, "
+            f"streaming encrypt {size / MB / t_enc:.0f} MB/s"
+        )
         best: dict[str, dict] = {}
         for _ in range(args.repeat):
             for mode in ("fernet", "stream", "reader"):
                 r = run_child(mode, token, key)
                 assert r["plaintext"] == size, r
-                print(f"  {mode:7s} {r['seconds']:6.2f}s {size / MB / r['seconds']:7.1f} MB/s "
-                      f"peak RSS {r['peak_rss_mb']:7.1f} MB")
+                print(
+                    f"  {mode:7s} {r['seconds']:6.2f}s {size / MB / r['seconds']:7.1f} MB/s "
+                    f"peak RSS {r['peak_rss_mb']:7.1f} MB"
+                )
                 if mode not in best or r["seconds"] < best[mode]["seconds"]:
                     best[mode] = r
         base = best["fernet"]
@@ -138,8 +152,10 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         for mode in ("fernet", "stream", "reader"):
             r = best[mode]
-            print(f"| {mode} | {size / MB / r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-                  f"{base['seconds'] / r['seconds']:.2f}x | {r['peak_rss_mb'] / base['peak_rss_mb']:.3f}x |")
+            print(
+                f"| {mode} | {size / MB / r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+                f"{base['seconds'] / r['seconds']:.2f}x | {r['peak_rss_mb'] / base['peak_rss_mb']:.3f}x |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

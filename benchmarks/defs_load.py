@@ -8,6 +8,7 @@ run, is a fresh interpreter that only does ``import dagster``; the difference is
 The default is the built-in manifest (every model Sentry relocates: 95); ``--manifest`` loads another
 (``BACKUP_ASSETS_MANIFEST``), e.g. ``../shared/conformance/model_dependencies/detailed.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,14 @@ def main() -> None:
     med_load, med_base = statistics.median(load), statistics.median(base)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"manifest: {args.manifest or 'built-in'} -> {info['assets']} assets, {info['checks']} checks")
-    print(f"fresh process, import dagster only (baseline): median {med_base:.2f} s  (runs: "
-          f"{', '.join(f'{x:.2f}' for x in base)})")
-    print(f"fresh process, load definitions + resolve graph/job: median {med_load:.2f} s  (runs: "
-          f"{', '.join(f'{x:.2f}' for x in load)}); in-process part {info['seconds']:.2f} s")
+    print(
+        f"fresh process, import dagster only (baseline): median {med_base:.2f} s  (runs: "
+        f"{', '.join(f'{x:.2f}' for x in base)})"
+    )
+    print(
+        f"fresh process, load definitions + resolve graph/job: median {med_load:.2f} s  (runs: "
+        f"{', '.join(f'{x:.2f}' for x in load)}); in-process part {info['seconds']:.2f} s"
+    )
     print(f"ratio load/baseline: {med_load / med_base:.2f}x; project's own cost {med_load - med_base:.2f} s")
 
 

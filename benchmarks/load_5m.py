@@ -17,6 +17,7 @@ script run.
 Results go to the sections "Load: size" and "Load: concurrent runs" of ``benchmarks/README.md``;
 ``--json`` keeps the raw numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402  (a Dagster dependency)
 
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
-from benchmarks.reliability import machine, replace_section  # noqa: E402
 from backup_assets.demo import synthetic  # noqa: E402
+from benchmarks.reliability import machine, replace_section  # noqa: E402
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
@@ -61,8 +62,13 @@ CHILD = textwrap.dedent("""
 
 
 def restore_in_child(dsn: str, backup: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, dsn, str(backup)], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, dsn, str(backup)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if out.returncode:
         raise SystemExit(f"restore of {backup.name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -107,38 +113,56 @@ def concurrent_runs(server: EmbeddedPostgres, folder: Path, n: int, rows: int) -
     cap = run_cap()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=cap) as pool:
-        parallel = list(pool.map(lambda ib: restore_in_child(fresh_db(server, f"par_{ib[0]}"), ib[1]),
-                                 enumerate(backups)))
+        parallel = list(
+            pool.map(lambda ib: restore_in_child(fresh_db(server, f"par_{ib[0]}"), ib[1]), enumerate(backups))
+        )
     par_wall = time.perf_counter() - start
     assert [p["rows_written"] for p in parallel] == [s["rows_written"] for s in sequential], (parallel, sequential)
-    return {"backups": n, "rows_each": sequential[0]["rows_read"], "cap": cap, "sequential_s": seq_wall,
-            "concurrent_s": par_wall, "runs": parallel}
+    return {
+        "backups": n,
+        "rows_each": sequential[0]["rows_read"],
+        "cap": cap,
+        "sequential_s": seq_wall,
+        "concurrent_s": par_wall,
+        "runs": parallel,
+    }
 
 
 def report(sizes: list[dict], conc: dict | None) -> None:
     if sizes:
         base = sizes[0]
-        lines = ["| rows | export MB | wall (s) | rows/s | peak RSS (MB) | RSS vs first | rows vs first |",
-                 "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = [
+            "| rows | export MB | wall (s) | rows/s | peak RSS (MB) | RSS vs first | rows vs first |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in sizes:
-            lines.append(f"| {r['rows']:,} | {r['mb']:.0f} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
-                         f"{r['rss_mb']:.0f} | {r['rss_mb'] / base['rss_mb']:.2f}x | {r['rows'] / base['rows']:.1f}x |")
-        replace_section("Load: size", textwrap.dedent(f"""
-            `.venv/bin/python benchmarks/load_5m.py --rows {' '.join(str(r['rows']) for r in sizes)}` — a generated
-            plain JSON export (`Manifest.builtin("core")`, {sizes[0]['steps']} steps) restored through the asset graph in-process
+            lines.append(
+                f"| {r['rows']:,} | {r['mb']:.0f} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
+                f"{r['rss_mb']:.0f} | {r['rss_mb'] / base['rss_mb']:.2f}x | {r['rows'] / base['rows']:.1f}x |"
+            )
+        replace_section(
+            "Load: size",
+            textwrap.dedent(f"""
+            `.venv/bin/python benchmarks/load_5m.py --rows {" ".join(str(r["rows"]) for r in sizes)}` — a generated
+            plain JSON export (`Manifest.builtin("core")`, {sizes[0]["steps"]} steps) restored through the asset graph in-process
             (`materialize_restore`, create mode) in a fresh subprocess, into a fresh database of a dedicated
             embedded PostgreSQL (fsync off). Peak RSS is the child's `ru_maxrss` (Dagster + the engine; the
             server's memory is not included). Baseline: the first size, in the same run.
 
             - {machine()}
-            """) + "\n" + "\n".join(lines))
+            """)
+            + "\n"
+            + "\n".join(lines),
+        )
     if conc:
         per = ", ".join(f"{r['seconds']:.1f}" for r in conc["runs"])
-        replace_section("Load: concurrent runs", textwrap.dedent(f"""
-            `.venv/bin/python benchmarks/load_5m.py --concurrent {conc['backups']} --concurrent-rows {conc['rows_each']}` —
-            {conc['backups']} different generated backups of {conc['rows_each']:,} rows, each restored by its own
+        replace_section(
+            "Load: concurrent runs",
+            textwrap.dedent(f"""
+            `.venv/bin/python benchmarks/load_5m.py --concurrent {conc["backups"]} --concurrent-rows {conc["rows_each"]}` —
+            {conc["backups"]} different generated backups of {conc["rows_each"]:,} rows, each restored by its own
             subprocess (its own Dagster run, in-process executor) into its own database of ONE embedded
-            PostgreSQL, at most {conc['cap']} at a time (`max_concurrent_runs` of `dagster.yaml`). Baseline: the
+            PostgreSQL, at most {conc["cap"]} at a time (`max_concurrent_runs` of `dagster.yaml`). Baseline: the
             same restores one after another, in the same run. Every concurrent run wrote exactly the rows of
             its sequential twin.
 
@@ -146,9 +170,10 @@ def report(sizes: list[dict], conc: dict | None) -> None:
 
             | mode | wall (s) | vs sequential |
             |---|---:|---:|
-            | sequential (baseline) | {conc['sequential_s']:.1f} | 1.00x |
-            | concurrent, cap {conc['cap']} (per run: {per} s) | {conc['concurrent_s']:.1f} | {conc['concurrent_s'] / conc['sequential_s']:.2f}x |
-            """))
+            | sequential (baseline) | {conc["sequential_s"]:.1f} | 1.00x |
+            | concurrent, cap {conc["cap"]} (per run: {per} s) | {conc["concurrent_s"]:.1f} | {conc["concurrent_s"] / conc["sequential_s"]:.2f}x |
+            """),
+        )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from a seekable file, ijson's from a pipe) and keeps the least CPU time of each.
 are interleaved with today's: the ratio is the figure, and the COPY streams' digests must match when the
 change is meant to preserve behaviour.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from backup_assets.demo import synthetic  # noqa: E402
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import contextlib, hashlib, io, json, sys, time
     from backup_assets.core.manifest import Manifest
     from backup_assets.core.parse import stage_export
@@ -62,12 +63,17 @@ CHILD = textwrap.dedent('''
             out[path] = min(out.get(path, 1e9), time.process_time() - cpu)
     out.update(rows=rows, copy_bytes=Copy.size, copy_sha256=Copy.digest.hexdigest()[:16])
     print(json.dumps(out))
-''')
+""")
 
 
 def run(root: Path, export: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(export)], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root)})
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(export)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     if out.returncode:
         raise SystemExit(f"the run of {root} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,8 +96,10 @@ def main() -> None:
                 print(side, runs[side][-1], file=sys.stderr)
     print("| code | rows | orjson path CPU (s) | ijson path CPU (s) | COPY stream |\n|---|---:|---:|---:|---|")
     for side, rs in runs.items():
-        print(f"| {side} | {rs[0]['rows']:,} | {min(r['orjson'] for r in rs):.3f} | {min(r['ijson'] for r in rs):.3f} "
-              f"| {rs[0]['copy_bytes']:,} bytes, sha256 {rs[0]['copy_sha256']} |")
+        print(
+            f"| {side} | {rs[0]['rows']:,} | {min(r['orjson'] for r in rs):.3f} | {min(r['ijson'] for r in rs):.3f} "
+            f"| {rs[0]['copy_bytes']:,} bytes, sha256 {rs[0]['copy_sha256']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ mode, scope global:
 ``--tiny`` adds the fresh-install export of the conformance folder (34 rows, plain JSON, full
 manifest): the definitions' load time alone, the job's run after it, and the CLI end to end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,13 +48,24 @@ sys.path.insert(0, str(ROOT))
 
 from backup_assets.core import keys  # noqa: E402
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database  # noqa: E402
-from benchmarks.restore import (KEY_ENV, NAIVE, RAW_COPY, child, dump_rows, load_schema, make_backup,  # noqa: E402
-                                ordered_tables, pg_tool, psycopg_rows)
+from benchmarks.restore import (  # noqa: E402
+    KEY_ENV,
+    NAIVE,
+    RAW_COPY,
+    child,
+    dump_rows,
+    load_schema,
+    make_backup,
+    ordered_tables,
+    pg_tool,
+    psycopg_rows,
+)
 
 FULL_MANIFEST = Path("/work/shared/conformance/model_dependencies/detailed.json")
 FRESH_INSTALL = Path("/work/shared/conformance/exports/fresh-install.json")
 
-ENGINE = textwrap.dedent("""
+ENGINE = textwrap.dedent(
+    """
     import json, resource, sys, time
     from backup_assets.core.decryptors import PemDecryptor
     from backup_assets.core.manifest import Manifest
@@ -66,7 +78,9 @@ ENGINE = textwrap.dedent("""
                     ImportSettings(create_schema=True, replace_existing=True), workers=2)
     print(json.dumps({"seconds": time.perf_counter() - t, "rows": r.stage.rows,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-""" % KEY_ENV)
+"""
+    % KEY_ENV
+)
 
 #: Times a command as a whole (process start included): wall time and the child's peak RSS.
 COMMAND = textwrap.dedent("""
@@ -146,8 +160,17 @@ class Bench:
     def drop(self, db: str) -> None:
         psycopg_rows(self.server.dsn(), f'DROP DATABASE "{db}" WITH (FORCE)')
 
-    def measure(self, kind: str, manifest: str, size: int, code: str, *args: str, env: dict | None = None,
-                schema: str | None = None, keep: bool = False) -> str:
+    def measure(
+        self,
+        kind: str,
+        manifest: str,
+        size: int,
+        code: str,
+        *args: str,
+        env: dict | None = None,
+        schema: str | None = None,
+        keep: bool = False,
+    ) -> str:
         db = self.fresh_db(schema)
         r = child(code, self.server.dsn(db), *args, env={**self.env, **(env or {})})
         print(f"{kind} [{manifest}] {size}: {r}", file=sys.stderr)
@@ -158,8 +181,17 @@ class Bench:
 
     def cli(self, manifest: str, size: int, backup: Path, manifest_path: str) -> None:
         db = self.fresh_db()
-        args = [str(Path(sys.executable).parent / "backup-assets"), "import", "global", str(backup), "--no-prompt",
-                "--create-schema", "--silent", "--dsn", self.server.dsn(db)]
+        args = [
+            str(Path(sys.executable).parent / "backup-assets"),
+            "import",
+            "global",
+            str(backup),
+            "--no-prompt",
+            "--create-schema",
+            "--silent",
+            "--dsn",
+            self.server.dsn(db),
+        ]
         if backup.suffix == ".tar":
             args += ["--decrypt-with", str(self.key_file)]
         if manifest_path:
@@ -181,12 +213,16 @@ class Bench:
         if storage == "postgres":  # Dagster's runs and events in PostgreSQL (dagster.yaml's commented block)
             events = self.fresh_db()
             url = self.server.dsn(events).replace("postgresql://", "postgresql+psycopg2://", 1)
-            config += f"storage:\n  postgres:\n    postgres_url: \"{url}\"\n"
+            config += f'storage:\n  postgres:\n    postgres_url: "{url}"\n'
         (home / "dagster.yaml").write_text(config)
         db = self.fresh_db()
-        env = {"DAGSTER_HOME": str(home), "BACKUP_ASSETS_DSN": self.server.dsn(db),
-               "BACKUP_ASSETS_BACKUPS": str(folder), "BACKUP_ASSETS_PRIVATE_KEY": self.env[KEY_ENV],
-               "BACKUP_ASSETS_MANIFEST": manifest_path}
+        env = {
+            "DAGSTER_HOME": str(home),
+            "BACKUP_ASSETS_DSN": self.server.dsn(db),
+            "BACKUP_ASSETS_BACKUPS": str(folder),
+            "BACKUP_ASSETS_PRIVATE_KEY": self.env[KEY_ENV],
+            "BACKUP_ASSETS_MANIFEST": manifest_path,
+        }
         r = child(JOB, env={**self.env, **env})
         kind = "job (shipped dagster.yaml)" if storage == "shipped" else f"job ({storage} instance)"
         print(f"{kind} [{manifest}] {size}: {r}", file=sys.stderr)
@@ -195,8 +231,10 @@ class Bench:
 
     def raw_copy(self, manifest: str, size: int, restored: str) -> None:
         dsn = self.server.dsn(restored)
-        tables = [r[0] for r in psycopg_rows(dsn, "SELECT table_name FROM information_schema.tables "
-                                                  "WHERE table_schema = 'public'")]
+        tables = [
+            r[0]
+            for r in psycopg_rows(dsn, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        ]
         order = ordered_tables(tables)
         folder = self.work / f"copy-{manifest}-{size}"
         folder.mkdir()
@@ -206,8 +244,9 @@ class Bench:
         subprocess.run(["rm", "-rf", str(folder)])
 
 
-def run_size(bench: Bench, size: int, manifests: dict[str, str], repeat: int, naive_rows: int,
-             public_pem: bytes) -> None:
+def run_size(
+    bench: Bench, size: int, manifests: dict[str, str], repeat: int, naive_rows: int, public_pem: bytes
+) -> None:
     backup, _ = make_backup(bench.work, size, public_pem)
     for name, path in manifests.items():
         for rep in range(repeat):  # interleaved, so that a slow spell of the machine hits every path
@@ -250,10 +289,19 @@ def best(results: list[tuple[str, str, int, dict]]) -> dict[tuple[str, str, int]
 def report(results: list[tuple[str, str, int, dict]]) -> None:
     b = best(results)
     naive_size, naive = next(((size, r) for (k, _, size), r in b.items() if k == "naive"), (0, None))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     print(f"\nMachine: {os.cpu_count()} cores ({cpu}); date {time.strftime('%Y-%m-%d %H:%M')} UTC; best of the runs\n")
-    print("| path | manifest | rows | seconds | rows/s | peak RSS (MB) | vs run_restore (time) | vs raw COPY (rate) "
-          "| vs naive (rate) |")
+    print(
+        "| path | manifest | rows | seconds | rows/s | peak RSS (MB) | vs run_restore (time) | vs raw COPY (rate) "
+        "| vs naive (rate) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for (kind, manifest, size), r in sorted(b.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         engine = b.get(("run_restore", manifest, size))
@@ -263,8 +311,10 @@ def report(results: list[tuple[str, str, int, dict]]) -> None:
         vs_engine = f"{r['seconds'] / engine['seconds']:.2f}x" if engine and kind != "definitions load" else "-"
         vs_raw = f"{rate / (size / raw['seconds']):.2f}x" if raw else "-"
         vs_naive = f"{rate / (naive_size / naive['seconds']):.1f}x" if naive and size == naive_size else "-"
-        print(f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {rate:,.0f} | {r['rss_mb']:.0f} | "
-              f"{vs_engine} | {vs_raw} | {vs_naive} |")
+        print(
+            f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {rate:,.0f} | {r['rss_mb']:.0f} | "
+            f"{vs_engine} | {vs_raw} | {vs_naive} |"
+        )
 
 
 def main() -> None:
@@ -274,9 +324,12 @@ def main() -> None:
     ap.add_argument("--naive-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path per size; the best counts")
     ap.add_argument("--tiny", action="store_true", help="also the fresh-install export (see the module doc)")
-    ap.add_argument("--storages", default="shipped,sqlite",
-                    help="Dagster instance storage(s) of the job: shipped (the repository's dagster.yaml), sqlite "
-                         "(Dagster's default), postgres")
+    ap.add_argument(
+        "--storages",
+        default="shipped,sqlite",
+        help="Dagster instance storage(s) of the job: shipped (the repository's dagster.yaml), sqlite "
+        "(Dagster's default), postgres",
+    )
     a = ap.parse_args()
     manifests = {m: ("" if m == "builtin" else str(FULL_MANIFEST)) for m in a.manifests.split(",")}
     private_pem, public_pem = keys.generate_key_pair()

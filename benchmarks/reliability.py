@@ -10,6 +10,7 @@ a few words of the test override it, see :data:`_OVERRIDES`; ``FAILED`` when the
 Other sections of the README are left as they are (see :func:`replace_section`, which the other
 benchmark scripts share).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "benchmarks" / "README.md"
 #: The suites of the report, in the order of the table.
-SUITES = ("tests/test_faults.py", "tests/test_dagster_reexecution.py", "tests/test_hostile_inputs.py",
-          "tests/test_fuzz.py", "tests/test_security.py")
+SUITES = (
+    "tests/test_faults.py",
+    "tests/test_dagster_reexecution.py",
+    "tests/test_hostile_inputs.py",
+    "tests/test_fuzz.py",
+    "tests/test_security.py",
+)
 #: Outcome of a passing test, by suite; the first matching override (words of its name or docstring) wins.
 _DEFAULT_OUTCOME = {
     "test_faults": "recovered with exact counts",
@@ -37,8 +43,10 @@ _DEFAULT_OUTCOME = {
     "test_security": "nothing found (no key, no plaintext)",
 }
 _OVERRIDES = [
-    (re.compile(r"\b(positive control|control|start from valid|is valid|are in the corpus|finds what)\b", re.I),
-     "control (proves the other checks can fail)"),
+    (
+        re.compile(r"\b(positive control|control|start from valid|is valid|are in the corpus|finds what)\b", re.I),
+        "control (proves the other checks can fail)",
+    ),
     (re.compile(r"\b(disk full|fails clearly|commits nothing)\b", re.I), "rejected with a clear error"),
     (re.compile(r"\b(restores?|restored|harmless)\b", re.I), "accepted and restored exactly"),
     (re.compile(r"\b(leaves no plaintext|writes only)\b", re.I), "nothing left on disk"),
@@ -61,8 +69,10 @@ def replace_section(heading: str, body: str, readme: Path = README) -> None:
 def machine() -> str:
     """One line describing the machine and the date, for every section."""
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return (f"Machine: `nproc` = {os.cpu_count()}, {mem_gb:.0f} GB, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}; shared with other jobs. Date: {_dt.date.today().isoformat()}.")
+    return (
+        f"Machine: `nproc` = {os.cpu_count()}, {mem_gb:.0f} GB, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; shared with other jobs. Date: {_dt.date.today().isoformat()}."
+    )
 
 
 def docstrings(path: Path) -> dict[str, str]:
@@ -104,8 +114,13 @@ def table(junit: Path) -> tuple[str, dict[str, int]]:
         if path not in docs:
             docs[path] = docstrings(path) if path.exists() else {}
         name = case.get("name", "").split("[")[0]
-        status = ("failed" if case.find("failure") is not None or case.find("error") is not None
-                  else "skipped" if case.find("skipped") is not None else "passed")
+        status = (
+            "failed"
+            if case.find("failure") is not None or case.find("error") is not None
+            else "skipped"
+            if case.find("skipped") is not None
+            else "passed"
+        )
         totals[status] += 1
         line = lines.setdefault((path, name), {"cases": 0, "seconds": 0.0, "status": set()})
         line["cases"] += 1
@@ -117,8 +132,10 @@ def table(junit: Path) -> tuple[str, dict[str, int]]:
         what = doc or name.removeprefix("test_").replace("_", " ")
         status = "failed" if "failed" in line["status"] else "passed" if "passed" in line["status"] else "skipped"
         cases = f" ({line['cases']} cases)" if line["cases"] > 1 else ""
-        rows.append(f"| {what}{cases} | {outcome(path.stem, name, doc, status)} | `{path.relative_to(ROOT)}::{name}` | "
-                    f"{line['seconds']:.1f} |")
+        rows.append(
+            f"| {what}{cases} | {outcome(path.stem, name, doc, status)} | `{path.relative_to(ROOT)}::{name}` | "
+            f"{line['seconds']:.1f} |"
+        )
     head = "| fault / input | outcome | test | s |\n|---|---|---|---:|"
     return head + "\n" + "\n".join(rows), totals
 
@@ -132,14 +149,16 @@ def main() -> int:
     rc = 0 if args.no_run else run_suites(args.junit, suites)
     body, totals = table(args.junit)
     missing = [s for s in SUITES if s not in suites]
-    intro = (f"`.venv/bin/python benchmarks/reliability.py` runs {', '.join(f'`{s}`' for s in suites)} "
-             "(real PostgreSQL, real Dagster instance) and rewrites this table from pytest's JUnit report. "
-             "\"Recovered\": the fault was injected and the restore finished with exact row counts, no "
-             "duplicates and no orphans; \"rejected\": the input or fault ended in the project's own error "
-             "naming the problem, with nothing committed.\n\n"
-             f"- {machine()}\n- Result: {totals['passed']} passed, {totals['failed']} failed, "
-             f"{totals['skipped']} skipped."
-             + (f"\n- Not present yet (skipped by the script): {', '.join(missing)}." if missing else ""))
+    intro = (
+        f"`.venv/bin/python benchmarks/reliability.py` runs {', '.join(f'`{s}`' for s in suites)} "
+        "(real PostgreSQL, real Dagster instance) and rewrites this table from pytest's JUnit report. "
+        '"Recovered": the fault was injected and the restore finished with exact row counts, no '
+        'duplicates and no orphans; "rejected": the input or fault ended in the project\'s own error '
+        "naming the problem, with nothing committed.\n\n"
+        f"- {machine()}\n- Result: {totals['passed']} passed, {totals['failed']} failed, "
+        f"{totals['skipped']} skipped."
+        + (f"\n- Not present yet (skipped by the script): {', '.join(missing)}." if missing else "")
+    )
     replace_section("Reliability", intro + "\n\n" + body)
     print(f"wrote the Reliability section of {README.relative_to(ROOT)}: {totals}")
     return rc

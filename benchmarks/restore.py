@@ -28,6 +28,7 @@ Rates are rows of the export per wall-clock second of the child; peak RSS is the
 Ours and raw COPY run ``--repeat`` times each, interleaved, after a CHECKPOINT and into a fresh database;
 the fastest run of each counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,8 @@ from backup_assets.demo import synthetic  # noqa: E402
 
 KEY_ENV = "BENCH_PRIVATE_KEY_PEM"
 
-OURS = textwrap.dedent("""
+OURS = textwrap.dedent(
+    """
     import json, resource, sys, time
     from backup_assets.core.decryptors import PemDecryptor
     from backup_assets.core.manifest import Manifest
@@ -68,7 +70,9 @@ OURS = textwrap.dedent("""
     print(json.dumps({"seconds": secs, "rows": r.stage.rows,
                       "written": sum(l.rows_written for l in r.loads.values()),
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-""" % KEY_ENV)
+"""
+    % KEY_ENV
+)
 
 RAW_COPY = textwrap.dedent("""
     import json, resource, sys, time, psycopg
@@ -91,7 +95,8 @@ RAW_COPY = textwrap.dedent("""
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """)
 
-NAIVE = textwrap.dedent("""
+NAIVE = textwrap.dedent(
+    """
     import json, os, resource, sys, tarfile, time, psycopg, psycopg2, psycopg2.extras
     from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives import hashes, serialization
@@ -153,12 +158,19 @@ NAIVE = textwrap.dedent("""
     secs = time.perf_counter() - t
     print(json.dumps({"seconds": secs, "rows": len(rows), "written": n,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-""" % KEY_ENV)
+"""
+    % KEY_ENV
+)
 
 
 def child(code: str, *args: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     if out.returncode:
         raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -184,9 +196,11 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--naive-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2, help="runs of ours and raw COPY per size; the best counts")
-    ap.add_argument("--durable", action="store_true",
-                    help="run the server as PostgreSQL ships (fsync, synchronous_commit, full_page_writes on) "
-                         "instead of fsync off")
+    ap.add_argument(
+        "--durable",
+        action="store_true",
+        help="run the server as PostgreSQL ships (fsync, synchronous_commit, full_page_writes on) instead of fsync off",
+    )
     a = ap.parse_args()
     private_pem, public_pem = keys.generate_key_pair()
     env = {KEY_ENV: private_pem.decode()}
@@ -221,22 +235,39 @@ def main() -> None:
                 measure("ours, 1 worker", size, OURS, str(tar), "1")
                 if size == a.rows:
                     if rep == 0:  # the rows the restore wrote, shaped, and the schema it made
-                        tables = [r[0] for r in psycopg_rows(server.dsn(restored), "SELECT table_name FROM "
-                                                             "information_schema.tables WHERE table_schema = 'public'")]
+                        tables = [
+                            r[0]
+                            for r in psycopg_rows(
+                                server.dsn(restored),
+                                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+                            )
+                        ]
                         order = ordered_tables(tables)
                         folder = work / "copy"
                         folder.mkdir(exist_ok=True)
                         dump_rows(server.dsn(restored), order, folder)
                         schema = pg_tool(server, "pg_dump", "-s", "-n", "public", server.dsn(restored))
-                        pre = pg_tool(server, "pg_dump", "-s", "-n", "public", "--section=pre-data", server.dsn(restored))
+                        pre = pg_tool(
+                            server, "pg_dump", "-s", "-n", "public", "--section=pre-data", server.dsn(restored)
+                        )
                         post = work / "post-data.sql"
-                        post.write_text(pg_tool(server, "pg_dump", "-s", "-n", "public", "--section=post-data",
-                                                server.dsn(restored)))
+                        post.write_text(
+                            pg_tool(
+                                server, "pg_dump", "-s", "-n", "public", "--section=post-data", server.dsn(restored)
+                            )
+                        )
                     # raw COPY of the same rows, already shaped, into the same schema
                     measure("raw COPY", size, RAW_COPY, json.dumps(order), str(folder), schema=schema)
                     # pg_restore-style: tables first, data, then the indexes and constraints
-                    measure("raw COPY, constraints after", size, RAW_COPY, json.dumps(order), str(folder),
-                            str(post), schema=pre)
+                    measure(
+                        "raw COPY, constraints after",
+                        size,
+                        RAW_COPY,
+                        json.dumps(order),
+                        str(folder),
+                        str(post),
+                        schema=pre,
+                    )
             if size == a.naive_rows:
                 schema = pg_tool(server, "pg_dump", "-s", "-n", "public", server.dsn(restored))
                 for driver, kind in (("psycopg2", "naive"), ("psycopg", "naive, psycopg 3 prepared")):
@@ -244,22 +275,39 @@ def main() -> None:
     finally:
         server.destroy()
         subprocess.run(["rm", "-rf", str(work)])
-    order_of = ["ours", "ours, 1 worker", "naive", "naive, psycopg 3 prepared", "raw COPY",
-                "raw COPY, constraints after"]
-    report([(kind, size, best[kind, size], None) for size in sorted({a.small, a.rows}) for kind in order_of
-            if (kind, size) in best])
+    order_of = [
+        "ours",
+        "ours, 1 worker",
+        "naive",
+        "naive, psycopg 3 prepared",
+        "raw COPY",
+        "raw COPY, constraints after",
+    ]
+    report(
+        [
+            (kind, size, best[kind, size], None)
+            for size in sorted({a.small, a.rows})
+            for kind in order_of
+            if (kind, size) in best
+        ]
+    )
 
 
 def load_schema(dsn: str, schema: str) -> None:
     schema = "\n".join(line for line in schema.splitlines() if not line.startswith("CREATE SCHEMA public"))
-    r = subprocess.run([str(_bin_dir() / "psql"), "-q", "-X", "-v", "ON_ERROR_STOP=1", dsn], input=schema, text=True,
-                       capture_output=True)
+    r = subprocess.run(
+        [str(_bin_dir() / "psql"), "-q", "-X", "-v", "ON_ERROR_STOP=1", dsn],
+        input=schema,
+        text=True,
+        capture_output=True,
+    )
     if r.returncode:
         raise SystemExit(f"psql failed: {r.stderr[-2000:]}")
 
 
 def psycopg_rows(dsn: str, q: str) -> list[tuple]:
     import psycopg
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(q)
         return cur.fetchall() if cur.description else []
@@ -267,6 +315,7 @@ def psycopg_rows(dsn: str, q: str) -> list[tuple]:
 
 def ordered_tables(tables: list[str]) -> list[str]:
     from backup_assets.core.manifest import Manifest
+
     m = Manifest.builtin()
     by_table = {m[n].table_name: n for n in m.relocatable()}
     order = [m[n].table_name for n in m.relocatable()]
@@ -275,10 +324,14 @@ def ordered_tables(tables: list[str]) -> list[str]:
 
 def dump_rows(dsn: str, tables: list[str], folder: Path) -> None:
     import psycopg
+
     with psycopg.connect(dsn) as conn:
         for t in tables:
-            with open(folder / f"{t}.copy", "wb") as f, conn.cursor() as cur, \
-                    cur.copy(f'COPY (SELECT * FROM "{t}" ORDER BY id) TO STDOUT') as copy:
+            with (
+                open(folder / f"{t}.copy", "wb") as f,
+                conn.cursor() as cur,
+                cur.copy(f'COPY (SELECT * FROM "{t}" ORDER BY id) TO STDOUT') as copy,
+            ):
                 for chunk in copy:
                     f.write(chunk)
 
@@ -291,17 +344,30 @@ def report(results: list) -> None:
     naive = next((r for kind, _, r, _ in results if kind == "naive"), None)
     ours_sizes = {size: r for kind, size, r, _ in results if kind == "ours"}
     small, big = min(ours_sizes), max(ours_sizes)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
-    print(f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB, "
-          f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}\n")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    print(
+        f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB, "
+        f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| run | rows | seconds | rows/s | peak RSS (MB) | vs raw COPY | vs naive |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, _size, r, _ in results:
         vs_naive = f"{rate(r) / rate(naive):.1f}x" if naive else "-"
-        print(f"| {kind} | {r['rows']:,} | {r['seconds']:.1f} | {rate(r):,.0f} | {r['rss_mb']:.0f} | "
-              f"{rate(r) / rate(raw):.2f}x | {vs_naive} |")
-    print(f"\nPeak RSS of ours grows {100 * (ours_sizes[big]['rss_mb'] / ours_sizes[small]['rss_mb'] - 1):+.0f}% "
-          f"from {ours_sizes[small]['rows']:,} to {ours_sizes[big]['rows']:,} rows.")
+        print(
+            f"| {kind} | {r['rows']:,} | {r['seconds']:.1f} | {rate(r):,.0f} | {r['rss_mb']:.0f} | "
+            f"{rate(r) / rate(raw):.2f}x | {vs_naive} |"
+        )
+    print(
+        f"\nPeak RSS of ours grows {100 * (ours_sizes[big]['rss_mb'] / ours_sizes[small]['rss_mb'] - 1):+.0f}% "
+        f"from {ours_sizes[small]['rows']:,} to {ours_sizes[big]['rows']:,} rows."
+    )
 
 
 if __name__ == "__main__":

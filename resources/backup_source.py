@@ -1,4 +1,5 @@
 """Where backups come from: a folder, a glob, and a stable partition key per file."""
+
 from __future__ import annotations
 
 import os
@@ -8,15 +9,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from backup_assets.core.errors import ConfigurationError
 from backup_assets.core.backup_key import file_sha256, key_stem, partition_key, split_partition_key
+from backup_assets.core.errors import ConfigurationError
 
 DEFAULT_GLOB = "*.tar,*.json"
 
 
 @dataclass(frozen=True)
 class BackupFile:
-    key: str          #: partition key: safe stem + "-" + SHA-256 prefix
+    key: str  #: partition key: safe stem + "-" + SHA-256 prefix
     path: Path
     size: int
     mtime_ns: int
@@ -87,4 +88,5 @@ class BackupSourceResource(dg.ConfigurableResource):
                     return bf
         raise ConfigurationError(
             f"backup source: no file in {os.fspath(Path(self.folder).expanduser())} matching "
-            f"{', '.join(self.patterns())} has partition key {key!r} (was the file removed or rewritten?)")
+            f"{', '.join(self.patterns())} has partition key {key!r} (was the file removed or rewritten?)"
+        )

@@ -19,8 +19,8 @@ time and never stores::
 
 Assets call :meth:`DecryptorResource.get_decryptor` and hand the result to ``open_backup``.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -34,10 +34,10 @@ __all__ = ["DecryptorResource"]
 class DecryptorResource(ConfigurableResource):
     """Where the RSA private key of encrypted Sentry backups comes from (a file, or an environment variable)."""
 
-    private_key_path: str | None = Field(
-        default=None, description="Path of the unencrypted PEM RSA private key file.")
+    private_key_path: str | None = Field(default=None, description="Path of the unencrypted PEM RSA private key file.")
     private_key_env: str | None = Field(
-        default=None, description="Name of an environment variable whose value is the PEM RSA private key.")
+        default=None, description="Name of an environment variable whose value is the PEM RSA private key."
+    )
 
     def get_decryptor(self) -> Decryptor:
         """A decryptor for the configured key; the key itself is read lazily, on first use."""

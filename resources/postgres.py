@@ -1,4 +1,5 @@
 """The PostgreSQL database a restore writes into."""
+
 from __future__ import annotations
 
 import os
@@ -45,5 +46,6 @@ def target_resource(dsn: str | None) -> PostgresTargetResource | dg.ResourceDefi
     """
     if not dsn:
         return PostgresTargetResource()
-    return dg.ResourceDefinition.hardcoded_resource(PostgresTargetResource(dsn=dsn),
-                                                    f"Target database {redacted_dsn(dsn)}")
+    return dg.ResourceDefinition.hardcoded_resource(
+        PostgresTargetResource(dsn=dsn), f"Target database {redacted_dsn(dsn)}"
+    )

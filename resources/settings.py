@@ -14,6 +14,7 @@ flag; plus this project's options (``preserve_pks``, ``create_schema``, ``replac
 off. Every step of one import must run with the same settings: the engine records them when the
 parse stage prepares the import.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -28,20 +29,29 @@ class ImportSettingsResource(dg.ConfigurableResource):
     """How to import: Sentry's scope, filters and import flags, and this project's options."""
 
     scope: Literal["users", "organizations", "config", "global"] = Field(
-        default="global", description="Import scope, as Sentry's `import <scope>` subcommands.")
+        default="global", description="Import scope, as Sentry's `import <scope>` subcommands."
+    )
     merge_users: bool = Field(default=False, description="Map users whose username exists onto the existing user.")
     overwrite_configs: bool = Field(default=False, description="Overwrite colliding Config-scope rows in place.")
     hide_organizations: bool = Field(default=False, description="Import organizations hidden (pending approval).")
     filter_usernames: list[str] | None = Field(
-        default=None, description="Import only these users (and what hangs off them); unset: no filter.")
+        default=None, description="Import only these users (and what hangs off them); unset: no filter."
+    )
     filter_org_slugs: list[str] | None = Field(
-        default=None, description="Import only these organizations (and what hangs off them); unset: no filter.")
-    preserve_pks: bool = Field(default=False, description="Keep every primary key (disaster recovery into an empty database).")
+        default=None, description="Import only these organizations (and what hangs off them); unset: no filter."
+    )
+    preserve_pks: bool = Field(
+        default=False, description="Keep every primary key (disaster recovery into an empty database)."
+    )
     create_schema: bool = Field(default=False, description="Create missing tables from the manifest and the export.")
     replace_existing: bool = Field(
-        default=False, description="Global scope only: confirmed wipe of every relocatable table before loading.")
-    strict: bool = Field(default=False, description="Fail the parse, writing nothing, when the export holds rows "
-                                                    "of models the manifest does not know (else skipped and reported).")
+        default=False, description="Global scope only: confirmed wipe of every relocatable table before loading."
+    )
+    strict: bool = Field(
+        default=False,
+        description="Fail the parse, writing nothing, when the export holds rows "
+        "of models the manifest does not know (else skipped and reported).",
+    )
 
     def to_settings(self) -> ImportSettings:
         """The core's :class:`ImportSettings` (validated: raises ConfigurationError when contradictory)."""

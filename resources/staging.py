@@ -20,6 +20,7 @@ steps share nothing but that database:
 The staged rows hold decrypted export data: they are as sensitive as the target database itself, and
 :meth:`Restore.finish` (the ``restore_complete`` asset) drops them.
 """
+
 from __future__ import annotations
 
 import dagster as dg
@@ -34,9 +35,12 @@ STAGING_SCHEMA = INTERNAL_SCHEMA
 class StagingResource(dg.ConfigurableResource):
     """Options of the staging area inside the target database (schema ``backup_assets``)."""
 
-    unlogged: bool = Field(default=True, description="Create staging tables UNLOGGED (no WAL; emptied by a server crash).")
+    unlogged: bool = Field(
+        default=True, description="Create staging tables UNLOGGED (no WAL; emptied by a server crash)."
+    )
     keep_after_restore: bool = Field(
-        default=False, description="Keep the staged rows after restore_complete (for re-running model assets later).")
+        default=False, description="Keep the staged rows after restore_complete (for re-running model assets later)."
+    )
 
     @property
     def schema_name(self) -> str:

@@ -6,6 +6,7 @@ Shared by ``tests/test_celery_e2e.py`` and ``benchmarks/celery_workers.py``. Eve
 environment from :class:`Cluster` (the target DSNs as variables the runs name, the private key's PEM in
 a variable): nothing reaches a step through the launcher's memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,13 @@ def free_port() -> int:
 def run_config(dsn_env: str, worker_lost_seconds: float = 30.0, scope: str = "global") -> dict:
     """A run's config: its target named by a variable (read on the worker), tables created in an empty
     target, the import scope, how long a worker may stay silent."""
-    return {"resources": {"target": {"config": {"dsn": {"env": dsn_env}}},
-                          "import_settings": {"config": {"create_schema": True, "scope": scope}}},
-            "execution": {"config": {"worker_lost_seconds": worker_lost_seconds}}}
+    return {
+        "resources": {
+            "target": {"config": {"dsn": {"env": dsn_env}}},
+            "import_settings": {"config": {"create_schema": True, "scope": scope}},
+        },
+        "execution": {"config": {"worker_lost_seconds": worker_lost_seconds}},
+    }
 
 
 class Cluster:
@@ -65,9 +70,15 @@ class Cluster:
         self.port = free_port()
         url = f"redis://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("BACKUP_ASSETS_", "DAGSTER_"))}
-        self.env = {**base, **env, "DAGSTER_HOME": str(self.home), BROKER_ENV: f"{url}/0",
-                    BACKEND_ENV: f"{url}/1", "PYTHONPATH": str(REPO),
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"}
+        self.env = {
+            **base,
+            **env,
+            "DAGSTER_HOME": str(self.home),
+            BROKER_ENV: f"{url}/0",
+            BACKEND_ENV: f"{url}/1",
+            "PYTHONPATH": str(REPO),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
+        }
         self.redis: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self._app = None
@@ -75,9 +86,22 @@ class Cluster:
     # -- processes ---------------------------------------------------------------------------------
     def start_redis(self) -> None:
         self.redis = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.wait(lambda: self._redis_up(), 20, "redis-server")
 
     def _redis_up(self) -> bool:
@@ -90,15 +114,31 @@ class Cluster:
 
     def start_worker(self, name: str, queues: Iterable[str]) -> None:
         """``dagster-celery worker start`` listening on ``queues``, one step at a time."""
-        cmd = [str(Path(sys.executable).with_name("dagster-celery")), "worker", "start", "-A", "dagster_celery.app",
-               "-y", str(CELERY_YAML), "-n", name, "-l", "WARNING",
-               "-q", ",".join(queues)]  # one list: Celery 5 keeps only the last of several -Q
+        cmd = [
+            str(Path(sys.executable).with_name("dagster-celery")),
+            "worker",
+            "start",
+            "-A",
+            "dagster_celery.app",
+            "-y",
+            str(CELERY_YAML),
+            "-n",
+            name,
+            "-l",
+            "WARNING",
+            "-q",
+            ",".join(queues),
+        ]  # one list: Celery 5 keeps only the last of several -Q
         log = open(self.root / f"worker-{name}.log", "wb")  # noqa: SIM115 - the worker writes it until stopped
-        self.workers[name] = subprocess.Popen(cmd + ["--", "--concurrency=1"], cwd=REPO, env=self.env,
-                                              stdout=log, stderr=subprocess.STDOUT)
+        self.workers[name] = subprocess.Popen(
+            cmd + ["--", "--concurrency=1"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         proc = self.workers[name]
-        self.wait(lambda: proc.poll() is None and self.app().control.ping(destination=[self.hostname(name)],
-                                                                         timeout=0.5), 90, f"worker {name}")
+        self.wait(
+            lambda: proc.poll() is None and self.app().control.ping(destination=[self.hostname(name)], timeout=0.5),
+            90,
+            f"worker {name}",
+        )
         assert proc.poll() is None, f"worker {name} exited: see {log.name}"
 
     def hostname(self, name: str) -> str:
@@ -120,14 +160,31 @@ class Cluster:
 
     def add_queue(self, name: str, queue: str) -> None:
         """Make a running worker consume ``queue`` too, with the command the README gives."""
-        out = subprocess.run([str(Path(sys.executable).with_name("celery")), "-A", "dagster_celery.app", "-b",
-                              self.env[BROKER_ENV], "control", "-d", self.hostname(name), "add_consumer", queue],
-                             cwd=self.root, env=self.env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("celery")),
+                "-A",
+                "dagster_celery.app",
+                "-b",
+                self.env[BROKER_ENV],
+                "control",
+                "-d",
+                self.hostname(name),
+                "add_consumer",
+                queue,
+            ],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and f"add consumer {queue}" in out.stdout, out.stdout + out.stderr
 
     def app(self):
         if self._app is None:
             from celery import Celery
+
             self._app = Celery(broker=self.env[BROKER_ENV], backend=self.env[BACKEND_ENV])
         return self._app
 
@@ -158,15 +215,26 @@ class Cluster:
             return []
 
     # -- runs --------------------------------------------------------------------------------------
-    def launch(self, partition: str, dsn: str | None, dsn_env: str, parent: str | None = None,
-               worker_lost_seconds: float = 30.0, scope: str = "global") -> subprocess.Popen:
+    def launch(
+        self,
+        partition: str,
+        dsn: str | None,
+        dsn_env: str,
+        parent: str | None = None,
+        worker_lost_seconds: float = 30.0,
+        scope: str = "global",
+    ) -> subprocess.Popen:
         """A launcher process running one restore (or a re-execution from failure of ``parent``) into the
         database named by ``dsn_env``, tagged with the target of ``dsn`` (no tag when None)."""
         tags = {"dagster/partition": partition, **({TARGET_TAG: target_tag(dsn)} if dsn else {})}
-        args = {"tags": tags,
-                "run_config": run_config(dsn_env, worker_lost_seconds, scope), "parent": parent}
-        return subprocess.Popen([sys.executable, "-c", _LAUNCH, json.dumps(args)], cwd=REPO, env=self.env,
-                                stdout=subprocess.PIPE, stderr=open(self.root / "launch.log", "ab"))
+        args = {"tags": tags, "run_config": run_config(dsn_env, worker_lost_seconds, scope), "parent": parent}
+        return subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, json.dumps(args)],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=open(self.root / "launch.log", "ab"),
+        )
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(self.home))

@@ -1,4 +1,5 @@
 """Shared fixtures: one real PostgreSQL for the whole session (the embedded server), a fresh database per test."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,8 +40,10 @@ def pg_dsn(pg_server, request) -> str:
     ensure_database(pg_server.dsn("postgres"), name)
     yield pg_server.dsn(name)
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                     (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 

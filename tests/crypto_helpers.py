@@ -2,6 +2,7 @@
 
 Deliberately independent of ``backup_assets``: these are the reference the project is checked against.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,10 +18,10 @@ OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashe
 def make_key_pair(bits: int = 2048) -> tuple[bytes, bytes]:
     """(PKCS8 private PEM, SPKI public PEM)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private, public
 
 

@@ -6,6 +6,7 @@ Used by ``test_backfill_e2e.py`` and ``test_ui_browser.py``. The server loads th
 ``workspace.yaml`` (code location ``backup_assets``); the instance is the repository's ``dagster.yaml``
 copied into the temp home, so the tests exercise the shipped run-queue settings.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ class DagsterDev:
     def start(self, timeout: float = 90) -> DagsterDev:
         argv, env = self._command()
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - the server writes it until stop() closes it
-        self.proc = subprocess.Popen(argv, cwd=self.cwd or REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, cwd=self.cwd or REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_loaded(timeout)
         return self
 
@@ -71,8 +73,10 @@ class DagsterDev:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dagster dev exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                data = self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                                    "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+                data = self.graphql(
+                    "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                    "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+                )
                 entries = {e["name"]: e for e in data["workspaceOrError"]["locationEntries"]}
                 entry = entries.get(LOCATION)
                 if entry and entry["loadStatus"] == "LOADED":
@@ -101,21 +105,34 @@ class DagsterDev:
 
     # -- the calls the tests make ----------------------------------------------------------------------
     def add_partition(self, key: str) -> None:
-        data = self.graphql("""mutation($r: RepositorySelector!, $k: String!) {
+        data = self.graphql(
+            """mutation($r: RepositorySelector!, $k: String!) {
             addDynamicPartition(repositorySelector: $r, partitionsDefName: "sentry_backups", partitionKey: $k) {
               __typename ... on PythonError { message } ... on DuplicateDynamicPartitionError { partitionName } } }""",
-                            {"r": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}, "k": key})
+            {"r": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}, "k": key},
+        )
         assert data["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", data
 
     def launch_run(self, partition: str, assets: list[list[str]], run_config: dict, tags: dict[str, str]) -> str:
-        data = self.graphql("""mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        data = self.graphql(
+            """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
               __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
               ... on RunConfigValidationInvalid { errors { message } } ... on InvalidSubsetError { message } } }""",
-                            {"p": {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
-                                                "jobName": JOB, "assetSelection": [{"path": a} for a in assets]},
-                                   "runConfigData": run_config,
-                                   "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in
-                                                                  {**tags, "dagster/partition": partition}.items()]}}})
+            {
+                "p": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": JOB,
+                        "assetSelection": [{"path": a} for a in assets],
+                    },
+                    "runConfigData": run_config,
+                    "executionMetadata": {
+                        "tags": [{"key": k, "value": v} for k, v in {**tags, "dagster/partition": partition}.items()]
+                    },
+                }
+            },
+        )
         result = data["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
@@ -127,8 +144,11 @@ class DagsterDev:
         return data["runsOrError"]["results"]
 
     def run_status(self, run_id: str) -> dict[str, Any]:
-        data = self.graphql("""query($id: ID!) { runOrError(runId: $id) { __typename
-              ... on Run { status startTime endTime } } }""", {"id": run_id})
+        data = self.graphql(
+            """query($id: ID!) { runOrError(runId: $id) { __typename
+              ... on Run { status startTime endTime } } }""",
+            {"id": run_id},
+        )
         return data["runOrError"]
 
     def wait_runs(self, run_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Dagster instances of the tests: ``dg.instance_for_test`` with the event log the repository's
 ``dagster.yaml`` ships, so the tests run on the storage users run on."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -4,6 +4,7 @@ whatever zlib, gzip or base64 blobs hide inside them, then looks for the needles
 Dagster keeps job snapshots zlib-compressed in ``runs.db``; a scan of the raw bytes of the ``.db`` files
 cannot see a password in a resource's config default there. This one can.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,7 +40,7 @@ def _base64(run: bytes) -> Iterator[bytes]:
     decode = base64.urlsafe_b64decode if (b"-" in run or b"_" in run) else base64.b64decode
     for skip in range(4):
         body = run[skip:].rstrip(b"=")
-        body = body[:len(body) - len(body) % 4]
+        body = body[: len(body) - len(body) % 4]
         try:
             decoded = decode(body)
         except (Base64Error, ValueError):
@@ -72,8 +73,9 @@ def find(data: bytes, needles: Mapping[str, bytes], where: str) -> list[str]:
     """``"<needle> in <where> [<wrappings>]"`` for each needle found in ``data`` or any blob inside it."""
     found = []
     for path, blob in layers(data):
-        found += [f"{name} in {where}" + (f" [{path}]" if path else "") for name, needle in needles.items()
-                  if needle in blob]
+        found += [
+            f"{name} in {where}" + (f" [{path}]" if path else "") for name, needle in needles.items() if needle in blob
+        ]
     return found
 
 
@@ -122,12 +124,20 @@ def secret_forms(private_pem: bytes, data_key: bytes) -> dict[str, bytes]:
     body = b"".join(lines)
     key = keys.load_private_key(private_pem)
     raw = base64.urlsafe_b64decode(data_key)
-    forms = {"private key PEM": private_pem, "private key base64 body": body,
-             "private key DER hex": base64.b64decode(body).hex().encode(),
-             "private exponent (decimal)": str(key.private_numbers().d).encode(),
-             "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
-             "data key": data_key, "data key raw": raw, "data key hex": raw.hex().encode(),
-             "data key standard base64": base64.b64encode(raw), "signing key": raw[:16], "encryption key": raw[16:],
-             "signing key hex": raw[:16].hex().encode(), "encryption key hex": raw[16:].hex().encode()}
+    forms = {
+        "private key PEM": private_pem,
+        "private key base64 body": body,
+        "private key DER hex": base64.b64decode(body).hex().encode(),
+        "private exponent (decimal)": str(key.private_numbers().d).encode(),
+        "private exponent (hex)": format(key.private_numbers().d, "x").encode(),
+        "data key": data_key,
+        "data key raw": raw,
+        "data key hex": raw.hex().encode(),
+        "data key standard base64": base64.b64encode(raw),
+        "signing key": raw[:16],
+        "encryption key": raw[16:],
+        "signing key hex": raw[:16].hex().encode(),
+        "encryption key hex": raw[16:].hex().encode(),
+    }
     forms.update({f"private key PEM line {i}": line for i, line in enumerate(lines) if len(line) >= 16})
     return forms

@@ -7,6 +7,7 @@ backfill over both partitions selects ``organization`` (loaded already: it must 
 result, not write twice), ``organizationmember`` (a child never loaded: it must load through the
 persisted pk maps of its parents) and ``restore_complete``.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import psycopg
 import pytest
 import yaml
@@ -30,6 +29,7 @@ from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import partition_key_for_file
 from backup_assets.run import TARGET_TAG, failure_message, materialize_restore, target_tag
 from tests.dagster_dev import REPO, DagsterDev
+from tests.instances import instance_for_test
 
 MODELS = ("sentry.organization", "sentry.user", "sentry.organizationmember")
 SMALL = dict(orgs=1, users=2, members_per_org=2)
@@ -63,8 +63,11 @@ def scalar(dsn: str, query: str) -> object:
 def wait_backfill(server: DagsterDev, backfill_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        data = server.graphql("""query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-              __typename ... on PartitionBackfill { status runs(limit: 10) { runId status } } } }""", {"id": backfill_id})
+        data = server.graphql(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+              __typename ... on PartitionBackfill { status runs(limit: 10) { runId status } } } }""",
+            {"id": backfill_id},
+        )
         backfill = data["partitionBackfillOrError"]
         if backfill["status"] in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"):
             return backfill
@@ -77,9 +80,14 @@ def test_an_asset_backfill_over_both_partitions_reruns_only_the_selection(tmp_pa
     backups = make_backups(tmp_path / "backups", (1, 2))
     keys = [partition_key_for_file(p) for p in backups]
     (tmp_path / "detailed.json").write_text(json.dumps(manifest.to_json()))
-    server = DagsterDev(tmp_path / "home", {
-        "BACKUP_ASSETS_DSN": pg_dsn, "BACKUP_ASSETS_BACKUPS": str(tmp_path / "backups"),
-        "BACKUP_ASSETS_MANIFEST": str(tmp_path / "detailed.json")})
+    server = DagsterDev(
+        tmp_path / "home",
+        {
+            "BACKUP_ASSETS_DSN": pg_dsn,
+            "BACKUP_ASSETS_BACKUPS": str(tmp_path / "backups"),
+            "BACKUP_ASSETS_MANIFEST": str(tmp_path / "detailed.json"),
+        },
+    )
     try:
         server.start()
         for key in keys:
@@ -96,11 +104,19 @@ def test_an_asset_backfill_over_both_partitions_reruns_only_the_selection(tmp_pa
         assert orgs_before == sum(e["sentry.organization"] for e in expected)
         assert scalar(pg_dsn, "SELECT count(*) FROM sentry_organizationmember") == 0
 
-        data = server.graphql("""mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+        data = server.graphql(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
               __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-                              {"p": {"partitionNames": keys, "assetSelection": [{"path": k} for k in (ORG, MEMBER, COMPLETE)],
-                                     "runConfigData": RUN_CONFIG, "title": "members of both backups",
-                                     "tags": [{"key": k, "value": v} for k, v in target.items()]}})
+            {
+                "p": {
+                    "partitionNames": keys,
+                    "assetSelection": [{"path": k} for k in (ORG, MEMBER, COMPLETE)],
+                    "runConfigData": RUN_CONFIG,
+                    "title": "members of both backups",
+                    "tags": [{"key": k, "value": v} for k, v in target.items()],
+                }
+            },
+        )
         launched = data["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         backfill = wait_backfill(server, launched["backfillId"], timeout=150)
@@ -111,10 +127,17 @@ def test_an_asset_backfill_over_both_partitions_reruns_only_the_selection(tmp_pa
 
     # the database: organizations not written twice, members loaded and pointing at the new ids
     assert scalar(pg_dsn, "SELECT count(*) FROM sentry_organization") == orgs_before
-    assert scalar(pg_dsn, "SELECT count(*) FROM sentry_organizationmember") == \
-        sum(e["sentry.organizationmember"] for e in expected)
-    assert scalar(pg_dsn, "SELECT count(*) FROM sentry_organizationmember m LEFT JOIN sentry_organization o "
-                          "ON o.id = m.organization_id WHERE o.id IS NULL") == 0
+    assert scalar(pg_dsn, "SELECT count(*) FROM sentry_organizationmember") == sum(
+        e["sentry.organizationmember"] for e in expected
+    )
+    assert (
+        scalar(
+            pg_dsn,
+            "SELECT count(*) FROM sentry_organizationmember m LEFT JOIN sentry_organization o "
+            "ON o.id = m.organization_id WHERE o.id IS NULL",
+        )
+        == 0
+    )
     for key in keys:
         assert not Restore(pg_dsn, manifest, key, SETTINGS).is_staged()  # restore_complete dropped staging
 
@@ -122,14 +145,19 @@ def test_an_asset_backfill_over_both_partitions_reruns_only_the_selection(tmp_pa
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with dg.DagsterInstance.get() as instance:
         for key in keys:
+
             def events(asset: list[str], key: str = key):
                 return instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=10).records
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=10
+                ).records
+
             assert len(events(USER)) == 1 and len(events(ORG)) == 2 and len(events(MEMBER)) == 1
             latest_org = events(ORG)[0].asset_materialization.metadata
             assert latest_org["already_loaded"].value is True
-            assert events(MEMBER)[0].asset_materialization.metadata["rows_written"].value == \
-                expected[keys.index(key)]["sentry.organizationmember"]
+            assert (
+                events(MEMBER)[0].asset_materialization.metadata["rows_written"].value
+                == expected[keys.index(key)]["sentry.organizationmember"]
+            )
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
 
 
@@ -143,7 +171,8 @@ def test_the_shipped_dagster_yaml_queues_runs_with_one_restore_per_target(tmp_pa
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == 2
         assert queue.tag_concurrency_limits == [
-            {"key": TARGET_TAG, "limit": 1, "value": {"applyLimitPerUniqueValue": True}}]
+            {"key": TARGET_TAG, "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
+        ]
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 4
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.get_settings("nux") == {"enabled": False}
@@ -156,10 +185,14 @@ def restore_in_process(backup: str, dsn: str, start_at: float) -> dict:
     with instance_for_test() as instance:
         time.sleep(max(0.0, start_at - time.time()))
         result = materialize_restore(backup, dsn, SETTINGS, manifest=manifest, instance=instance)
-        return {"error": failure_message(result),
-                "already_loaded": {e.asset_key.to_user_string(): e.materialization.metadata["already_loaded"].value
-                                   for e in result.get_asset_materialization_events()
-                                   if "already_loaded" in e.materialization.metadata}}
+        return {
+            "error": failure_message(result),
+            "already_loaded": {
+                e.asset_key.to_user_string(): e.materialization.metadata["already_loaded"].value
+                for e in result.get_asset_materialization_events()
+                if "already_loaded" in e.materialization.metadata
+            },
+        }
 
 
 def test_two_runs_of_one_partition_at_once_write_each_row_once(tmp_path, pg_dsn, manifest):

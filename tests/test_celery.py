@@ -1,5 +1,6 @@
 """The Celery extra's pure parts: the queue a run's steps go to, and the default install staying free of Celery.
 The end-to-end behaviour (workers, broker, a killed worker) is in ``tests/test_celery_e2e.py``."""
+
 from __future__ import annotations
 
 import subprocess
@@ -31,7 +32,9 @@ def test_a_run_goes_to_its_explicit_queue_else_its_targets_else_the_default():
 
 
 def test_the_default_code_location_does_not_import_celery():
-    code = ("import sys, backup_assets.definitions, backup_assets.cli; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'dagster_celery', 'kombu')))")
+    code = (
+        "import sys, backup_assets.definitions, backup_assets.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'dagster_celery', 'kombu')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

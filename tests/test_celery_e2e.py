@@ -5,6 +5,7 @@ persistent Dagster instance, encrypted generated backups of the faults manifest,
 
 Worker w1 serves targets a, c and e; w2 serves b and d. The kill test runs last: it kills w1.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,8 +19,9 @@ import pytest
 
 pytest.importorskip("dagster_celery", reason="the celery extra is not installed (pip install -e '.[celery]')")
 if shutil.which("redis-server") is None:
-    pytest.skip("redis-server is not installed (tests/run installs Debian's redis-server as root)",
-                allow_module_level=True)
+    pytest.skip(
+        "redis-server is not installed (tests/run installs Debian's redis-server as root)", allow_module_level=True
+    )
 
 from backup_assets.celery import target_queue
 from backup_assets.core import keys
@@ -29,9 +31,8 @@ from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import target_tag
 from tests.celery_cluster import Cluster
 from tests.crypto_helpers import OAEP, make_key_pair, sentry_encrypt, tar_of
+from tests.fault_helpers import FKS, TABLES, UNIQUE, assert_exact, counts, rows, table_counts, write_manifest
 from tests.secret_scan import scan_tree, secret_forms
-from tests.fault_helpers import (FKS, TABLES, UNIQUE, assert_exact, counts, rows, table_counts,
-                                 write_manifest)
 
 TARGETS = "abcde"
 WORKERS = {"w1": "ace", "w2": "bd"}
@@ -46,10 +47,13 @@ def cluster(pg_server, tmp_path_factory):
     dbs = {t: f"celery_{os.getpid()}_{t}" for t in TARGETS}
     for name in dbs.values():
         ensure_database(pg_server.dsn("postgres"), name)
-    env = {"BACKUP_ASSETS_MANIFEST": str(write_manifest(root / "manifest.json")),
-           "BACKUP_ASSETS_BACKUPS": str(root / "backups"), "BACKUP_ASSETS_GLOB": "*.tar",
-           "BACKUP_ASSETS_PRIVATE_KEY": private.decode(),
-           **{_dsn_env(t): pg_server.dsn(name) for t, name in dbs.items()}}
+    env = {
+        "BACKUP_ASSETS_MANIFEST": str(write_manifest(root / "manifest.json")),
+        "BACKUP_ASSETS_BACKUPS": str(root / "backups"),
+        "BACKUP_ASSETS_GLOB": "*.tar",
+        "BACKUP_ASSETS_PRIVATE_KEY": private.decode(),
+        **{_dsn_env(t): pg_server.dsn(name) for t, name in dbs.items()},
+    }
     c = Cluster(root, env)
     c.public_pem, c.private_pem, c.data_keys = public, private, []
     c.dsns = {t: pg_server.dsn(name) for t, name in dbs.items()}
@@ -103,8 +107,9 @@ def _step_events(instance: dg.DagsterInstance, run_id: str) -> list:
 
 
 def _step_pids(instance: dg.DagsterInstance, run_id: str) -> set[int]:
-    return {e.dagster_event.pid for e in _step_events(instance, run_id)
-            if e.dagster_event.event_type_value == "STEP_START"}
+    return {
+        e.dagster_event.pid for e in _step_events(instance, run_id) if e.dagster_event.event_type_value == "STEP_START"
+    }
 
 
 def _intervals(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
@@ -136,8 +141,12 @@ def test_three_backups_restore_on_the_workers_of_their_targets(cluster):
             assert launchers[t] not in pids and os.getpid() not in pids
             run = instance.get_run_by_id(results[t]["run_id"])
             assert run.tags["backup_assets/target"] == target_tag(cluster.dsns[t])
-    queues = {e.dagster_event.message for r in results.values() for e in _step_events(instance, r["run_id"])
-              if "Submitting celery task" in (e.dagster_event.message or "")}
+    queues = {
+        e.dagster_event.message
+        for r in results.values()
+        for e in _step_events(instance, r["run_id"])
+        if "Submitting celery task" in (e.dagster_event.message or "")
+    }
     assert {q.rsplit('"', 2)[1] for q in queues} == {target_queue(target_tag(cluster.dsns[t])) for t in "abc"}
 
 
@@ -151,7 +160,8 @@ def test_two_backups_for_one_target_never_load_at_the_same_time(cluster):
     with cluster.instance() as instance:
         first, second = _intervals(instance, r1["run_id"]), _intervals(instance, r2["run_id"])
     assert max(e for _, e in first) > min(s for s, _ in second) and max(e for _, e in second) > min(
-        s for s, _ in first), "the two runs did not run at the same time: the test proves nothing"
+        s for s, _ in first
+    ), "the two runs did not run at the same time: the test proves nothing"
     overlaps = [(a, b) for a in first for b in second if a[0] < b[1] and b[0] < a[1]]
     assert overlaps == []
     assert table_counts(cluster.dsns["d"]) == {m: e1[m] + e2[m] for m in e1}
@@ -164,11 +174,20 @@ def _assert_sound(dsn: str, imports: dict[str, dict[str, int]]) -> None:
         for table, column in UNIQUE.items():
             assert conn.execute(f'SELECT count(*) - count(DISTINCT "{column}") FROM "{table}"').fetchone()[0] == 0
         for child, column, parent in FKS:
-            assert conn.execute(f'SELECT count(*) FROM "{child}" c WHERE NOT EXISTS '
-                                f'(SELECT 1 FROM "{parent}" p WHERE p.id = c."{column}")').fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    f'SELECT count(*) FROM "{child}" c WHERE NOT EXISTS '
+                    f'(SELECT 1 FROM "{parent}" p WHERE p.id = c."{column}")'
+                ).fetchone()[0]
+                == 0
+            )
         for key, expected in imports.items():
-            records = dict(conn.execute("SELECT model, (result->>'rows_written')::int FROM backup_assets.load_record"
-                                        " WHERE import_id = %s", (key,)).fetchall())
+            records = dict(
+                conn.execute(
+                    "SELECT model, (result->>'rows_written')::int FROM backup_assets.load_record WHERE import_id = %s",
+                    (key,),
+                ).fetchall()
+            )
             assert records == expected
 
 
@@ -195,8 +214,13 @@ def test_no_key_and_no_plaintext_reach_the_instance_or_the_broker(cluster):
         assert _finish(cluster.launch(key, cluster.dsns["c"], _dsn_env("c"), scope="organizations"))["success"]
     needles = secret_forms(cluster.private_pem, cluster.data_keys[0])
     for i, key in enumerate(cluster.data_keys[1:]):
-        needles.update({f"data key {i + 1} {k}": v for k, v in secret_forms(cluster.private_pem, key).items()
-                        if k.startswith(("data", "signing", "encryption"))})
+        needles.update(
+            {
+                f"data key {i + 1} {k}": v
+                for k, v in secret_forms(cluster.private_pem, key).items()
+                if k.startswith(("data", "signing", "encryption"))
+            }
+        )
     needles["a backup row"] = b"-item-0000001"  # an item's name in every backup
     assert scan_tree(cluster.home, needles) == []
     assert scan_tree(cluster.home, {"control": b"faults__item"})  # the scan reads what the runs wrote
@@ -219,13 +243,15 @@ def _redis_values(client, name: bytes) -> list:
 def _in_redis(cluster: Cluster, needles: dict[str, bytes]) -> list[str]:
     """Where a needle occurs in a value of the broker's or the result backend's keys."""
     import redis
+
     found = []
     for db in (0, 1):
         client = redis.Redis(port=cluster.port, db=db)
         for name in client.scan_iter():
             values = _redis_values(client, name)
-            found += [f"redis db {db} {name!r}: {n}" for v in values for n, needle in needles.items()
-                      if needle in (v or b"")]
+            found += [
+                f"redis db {db} {name!r}: {n}" for v in values for n, needle in needles.items() if needle in (v or b"")
+            ]
         client.close()
     return found
 
@@ -259,8 +285,9 @@ def _model_loading(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if not conn.execute("SELECT to_regclass('backup_assets.load_record')").fetchone()[0]:
             return False
-        return bool(conn.execute("SELECT 1 FROM backup_assets.load_record WHERE model = 'sentry.organization'")
-                    .fetchone())
+        return bool(
+            conn.execute("SELECT 1 FROM backup_assets.load_record WHERE model = 'sentry.organization'").fetchone()
+        )
 
 
 assert set(TABLES) == set(counts(1, 1, 1, 1))  # the faults manifest's models, as counts() names them

@@ -1,4 +1,5 @@
 """`backup-assets backup encrypt|decrypt` and `backup-assets keygen`, through click and the installed script."""
+
 from __future__ import annotations
 
 import os
@@ -36,12 +37,14 @@ def run(*args: str | Path):
 
 
 def test_encrypt_then_sentry_decrypts_and_we_decrypt(files, pair) -> None:
-    result = run("backup", "encrypt", files / "out.tar", "--src", files / "export.json",
-                 "--encrypt-with", files / "public.pem")
+    result = run(
+        "backup", "encrypt", files / "out.tar", "--src", files / "export.json", "--encrypt-with", files / "public.pem"
+    )
     assert result.exit_code == 0, result.output
     assert sentry_decrypt((files / "out.tar").read_bytes(), pair[0]) == EXPORT
-    result = run("backup", "decrypt", files / "round.json", "--src", files / "out.tar",
-                 "--decrypt-with", files / "private.pem")
+    result = run(
+        "backup", "decrypt", files / "round.json", "--src", files / "out.tar", "--decrypt-with", files / "private.pem"
+    )
     assert result.exit_code == 0, result.output
     assert (files / "round.json").read_bytes() == EXPORT
 
@@ -50,8 +53,9 @@ def test_decrypt_failure_is_one_line_and_leaves_nothing(files) -> None:
     other, _ = make_key_pair()
     (files / "other.pem").write_bytes(other)
     before = sorted(os.listdir(files))
-    result = run("backup", "decrypt", files / "out.json", "--src", files / "sentry.tar",
-                 "--decrypt-with", files / "other.pem")
+    result = run(
+        "backup", "decrypt", files / "out.json", "--src", files / "sentry.tar", "--decrypt-with", files / "other.pem"
+    )
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0
     assert result.output.startswith("Error: ") and "key.pub does not match the private key" in result.output
@@ -59,8 +63,18 @@ def test_decrypt_failure_is_one_line_and_leaves_nothing(files) -> None:
 
 
 def test_usage_errors_exit_2(files) -> None:
-    assert run("backup", "decrypt", files / "o.json", "--src", files / "missing.tar",
-               "--decrypt-with", files / "private.pem").exit_code == 2
+    assert (
+        run(
+            "backup",
+            "decrypt",
+            files / "o.json",
+            "--src",
+            files / "missing.tar",
+            "--decrypt-with",
+            files / "private.pem",
+        ).exit_code
+        == 2
+    )
     assert run("backup", "encrypt", files / "o.tar", "--src", files / "export.json").exit_code == 2
 
 
@@ -77,8 +91,10 @@ def test_keygen(tmp_path) -> None:
     assert private.stat().st_mode & 0o777 == 0o600
     key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     assert key.key_size == 2048
-    assert key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo) == public.read_bytes()
+    assert (
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        == public.read_bytes()
+    )
     first = private.read_bytes()
     refused = run("keygen", private, public)
     assert refused.exit_code == 1 and "already exists; pass --force" in refused.output
@@ -93,13 +109,39 @@ def test_keygen(tmp_path) -> None:
 
 def test_installed_script_decrypts_a_sentry_tarball(files) -> None:
     assert SCRIPT.exists(), SCRIPT
-    proc = subprocess.run([SCRIPT, "backup", "decrypt", files / "out.json", "--src", files / "sentry.tar",
-                           "--decrypt-with", files / "private.pem"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            SCRIPT,
+            "backup",
+            "decrypt",
+            files / "out.json",
+            "--src",
+            files / "sentry.tar",
+            "--decrypt-with",
+            files / "private.pem",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (files / "out.json").read_bytes() == EXPORT
     (files / "bad.tar").write_bytes(tar_of([("export.json", b"A" * 100)]))
-    proc = subprocess.run([SCRIPT, "backup", "decrypt", files / "bad.json", "--src", files / "bad.tar",
-                           "--decrypt-with", files / "private.pem"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            SCRIPT,
+            "backup",
+            "decrypt",
+            files / "bad.json",
+            "--src",
+            files / "bad.tar",
+            "--decrypt-with",
+            files / "private.pem",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("Error: ") and "missing member" in proc.stderr
     assert not (files / "bad.json").exists()

@@ -1,5 +1,6 @@
 """The command line pays at start-up only for what a command uses: help, key generation and the
 backup file commands never import Dagster (checked in a fresh interpreter, as the console script runs)."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,18 @@ def test_help_keygen_and_backup_encrypt_decrypt_never_import_dagster(tmp_path):
         "help": _run("--help"),
         "import help": _run("import", "global", "--help"),
         "keygen": _run("keygen", str(private), str(public)),
-        "encrypt": _run("backup", "encrypt", str(tmp_path / "b.tar"), "--src", str(export), "--encrypt-with", str(public)),
-        "decrypt": _run("backup", "decrypt", str(tmp_path / "plain.json"), "--src", str(tmp_path / "b.tar"),
-                        "--decrypt-with", str(private)),
+        "encrypt": _run(
+            "backup", "encrypt", str(tmp_path / "b.tar"), "--src", str(export), "--encrypt-with", str(public)
+        ),
+        "decrypt": _run(
+            "backup",
+            "decrypt",
+            str(tmp_path / "plain.json"),
+            "--src",
+            str(tmp_path / "b.tar"),
+            "--decrypt-with",
+            str(private),
+        ),
     }
     assert {name: r["code"] for name, r in runs.items()} == dict.fromkeys(runs, 0)
     assert {name: r["dagster"] for name, r in runs.items()} == dict.fromkeys(runs, [])

@@ -1,4 +1,5 @@
 """Sentry-style comparison of two exports: every finding kind on hand-made pairs, and the CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -15,31 +16,47 @@ from backup_assets.cli import main
 from backup_assets.core.compare import compare, iter_export
 from backup_assets.core.decryptors import LocalFileEncryptor
 from backup_assets.core.errors import ExportParseError
-from backup_assets.core.findings import (ComparatorFinding, ComparatorFindingKind, InstanceID, RpcImportError,
-                                         findings_to_json, write_findings)
+from backup_assets.core.findings import (
+    ComparatorFinding,
+    ComparatorFindingKind,
+    InstanceID,
+    RpcImportError,
+    findings_to_json,
+    write_findings,
+)
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.source import encrypt_export
 
 
 def _model(table: str, **fks: str) -> dict:
-    return {"foreign_keys": {f: {"kind": "FlexibleForeignKey", "model": m, "nullable": True} for f, m in fks.items()},
-            "relocation_scope": "Global", "table_name": table}
+    return {
+        "foreign_keys": {f: {"kind": "FlexibleForeignKey", "model": m, "nullable": True} for f, m in fks.items()},
+        "relocation_scope": "Global",
+        "table_name": table,
+    }
 
 
-MANIFEST = Manifest.from_json({
-    "sentry.user": _model("sentry_user"),
-    "sentry.email": _model("sentry_email"),
-    "sentry.useremail": _model("sentry_useremail", user="sentry.user"),
-    "sentry.useroption": _model("sentry_useroption", user="sentry.user"),
-    "sentry.organization": _model("sentry_organization"),
-    "sentry.organizationmember": _model("sentry_organizationmember", organization="sentry.organization",
-                                        user_id="sentry.user", inviter_id="sentry.user"),
-    "sentry.project": _model("sentry_project", organization="sentry.organization"),
-    "sentry.projectkey": _model("sentry_projectkey", project="sentry.project"),
-    "sentry.apitoken": _model("sentry_apitoken", user="sentry.user"),
-    "sentry.monitor": _model("sentry_monitor"),
-    "sentry.querysubscription": _model("sentry_querysubscription", project="sentry.project"),
-}, source="test manifest")
+MANIFEST = Manifest.from_json(
+    {
+        "sentry.user": _model("sentry_user"),
+        "sentry.email": _model("sentry_email"),
+        "sentry.useremail": _model("sentry_useremail", user="sentry.user"),
+        "sentry.useroption": _model("sentry_useroption", user="sentry.user"),
+        "sentry.organization": _model("sentry_organization"),
+        "sentry.organizationmember": _model(
+            "sentry_organizationmember",
+            organization="sentry.organization",
+            user_id="sentry.user",
+            inviter_id="sentry.user",
+        ),
+        "sentry.project": _model("sentry_project", organization="sentry.organization"),
+        "sentry.projectkey": _model("sentry_projectkey", project="sentry.project"),
+        "sentry.apitoken": _model("sentry_apitoken", user="sentry.user"),
+        "sentry.monitor": _model("sentry_monitor"),
+        "sentry.querysubscription": _model("sentry_querysubscription", project="sentry.project"),
+    },
+    source="test manifest",
+)
 
 FKS = {name: {fk.field: fk.model for fk in spec.foreign_keys} for name, spec in MANIFEST.models.items()}
 HEX32 = "0123456789abcdef" * 2
@@ -50,9 +67,17 @@ def _row(model: str, pk: int, **fields) -> dict:
 
 
 def _user(pk: int, username: str, **extra) -> dict:
-    fields = dict(username=username, email=f"{username}@example.com", password="pbkdf2$abc", is_unclaimed=False,
-                  is_password_expired=False, last_password_change="2023-01-01T00:00:00.000Z",
-                  date_joined="2023-01-01T10:00:00.123Z", last_active="2023-02-01T00:00:00.000Z", name=username)
+    fields = dict(
+        username=username,
+        email=f"{username}@example.com",
+        password="pbkdf2$abc",
+        is_unclaimed=False,
+        is_password_expired=False,
+        last_password_change="2023-01-01T00:00:00.000Z",
+        date_joined="2023-01-01T10:00:00.123Z",
+        last_active="2023-02-01T00:00:00.000Z",
+        name=username,
+    )
     fields.update(extra)
     return _row("sentry.user", pk, **fields)
 
@@ -64,25 +89,69 @@ def export() -> list[dict]:
         _user(2, "bob"),
         _row("sentry.email", 1, email="alice@example.com", date_added="2023-01-01T00:00:00.000Z"),
         _row("sentry.email", 2, email="bob@example.com", date_added="2023-01-01T00:00:00.000Z"),
-        _row("sentry.useremail", 1, user=1, email="alice@example.com", is_verified=True, validation_hash="x",
-             date_hash_added="2023-01-01T00:00:00.000Z"),
-        _row("sentry.useremail", 2, user=2, email="bob@example.com", is_verified=False, validation_hash="y",
-             date_hash_added="2023-01-01T00:00:00.000Z"),
+        _row(
+            "sentry.useremail",
+            1,
+            user=1,
+            email="alice@example.com",
+            is_verified=True,
+            validation_hash="x",
+            date_hash_added="2023-01-01T00:00:00.000Z",
+        ),
+        _row(
+            "sentry.useremail",
+            2,
+            user=2,
+            email="bob@example.com",
+            is_verified=False,
+            validation_hash="y",
+            date_hash_added="2023-01-01T00:00:00.000Z",
+        ),
         _row("sentry.useroption", 1, user=1, organization_id=None, project_id=None, key="theme", value="dark"),
         _row("sentry.organization", 1, slug="acme", name="Acme", date_added="2023-01-01T00:00:00.000Z"),
         _row("sentry.organization", 2, slug="other", name="Other", date_added="2023-01-01T00:00:00.000Z"),
-        _row("sentry.organizationmember", 1, organization=1, user_id=1, inviter_id=None, role="owner",
-             email=None, token=None),
-        _row("sentry.organizationmember", 2, organization=1, user_id=2, inviter_id=1, role="member",
-             email=None, token="secret-invite-token"),
+        _row(
+            "sentry.organizationmember",
+            1,
+            organization=1,
+            user_id=1,
+            inviter_id=None,
+            role="owner",
+            email=None,
+            token=None,
+        ),
+        _row(
+            "sentry.organizationmember",
+            2,
+            organization=1,
+            user_id=2,
+            inviter_id=1,
+            role="member",
+            email=None,
+            token="secret-invite-token",
+        ),
         _row("sentry.project", 1, organization=1, slug="web", date_added="2023-01-01T00:00:00.000Z"),
         _row("sentry.project", 2, organization=2, slug="api", date_added="2023-01-01T00:00:00.000Z"),
         _row("sentry.projectkey", 1, project=1, public_key=HEX32, secret_key=HEX32[::-1], label="Default"),
-        _row("sentry.apitoken", 1, user=1, token="tok-1", refresh_token="ref-1", hashed_token="h1",
-             hashed_refresh_token="h2", token_last_characters="ok-1", scope_list="['org:read', 'project:write']"),
+        _row(
+            "sentry.apitoken",
+            1,
+            user=1,
+            token="tok-1",
+            refresh_token="ref-1",
+            hashed_token="h1",
+            hashed_refresh_token="h2",
+            token_last_characters="ok-1",
+            scope_list="['org:read', 'project:write']",
+        ),
         _row("sentry.monitor", 1, guid="6f1e2a3b-8c4d-4e5f-9a6b-7c8d9e0f1a2b", name="cron"),
-        _row("sentry.querysubscription", 1, project=1, subscription_id=f"1/{HEX32}",
-             date_updated="2023-01-01T00:00:00.000Z"),
+        _row(
+            "sentry.querysubscription",
+            1,
+            project=1,
+            subscription_id=f"1/{HEX32}",
+            date_updated="2023-01-01T00:00:00.000Z",
+        ),
     ]
 
 
@@ -125,6 +194,7 @@ def _set(model: str, pk: int, **values):
 
 # -- no findings -------------------------------------------------------------------------------------
 
+
 def test_regenerated_copy_has_no_findings():
     assert compare(export(), regenerated(), MANIFEST) == []
 
@@ -143,15 +213,17 @@ def test_custom_ordinal_matches_rows_by_username_and_email_not_by_position():
 
 def test_allowed_changes_have_no_findings():
     def change(rows):
-        _fields(rows, "sentry.organization", 1)["slug"] = "acme-x7k2"              # auto-suffixed
-        _fields(rows, "sentry.user", 2)["last_active"] = "2024-01-01T00:00:00Z"   # moved forward
+        _fields(rows, "sentry.organization", 1)["slug"] = "acme-x7k2"  # auto-suffixed
+        _fields(rows, "sentry.user", 2)["last_active"] = "2024-01-01T00:00:00Z"  # moved forward
         _fields(rows, "sentry.user", 1)["date_joined"] = "2023-01-01T10:00:00.123000+00:00"  # same instant
         _fields(rows, "sentry.useremail", 1).update(validation_hash="new", is_verified=False)  # ignored
-        _fields(rows, "sentry.apitoken", 1)["scope_list"] = "['project:write', 'org:read']"     # reordered
+        _fields(rows, "sentry.apitoken", 1)["scope_list"] = "['project:write', 'org:read']"  # reordered
+
     assert _diff(change) == []
 
 
 # -- ordinal and count findings --------------------------------------------------------------------
+
 
 def test_unordered_input():
     def change(rows):
@@ -160,6 +232,7 @@ def test_unordered_input():
         for r in rows:
             if r["model"] in ("sentry.projectkey", "sentry.querysubscription"):
                 r["fields"]["project"] = 9
+
     findings = _diff(change)
     assert _kinds(findings) == ["UnorderedInput"]
     assert findings[0].on == InstanceID("sentry.project", 2) and findings[0].right_pk == 3
@@ -169,6 +242,7 @@ def test_unordered_input():
 def test_duplicate_custom_ordinal():
     def dup(rows):
         _fields(rows, "sentry.email", 2)["email"] = "alice@example.com"
+
     left = export()
     dup(left)
     findings = compare(left, copy.deepcopy(left), MANIFEST)
@@ -188,6 +262,7 @@ def test_unequal_counts_stop_the_comparison():
     def change(rows):
         rows.remove(next(r for r in rows if r["model"] == "sentry.monitor"))
         _fields(rows, "sentry.organization", 1)["name"] = "Changed"  # not reported: counts come first
+
     findings = _diff(change)
     assert _kinds(findings) == ["UnequalCounts"]
     assert findings[0].on == InstanceID("sentry.monitor", None) and findings[0].left_pk is None
@@ -199,6 +274,7 @@ def test_model_missing_on_one_side_is_unequal_counts():
 
 
 # -- per-row findings ------------------------------------------------------------------------------
+
 
 def test_unequal_json_has_a_unified_diff():
     findings = _diff(_set("sentry.project", 2, slug="renamed"))
@@ -255,14 +331,18 @@ def test_foreign_key_rewired_in_a_pk_remapped_copy():
     findings = compare(export(), right, MANIFEST)
     assert _kinds(findings) == ["ForeignKeyComparator"]
     assert (findings[0].on, findings[0].left_pk, findings[0].right_pk) == (
-        InstanceID("sentry.organizationmember", 2), 2, 12)
+        InstanceID("sentry.organizationmember", 2),
+        2,
+        12,
+    )
 
 
 def test_foreign_key_to_a_missing_row_and_to_null():
     findings = _diff(_set("sentry.project", 2, organization=77))
     assert _kinds(findings) == ["ForeignKeyComparator"] and "(77)" in findings[0].reason
     assert _kinds(_diff(_set("sentry.organizationmember", 2, inviter_id=None))) == [
-        "ForeignKeyComparatorExistenceCheck"]
+        "ForeignKeyComparatorExistenceCheck"
+    ]
 
 
 def test_dangling_foreign_key_may_be_dropped_by_the_import():
@@ -331,11 +411,13 @@ def test_unclaimed_user_needs_a_new_password():
     left = export()
     _fields(left, "sentry.user", 1)["is_unclaimed"] = True
     right = regenerated()
-    _fields(right, "sentry.user", 1).update(is_unclaimed=True, password="pbkdf2$new",
-                                            last_password_change="2024-01-01T00:00:00.000Z")
+    _fields(right, "sentry.user", 1).update(
+        is_unclaimed=True, password="pbkdf2$new", last_password_change="2024-01-01T00:00:00.000Z"
+    )
     assert compare(left, right, MANIFEST) == []
-    _fields(right, "sentry.user", 1).update(password="pbkdf2$abc", last_password_change="2022-01-01T00:00:00.000Z",
-                                            is_password_expired=True)
+    _fields(right, "sentry.user", 1).update(
+        password="pbkdf2$abc", last_password_change="2022-01-01T00:00:00.000Z", is_password_expired=True
+    )
     findings = compare(left, right, MANIFEST)
     assert _kinds(findings) == ["UserPasswordObfuscatingComparator"] * 3
 
@@ -349,25 +431,32 @@ def test_an_import_never_claims_a_user():
 
 # -- malformed input -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows, row, message", [
-    ([1], 0, "must be an object"),
-    ([_row("sentry.user", 1), {"pk": 2, "fields": {}}], 1, "no 'model'"),
-    ([{"model": "sentry.user", "pk": "1", "fields": {}}], 0, "'pk' must be an integer"),
-    ([{"model": "sentry.user", "pk": True, "fields": {}}], 0, "'pk' must be an integer"),
-    ([{"model": "sentry.user", "pk": 1, "fields": []}], 0, "'fields' must be an object"),
-])
+
+@pytest.mark.parametrize(
+    "rows, row, message",
+    [
+        ([1], 0, "must be an object"),
+        ([_row("sentry.user", 1), {"pk": 2, "fields": {}}], 1, "no 'model'"),
+        ([{"model": "sentry.user", "pk": "1", "fields": {}}], 0, "'pk' must be an integer"),
+        ([{"model": "sentry.user", "pk": True, "fields": {}}], 0, "'pk' must be an integer"),
+        ([{"model": "sentry.user", "pk": 1, "fields": []}], 0, "'fields' must be an object"),
+    ],
+)
 def test_malformed_rows(rows, row, message):
     with pytest.raises(ExportParseError, match=message) as info:
         compare(export(), rows, MANIFEST)
     assert info.value.row == row and "right" in str(info.value)
 
 
-@pytest.mark.parametrize("text, row, message", [
-    (b"", None, "empty"),
-    (b'  {"model": 1}', None, "JSON list"),
-    (b'[{"model": "sentry.user"}, {"a": ', 1, "not valid JSON"),
-    (b"[1, 2] trailing", 2, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, row, message",
+    [
+        (b"", None, "empty"),
+        (b'  {"model": 1}', None, "JSON list"),
+        (b'[{"model": "sentry.user"}, {"a": ', 1, "not valid JSON"),
+        (b"[1, 2] trailing", 2, "not valid JSON"),
+    ],
+)
 def test_iter_export_errors(text, row, message):
     with pytest.raises(ExportParseError, match=message) as info:
         list(iter_export(io.BytesIO(text), "x.json"))
@@ -381,16 +470,30 @@ def test_iter_export_streams_rows():
 
 # -- findings JSON ---------------------------------------------------------------------------------
 
+
 def test_findings_json_shape():
-    findings = [ComparatorFinding(kind=ComparatorFindingKind.UnequalJSON, on=InstanceID("sentry.user", 2),
-                                  left_pk=2, right_pk=5, reason="caf\u00e9"),
-                RpcImportError(kind="IntegrityError", on=InstanceID("sentry.team"), reason="x")]
+    findings = [
+        ComparatorFinding(
+            kind=ComparatorFindingKind.UnequalJSON,
+            on=InstanceID("sentry.user", 2),
+            left_pk=2,
+            right_pk=5,
+            reason="caf\u00e9",
+        ),
+        RpcImportError(kind="IntegrityError", on=InstanceID("sentry.team"), reason="x"),
+    ]
     text = findings_to_json(findings)
     assert text.isascii() and "caf\\u00e9" in text
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2)
     first, second = json.loads(text)
-    assert first == {"finding": "ComparatorFinding", "kind": "UnequalJSON", "left_pk": 2, "right_pk": 5,
-                     "on": {"model": "sentry.user", "ordinal": 2}, "reason": "caf\u00e9"}
+    assert first == {
+        "finding": "ComparatorFinding",
+        "kind": "UnequalJSON",
+        "left_pk": 2,
+        "right_pk": 5,
+        "on": {"model": "sentry.user", "ordinal": 2},
+        "reason": "caf\u00e9",
+    }
     assert second["finding"] == "RpcImportError" and second["on"] == {"model": "sentry.team", "ordinal": None}
     assert findings_to_json([]) == "[]"
     out = io.StringIO()
@@ -400,10 +503,16 @@ def test_findings_json_shape():
 
 # -- CLI -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    paths = {"manifest": tmp_path / "manifest.json", "left": tmp_path / "left.json",
-             "same": tmp_path / "same.json", "changed": tmp_path / "changed.json", "findings": tmp_path / "f.json"}
+    paths = {
+        "manifest": tmp_path / "manifest.json",
+        "left": tmp_path / "left.json",
+        "same": tmp_path / "same.json",
+        "changed": tmp_path / "changed.json",
+        "findings": tmp_path / "f.json",
+    }
     paths["manifest"].write_text(json.dumps(MANIFEST.to_json()))
     paths["left"].write_text(json.dumps(export(), indent=2))
     paths["same"].write_text(json.dumps(regenerated()))
@@ -426,7 +535,9 @@ def test_cli_no_differences(files):
 
 
 def test_cli_differences(files):
-    result = _run(files["left"], files["changed"], "--manifest", files["manifest"], "--findings-file", files["findings"])
+    result = _run(
+        files["left"], files["changed"], "--manifest", files["manifest"], "--findings-file", files["findings"]
+    )
     assert result.exit_code == 1
     assert "Done, found 2 differences" in result.output
     assert "UnequalJSON on sentry.organization #2" in result.output
@@ -446,13 +557,23 @@ def test_cli_malformed_input(files, tmp_path):
 
 def test_cli_encrypted_left(files, tmp_path):
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "key.pem").write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (tmp_path / "key.pub").write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "key.pem").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    (tmp_path / "key.pub").write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     encrypt_export(files["left"], tmp_path / "left.tar", LocalFileEncryptor(tmp_path / "key.pub"))
-    result = _run(tmp_path / "left.tar", files["same"], "--manifest", files["manifest"],
-                  "--decrypt-left-with", tmp_path / "key.pem")
+    result = _run(
+        tmp_path / "left.tar",
+        files["same"],
+        "--manifest",
+        files["manifest"],
+        "--decrypt-left-with",
+        tmp_path / "key.pem",
+    )
     assert result.exit_code == 0, result.output
     assert "Done, found 0 differences" in result.output
     result = _run(tmp_path / "left.tar", files["same"], "--manifest", files["manifest"])
@@ -462,20 +583,44 @@ def test_cli_encrypted_left(files, tmp_path):
 def test_option_timestamps_without_milliseconds_are_one_unequal_json_as_in_sentrys_snapshot_test():
     # Sentry's validator has no comparator for sentry.option: an input timestamp without milliseconds differs
     # from the re-export's ".000Z" spelling, and that is exactly one UnequalJSON finding.
-    manifest = Manifest.from_json({"sentry.option": {
-        "dangling": False, "foreign_keys": {}, "model": "sentry.option", "relocation_dependencies": [],
-        "relocation_scope": "Config", "silos": ["Control"], "table_name": "sentry_option", "uniques": [["key"]]}})
-    left = [{"model": "sentry.option", "pk": 1, "fields": {"key": "a", "last_updated": "2023-06-22T00:00:00.000Z"}},
-            {"model": "sentry.option", "pk": 2, "fields": {"key": "b", "last_updated": "2023-06-22T00:00:00Z"}}]
+    manifest = Manifest.from_json(
+        {
+            "sentry.option": {
+                "dangling": False,
+                "foreign_keys": {},
+                "model": "sentry.option",
+                "relocation_dependencies": [],
+                "relocation_scope": "Config",
+                "silos": ["Control"],
+                "table_name": "sentry_option",
+                "uniques": [["key"]],
+            }
+        }
+    )
+    left = [
+        {"model": "sentry.option", "pk": 1, "fields": {"key": "a", "last_updated": "2023-06-22T00:00:00.000Z"}},
+        {"model": "sentry.option", "pk": 2, "fields": {"key": "b", "last_updated": "2023-06-22T00:00:00Z"}},
+    ]
     right = [{**r, "fields": {**r["fields"], "last_updated": "2023-06-22T00:00:00.000Z"}} for r in left]
     findings = compare(left, right, manifest)
     assert [(f.kind_name, f.on.ordinal, f.left_pk) for f in findings] == [("UnequalJSON", 2, 2)]
 
 
 def test_models_the_manifest_does_not_know_are_not_compared_but_reported():
-    manifest = Manifest.from_json({"sentry.option": {
-        "dangling": False, "foreign_keys": {}, "model": "sentry.option", "relocation_dependencies": [],
-        "relocation_scope": "Config", "silos": ["Control"], "table_name": "sentry_option", "uniques": [["key"]]}})
+    manifest = Manifest.from_json(
+        {
+            "sentry.option": {
+                "dangling": False,
+                "foreign_keys": {},
+                "model": "sentry.option",
+                "relocation_dependencies": [],
+                "relocation_scope": "Config",
+                "silos": ["Control"],
+                "table_name": "sentry_option",
+                "uniques": [["key"]],
+            }
+        }
+    )
     option = {"model": "sentry.option", "pk": 1, "fields": {"key": "a", "value": 1}}
     left = [{"model": "sites.site", "pk": 1, "fields": {"domain": "example.com"}}, option]
     skipped: dict = {}

@@ -1,5 +1,6 @@
 """The comparison in bounded memory: inputs in any order, late rows and fields, the spill, the pk runs, and
 the peak memory of ``backup compare`` on an export where the in-memory comparison held several hundred MB."""
+
 from __future__ import annotations
 
 import json
@@ -59,15 +60,17 @@ def test_inputs_in_other_orders_give_the_same_findings():
 
 def test_foreign_keys_to_rows_not_read_yet_are_compared_at_the_end():
     def parents_last(rows):
-        return ([r for r in rows if r["model"] != "sentry.organization"]
-                + [r for r in rows if r["model"] == "sentry.organization"])
+        return [r for r in rows if r["model"] != "sentry.organization"] + [
+            r for r in rows if r["model"] == "sentry.organization"
+        ]
 
     assert compare(parents_last(export()), parents_last(regenerated()), MANIFEST) == []
     right = regenerated()
     _fields(right, "sentry.project", 1)["organization"] = 2
     findings = compare(parents_last(export()), parents_last(right), MANIFEST)
     assert [(f.kind_name, f.on.model, f.on.ordinal) for f in findings] == [
-        ("ForeignKeyComparator", "sentry.project", 1)]
+        ("ForeignKeyComparator", "sentry.project", 1)
+    ]
 
 
 def test_a_datetime_field_seen_late_gets_its_comparator_on_every_row():
@@ -93,6 +96,7 @@ def test_each_side_is_read_once_unless_a_model_must_be_compared_again():
         def read():
             reads[name] += 1
             return iter(rows)
+
         return read
 
     assert compare_sources(source("left", export()), source("right", regenerated()), MANIFEST) == []
@@ -107,8 +111,10 @@ def test_each_side_is_read_once_unless_a_model_must_be_compared_again():
 
 
 def test_the_spill_is_first_in_first_out_and_keeps_values_exactly():
-    values = [{"i": i, "big": 2 ** 70 + i, "f": i / 3, "s": "caf\u00e9 \ud800" if i % 7 == 0 else "x", "n": None}
-              for i in range(5 * CHUNK_ROWS + 17)]
+    values = [
+        {"i": i, "big": 2**70 + i, "f": i / 3, "s": "caf\u00e9 \ud800" if i % 7 == 0 else "x", "n": None}
+        for i in range(5 * CHUNK_ROWS + 17)
+    ]
     out = []
     with RowSpill() as spill:
         for i, value in enumerate(values):
@@ -136,14 +142,14 @@ def test_the_spill_file_is_unlinked_and_encrypted():
 
 def test_pk_ordinals_are_runs_of_integers():
     pks = PkOrdinals()
-    for pk in [3, 4, 5, 10, 11, 20, 2 ** 62]:
+    for pk in [3, 4, 5, 10, 11, 20, 2**62]:
         pks.append(pk)
-    assert [pks.get(p) for p in (3, 5, 10, 11, 20, 2 ** 62)] == [1, 3, 4, 5, 6, 7]
-    assert [pks.get(p) for p in (2, 6, 9, 12, 21, "3", None, 2 ** 62 + 1)] == [None] * 8
-    assert list(pks) == [3, 4, 5, 10, 11, 20, 2 ** 62] and len(pks) == 7 and pks[10] == 4
+    assert [pks.get(p) for p in (3, 5, 10, 11, 20, 2**62)] == [1, 3, 4, 5, 6, 7]
+    assert [pks.get(p) for p in (2, 6, 9, 12, 21, "3", None, 2**62 + 1)] == [None] * 8
+    assert list(pks) == [3, 4, 5, 10, 11, 20, 2**62] and len(pks) == 7 and pks[10] == 4
     assert len(pks._starts) == 4  # one run per gap, not one entry per row
-    pks.append(2 ** 64)  # past 64 bits: kept too
-    assert pks.get(2 ** 64) == 8 and pks.get(4) == 2
+    pks.append(2**64)  # past 64 bits: kept too
+    assert pks.get(2**64) == 8 and pks.get(4) == 2
     with pytest.raises(KeyError):
         pks[7]
 
@@ -154,18 +160,36 @@ def test_backup_compare_of_a_large_export_holds_a_bounded_amount_of_memory(tmp_p
     rows = canonical_datetimes(synthetic.generate_rows(scale=synthetic.scale_for_rows(100_000)))
     left, right = tmp_path / "left.json", tmp_path / "right.json"
     synthetic.write_export(left, rows)
-    synthetic.write_export(right, canonical_datetimes(synthetic.generate_rows(
-        scale=synthetic.scale_for_rows(100_000), pk_offset=10_000_000)))
+    synthetic.write_export(
+        right,
+        canonical_datetimes(synthetic.generate_rows(scale=synthetic.scale_for_rows(100_000), pk_offset=10_000_000)),
+    )
     assert left.stat().st_size > 20_000_000
     # VmHWM: the peak of this process's own address space (ru_maxrss would carry the forking parent's
     # pages over the exec when the suite's process is large)
-    code = ("import json, re, sys\nfrom pathlib import Path\nfrom backup_assets.cli import main\n"
-            "code = main(sys.argv[1:], standalone_mode=False)\n"
-            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1))\n"
-            "print(json.dumps({'exit': code or 0, 'rss': hwm}))")
-    out = subprocess.run([sys.executable, "-c", code, "backup", "compare", str(left), str(right),
-                          "--findings-file", str(tmp_path / "f.json")],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    code = (
+        "import json, re, sys\nfrom pathlib import Path\nfrom backup_assets.cli import main\n"
+        "code = main(sys.argv[1:], standalone_mode=False)\n"
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1))\n"
+        "print(json.dumps({'exit': code or 0, 'rss': hwm}))"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "backup",
+            "compare",
+            str(left),
+            str(right),
+            "--findings-file",
+            str(tmp_path / "f.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     findings = json.loads((tmp_path / "f.json").read_text())
     assert result["exit"] == 1 and {f["kind"] for f in findings} == {"ForeignKeyComparator"}  # dangling inviters

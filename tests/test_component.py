@@ -1,5 +1,6 @@
 """The restore as a dg Component: YAML with {{ env.X }} templating, the same definitions as the code location,
 and `dg check defs` over this repository's defs folder."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def test_the_yaml_component_resolves_env_templates_and_builds_the_same_definitio
 
     defs = dg.build_defs_for_component(component)
     expected = {"sentry/organization", "sentry/user", "sentry/organizationmember"} | {
-        f"sentry_backup/{s}" for s in ("backup_file", "unwrapped_tarball", "data_key", "parsed_export",
-                                        "restore_complete")}
+        f"sentry_backup/{s}"
+        for s in ("backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete")
+    }
     assert keys(defs) == keys(build_definitions(Manifest.load(manifest_file)))
     assert keys(defs) >= expected and not {k for k in keys(defs) if k.startswith("sentry/")} - expected
     assert defs.resolve_schedule_def("restore_drill_schedule").cron_schedule == "15 2 * * *"
@@ -60,7 +62,8 @@ def test_the_yaml_component_resolves_env_templates_and_builds_the_same_definitio
 def test_attributes_are_validated_and_secrets_stay_variable_names(monkeypatch):
     monkeypatch.setenv("MY_TARGET", "host=db password=hunter2 dbname=sentry")
     component = SentryRestoreComponent.resolve_from_yaml(
-        "target_dsn_env: MY_TARGET\nprivate_key_env: MY_KEY\nmax_runs_per_tick: 5\nsensor_interval_seconds: 60\n")
+        "target_dsn_env: MY_TARGET\nprivate_key_env: MY_KEY\nmax_runs_per_tick: 5\nsensor_interval_seconds: 60\n"
+    )
     resources = component.resources()
     assert "hunter2" not in repr(resources["target"])  # an EnvVar, resolved when a run starts
     assert resources["target"].dsn == dg.EnvVar("MY_TARGET")
@@ -75,8 +78,9 @@ def test_dg_check_defs_passes_on_this_repository(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     dg_cli = Path(sys.executable).with_name("dg")
-    proc = subprocess.run([str(dg_cli), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(dg_cli), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "All component YAML validated successfully" in out and "All definitions loaded successfully" in out

@@ -2,6 +2,7 @@
 end with the rows that the same imports run one after the other give (in some order), slugs and usernames
 renamed as Sentry renames them, and no foreign key dangling. A lock wait that times out says so and names
 the import holding the lock."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,16 +39,20 @@ from backup_assets.translator import PARSED_EXPORT_KEY
 SCRIPT = Path(sys.executable).with_name("backup-assets")
 MANIFEST = Manifest.builtin()
 ROUNDS = 2
-ROWS = list(synthetic.generate_rows(orgs=2, users=4, projects_per_org=1, teams_per_org=1, members_per_org=3,
-                                    options=2))
+ROWS = list(synthetic.generate_rows(orgs=2, users=4, projects_per_org=1, teams_per_org=1, members_per_org=3, options=2))
 #: Columns whose values each import draws at random (secrets regenerated on collision, reset passwords and
 #: hashes, fresh identifiers): not compared.
-VOLATILE = ({rw.column for rws in SECRETS.values() for rw in rws}
-            | {d for rws in SECRETS.values() for rw in rws for d in rw.derived}
-            | {c for cols in REGENERATED.values() for c in cols} | {"password", "validation_hash", "date_hash_added"})
+VOLATILE = (
+    {rw.column for rws in SECRETS.values() for rw in rws}
+    | {d for rws in SECRETS.values() for rw in rws for d in rw.derived}
+    | {c for cols in REGENERATED.values() for c in cols}
+    | {"password", "validation_hash", "date_hash_added"}
+)
 #: Values renamed on collision: (table, column) -> the export's values (a rename is ``value-xxxx``).
-RENAMED = {(MANIFEST[m].table_name, f): {r["fields"][f] for r in ROWS if r["model"] == m}
-           for m, f in (("sentry.organization", "slug"), ("sentry.user", "username"))}
+RENAMED = {
+    (MANIFEST[m].table_name, f): {r["fields"][f] for r in ROWS if r["model"] == m}
+    for m, f in (("sentry.organization", "slug"), ("sentry.user", "username"))
+}
 
 
 @pytest.fixture
@@ -74,9 +79,14 @@ def _snapshot(dsn: str) -> dict[str, Counter]:
     for model in MANIFEST.relocatable():
         tables.setdefault(MANIFEST[model].table_name, model)
     with psycopg.connect(dsn) as conn:
-        rows = {t: {r[0]["id"]: r[0] for r in conn.execute(sql.SQL("SELECT to_jsonb(t) FROM {} t").format(
-            sql.Identifier(t)))} for t in tables
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'public."{t}"',)).fetchone()[0]}
+        rows = {
+            t: {
+                r[0]["id"]: r[0]
+                for r in conn.execute(sql.SQL("SELECT to_jsonb(t) FROM {} t").format(sql.Identifier(t)))
+            }
+            for t in tables
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'public."{t}"',)).fetchone()[0]
+        }
     for (table, column), bases in RENAMED.items():
         values = [r[column] for r in rows.get(table, {}).values()]
         assert len(values) == len(set(values)), f"{table}.{column} repeats a value: {sorted(values)}"
@@ -118,8 +128,13 @@ def _sequential(dsn: str, export: Path, scopes: list[str]) -> list[dict[str, Cou
 def _start(dsn: str, export: Path, command: str, err) -> subprocess.Popen:
     """``backup-assets import SCOPE [FLAGS] EXPORT`` into ``dsn``, its output to the file ``err``."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    return subprocess.Popen([SCRIPT, "import", *command.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
-                            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    return subprocess.Popen(
+        [SCRIPT, "import", *command.split(), export, "--dsn", dsn, "--no-prompt", "--silent"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=err,
+        stderr=err,
+    )
 
 
 def _import_at_once(dsn: str, export: Path, commands: list[str]) -> None:
@@ -175,8 +190,14 @@ def test_engine_imports_at_once_with_two_loads_each_end_as_if_run_one_after_the_
     three_orgs = _sequential(_database(pg_server, "seq_engine"), export, ["organizations"] * 3)[-1]
     for _ in range(ROUNDS):
         dsn = _database(pg_server, "engine_at_once")
-        procs = [subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, dsn, str(export)], stdin=subprocess.DEVNULL,
-                                  cwd=Path(__file__).parent.parent) for _ in range(3)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", ENGINE_CHILD, dsn, str(export)],
+                stdin=subprocess.DEVNULL,
+                cwd=Path(__file__).parent.parent,
+            )
+            for _ in range(3)
+        ]
         assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
         assert _snapshot(dsn) == three_orgs
 
@@ -191,12 +212,20 @@ def test_a_lock_wait_that_times_out_names_the_import_holding_the_lock(pg_dsn, ex
     holder = Restore(pg_dsn, MANIFEST, "holding-import", orgs)
     with holder.connect() as conn, conn.transaction():
         lock_table(conn, "public", "sentry_organization")
-        with pytest.raises(LockWaitTimeout, match=r"lock_timeout \(300ms\) for the load lock of table "
-                                                  r"public\.sentry_organization, held by import holding-import \(pid \d+\)"):
+        with pytest.raises(
+            LockWaitTimeout,
+            match=r"lock_timeout \(300ms\) for the load lock of table "
+            r"public\.sentry_organization, held by import holding-import \(pid \d+\)",
+        ):
             run_restore(tight, open_backup(export), MANIFEST, orgs)
-    with Restore(pg_dsn, MANIFEST, "global-import", ImportSettings(scope="global")).hold(), \
-            pytest.raises(LockWaitTimeout, match=r"lock_timeout \(300ms\) for the import lock \(a global import "
-                                                 r"runs alone\), held by import global-import \(pid \d+\)"):
+    with (
+        Restore(pg_dsn, MANIFEST, "global-import", ImportSettings(scope="global")).hold(),
+        pytest.raises(
+            LockWaitTimeout,
+            match=r"lock_timeout \(300ms\) for the import lock \(a global import "
+            r"runs alone\), held by import global-import \(pid \d+\)",
+        ),
+    ):
         run_restore(tight, open_backup(export), MANIFEST, orgs)
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0] == 2
@@ -222,9 +251,13 @@ def test_a_table_created_meanwhile_by_a_session_taking_no_lock_is_a_clear_error(
         worker = threading.Thread(target=prepare)
         worker.start()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not watch.execute(
+        while (
+            time.monotonic() < deadline
+            and not watch.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup-assets' "
-                "AND wait_event_type = 'Lock'").fetchone()[0]:
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+        ):
             time.sleep(0.02)
         other.commit()
         worker.join(30)
@@ -246,18 +279,26 @@ def test_only_ddl_and_a_global_wipe_wait_for_the_loads_running(pg_dsn, export, t
     loading = Restore(pg_dsn, MANIFEST, "loading-import", ImportSettings(scope="organizations"))
     with loading.connect() as conn, conn.transaction():
         lock_database(conn, exclusive=False)
-        done = run_restore(tight, open_backup(export), MANIFEST, ImportSettings(scope="organizations",
-                                                                               create_schema=True))
+        done = run_restore(
+            tight, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True)
+        )
         assert done.loads["sentry.organization"].rows_written == 2
-        for path, settings in ((tmp_path / "wider.json", ImportSettings(scope="organizations", create_schema=True)),
-                               (export, ImportSettings(scope="global", replace_existing=True))):
-            with pytest.raises(LockWaitTimeout, match=r"for the database-wide import lock .*, held by import "
-                                                      r"loading-import \(pid \d+\)"):
+        for path, settings in (
+            (tmp_path / "wider.json", ImportSettings(scope="organizations", create_schema=True)),
+            (export, ImportSettings(scope="global", replace_existing=True)),
+        ):
+            with pytest.raises(
+                LockWaitTimeout,
+                match=r"for the database-wide import lock .*, held by import "
+                r"loading-import \(pid \d+\)",
+            ):
                 run_restore(tight, open_backup(path), MANIFEST, settings)
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sentry_organization").fetchone()[0] == 4
-        assert conn.execute("SELECT to_regclass('sentry_team') IS NOT NULL AND NOT EXISTS (SELECT FROM "
-                            "information_schema.columns WHERE column_name = 'extra_note')").fetchone()[0]
+        assert conn.execute(
+            "SELECT to_regclass('sentry_team') IS NOT NULL AND NOT EXISTS (SELECT FROM "
+            "information_schema.columns WHERE column_name = 'extra_note')"
+        ).fetchone()[0]
 
 
 GLOBAL = ImportSettings(scope="global", create_schema=True, replace_existing=True)
@@ -281,9 +322,10 @@ def _wait_until_waiting_for_a_lock(dsn: str, proc: subprocess.Popen, err) -> Non
     """Until ``proc`` waits for an advisory lock in ``dsn`` (it must not exit meanwhile)."""
     deadline = time.monotonic() + 120
     with psycopg.connect(dsn, autocommit=True) as watch:
-        while not watch.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
-                                "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                                ).fetchone()[0]:
+        while not watch.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
+            "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()[0]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 err.seek(0)
                 pytest.fail(f"the import did not wait for the lock (exit code {proc.poll()}): {err.read()[-800:]}")
@@ -304,8 +346,9 @@ def test_a_dagster_global_import_runs_alone_between_its_steps_and_within_them(pg
     run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        stages = materialize_restore(export, dsn, GLOBAL, manifest=MANIFEST, import_id="nightly-global",
-                                     instance=instance, selection=STAGES)
+        stages = materialize_restore(
+            export, dsn, GLOBAL, manifest=MANIFEST, import_id="nightly-global", instance=instance, selection=STAGES
+        )
         assert stages.success, failure_message(stages)
         assert _marker(dsn) == ("nightly-global", stages.run_id) and _orgs(dsn) == 0
 
@@ -314,19 +357,28 @@ def test_a_dagster_global_import_runs_alone_between_its_steps_and_within_them(pg
             err.seek(0)
             said = err.read()
         assert f"global import nightly-global (Dagster run {stages.run_id}, began " in said, said
-        assert f"re-execute run {stages.run_id} from failure" in said and "backup-assets rollback nightly-global" in said
+        assert (
+            f"re-execute run {stages.run_id} from failure" in said and "backup-assets rollback nightly-global" in said
+        )
         other = materialize_restore(export, dsn, ORGS, manifest=MANIFEST, import_id="other-orgs", instance=instance)
         assert failure_message(other).startswith(
-            "sentry_backup__parsed_export: import lock: GlobalImportUnfinished: global import nightly-global "), \
-            failure_message(other)
+            "sentry_backup__parsed_export: import lock: GlobalImportUnfinished: global import nightly-global "
+        ), failure_message(other)
         assert _orgs(dsn) == 0
 
         with tempfile.TemporaryFile("w+") as err:
             with Restore(dsn, MANIFEST, "nightly-global", GLOBAL).hold():
                 waiting = _start(dsn, export, "organizations", err)
                 _wait_until_waiting_for_a_lock(dsn, waiting, err)
-                rest = materialize_restore(export, dsn, GLOBAL, manifest=MANIFEST, import_id="nightly-global",
-                                           instance=instance, selection=REST)
+                rest = materialize_restore(
+                    export,
+                    dsn,
+                    GLOBAL,
+                    manifest=MANIFEST,
+                    import_id="nightly-global",
+                    instance=instance,
+                    selection=REST,
+                )
                 assert rest.success, failure_message(rest)
                 assert _marker(dsn) is None and waiting.poll() is None
             assert waiting.wait(timeout=300) == 0, err.seek(0) or err.read()[-800:]
@@ -345,8 +397,11 @@ def test_a_global_import_that_failed_mid_way_keeps_other_imports_out_until_it_is
         failed.stage(open_backup(export))
         failed.prepare()
         failed.load_model("sentry.user")
-    with pytest.raises(GlobalImportUnfinished, match=r"^global import nightly \(Dagster run run-1, began .*\) has "
-                                                     r"emptied this database and not finished.*--import-id nightly"):
+    with pytest.raises(
+        GlobalImportUnfinished,
+        match=r"^global import nightly \(Dagster run run-1, began .*\) has "
+        r"emptied this database and not finished.*--import-id nightly",
+    ):
         run_restore(dsn, open_backup(export), MANIFEST, ORGS)
     assert _orgs(dsn) == 0
     run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="nightly")
@@ -374,9 +429,12 @@ def test_a_new_global_import_replaces_one_that_failed_mid_way_which_then_cannot_
     assert _marker(dsn) is None
     run_restore(dsn, open_backup(export), MANIFEST, ORGS)
     assert _snapshot(dsn) == reference[-1]
-    with pytest.raises(TargetError, match=r"^global import last-night was ended after it emptied the database "
-                                          r"\(rolled back, or replaced by a later global import\), so it cannot "
-                                          r"be resumed"):
+    with pytest.raises(
+        TargetError,
+        match=r"^global import last-night was ended after it emptied the database "
+        r"\(rolled back, or replaced by a later global import\), so it cannot "
+        r"be resumed",
+    ):
         run_restore(dsn, open_backup(export), MANIFEST, GLOBAL, import_id="last-night")
     assert _snapshot(dsn) == reference[-1]
 
@@ -390,9 +448,13 @@ def test_a_cli_global_import_that_failed_mid_way_says_how_to_finish_it_and_finis
     dsn = _database(pg_server, "cli_failed")
     run_restore(dsn, open_backup(export), MANIFEST, ImportSettings(scope="organizations", create_schema=True))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "RAISE EXCEPTION 'refused by the test'; END $$")
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON sentry_organization FOR EACH ROW EXECUTE FUNCTION refuse()")
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused by the test'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON sentry_organization FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
     with tempfile.TemporaryFile("w+") as err:
         assert _start(dsn, export, "global --create-schema --import-id nightly", err).wait(timeout=120) == 1
         err.seek(0)
@@ -417,7 +479,9 @@ def test_a_global_import_rolled_back_after_its_wipe_lets_the_others_in_and_canno
         failed.load_model("sentry.user")
     assert rollback(pg_dsn, "nightly", MANIFEST).deleted["sentry.user"] == 4
     assert _marker(pg_dsn) is None
-    with pytest.raises(TargetError, match=r"global import nightly was ended after it emptied the database \(rolled back, or replaced"):
+    with pytest.raises(
+        TargetError, match=r"global import nightly was ended after it emptied the database \(rolled back, or replaced"
+    ):
         run_restore(pg_dsn, open_backup(export), MANIFEST, GLOBAL, import_id="nightly")
     run_restore(pg_dsn, open_backup(export), MANIFEST, ORGS)
     assert _orgs(pg_dsn) == 2
@@ -431,8 +495,12 @@ def test_the_session_bookkeeping_holds_only_sessions_that_are_alive(pg_dsn, expo
     with psycopg.connect(pg_dsn, autocommit=True) as watch:
         recorded = watch.execute("SELECT count(*) FROM backup_assets.session").fetchone()[0]
         deadline = time.monotonic() + 30
-        while watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup-assets'"
-                            ).fetchone()[0] and time.monotonic() < deadline:
+        while (
+            watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup-assets'").fetchone()[
+                0
+            ]
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)  # the backends of closed connections exit on their own
         with Restore(pg_dsn, MANIFEST, "one-more", ORGS).open_connection() as conn:
             me = conn.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()

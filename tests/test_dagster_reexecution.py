@@ -2,6 +2,7 @@
 points, re-staging when an import's staging is gone, and the multiprocess executor giving exactly the
 in-process result. A real Dagster instance (persistent, on disk: shared with subprocesses), a real
 PostgreSQL (the session's server), the graph of the small faults manifest (``tests/fault_helpers.py``)."""
+
 from __future__ import annotations
 
 import os
@@ -9,18 +10,28 @@ import signal
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import psycopg
 import pytest
 
 from backup_assets.core.restore import Restore
 from backup_assets.partitions import backups_partitions, partition_key_for_file
-from backup_assets.run import failure_message
 from backup_assets.resources.settings import ImportSettingsResource
+from backup_assets.run import failure_message
 from backup_assets.translator import RESTORE_COMPLETE_KEY
-from tests.fault_helpers import (active_query, assert_exact, fingerprints, manifest, materialize,
-                                 restore_job, restore_job_multiprocess, set_job_env, spawn_run, wait_for, write_backup)
+from tests.fault_helpers import (
+    active_query,
+    assert_exact,
+    fingerprints,
+    manifest,
+    materialize,
+    restore_job,
+    restore_job_multiprocess,
+    set_job_env,
+    spawn_run,
+    wait_for,
+    write_backup,
+)
+from tests.instances import instance_for_test
 
 NOTE = dg.AssetKey(["faults", "note"])
 ITEM = dg.AssetKey(["faults", "item"])
@@ -84,8 +95,9 @@ def test_a_model_of_a_cleaned_up_import_stages_the_backup_again(job_env, pg_dsn,
     # the partition is finished and its staging dropped: a backfill of loaded models re-stages nothing
     again = materialize(instance, key, pg_dsn, job_env, selection=[ITEM, NOTE])
     assert again.success, failure_message(again)
-    assert {(_materialized(again, k)["restaged"], _materialized(again, k)["already_loaded"]) for k in (ITEM, NOTE)} \
-        == {(False, True)}
+    assert {(_materialized(again, k)["restaged"], _materialized(again, k)["already_loaded"]) for k in (ITEM, NOTE)} == {
+        (False, True)
+    }
     assert not restore.is_staged()
     assert_exact(pg_dsn, expected, key)
 
@@ -103,23 +115,30 @@ def _org_committed(dbname: str, admin: str):
         with psycopg.connect(admin.rsplit("/", 1)[0] + "/" + dbname, autocommit=True) as conn:
             if not conn.execute("SELECT to_regclass('backup_assets.load_record')").fetchone()[0]:
                 return False
-            return bool(conn.execute("SELECT 1 FROM backup_assets.load_record "
-                                     "WHERE model = 'sentry.organization'").fetchone())
+            return bool(
+                conn.execute("SELECT 1 FROM backup_assets.load_record WHERE model = 'sentry.organization'").fetchone()
+            )
+
     return check
 
 
-@pytest.mark.parametrize("moment,items", [
-    ("during parse", 150_000),
-    ("in the middle of a model load", 150_000),
-    ("between models (a model committed, the next not)", 60_000),
-])
-def test_a_run_killed_is_re_executed_from_failure_to_exact_counts(moment, items, job_env, pg_server, pg_dsn,
-                                                                  instance, home):
+@pytest.mark.parametrize(
+    "moment,items",
+    [
+        ("during parse", 150_000),
+        ("in the middle of a model load", 150_000),
+        ("between models (a model committed, the next not)", 60_000),
+    ],
+)
+def test_a_run_killed_is_re_executed_from_failure_to_exact_counts(
+    moment, items, job_env, pg_server, pg_dsn, instance, home
+):
     """The run process SIGKILLed (during parse, in a model load, between models), then re-executed from failure."""
     expected, key = _backup(job_env, instance, items=items)
     dbname, admin = pg_dsn.rsplit("/", 1)[1], pg_server.dsn("postgres")
     moment_reached = {"during parse": _parsing, "in the middle of a model load": _item_insert}.get(
-        moment, _org_committed)(dbname, admin)
+        moment, _org_committed
+    )(dbname, admin)
     child = spawn_run(key)
     try:
         wait_for(moment_reached, 180, moment)
@@ -131,8 +150,12 @@ def test_a_run_killed_is_re_executed_from_failure_to_exact_counts(moment, items,
     instance.report_run_failed(run)
 
     # execute_job does not carry the parent's partition tag over: it is given again
-    result = dg.execute_job(dg.reconstructable(restore_job), instance, tags={"dagster/partition": key},
-                            reexecution_options=dg.ReexecutionOptions.from_failure(run.run_id, instance))
+    result = dg.execute_job(
+        dg.reconstructable(restore_job),
+        instance,
+        tags={"dagster/partition": key},
+        reexecution_options=dg.ReexecutionOptions.from_failure(run.run_id, instance),
+    )
     assert result.success
     assert_exact(pg_dsn, expected, key)
     item = _materialized(result, ITEM)
@@ -153,6 +176,7 @@ def test_the_multiprocess_executor_gives_exactly_the_in_process_result(job_env, 
 
     other = pg_dsn + "_inproc"
     from backup_assets.core.postgres import ensure_database
+
     ensure_database(admin := pg_server.dsn("postgres"), other.rsplit("/", 1)[1])
     try:
         inproc = materialize(instance, key, other, job_env)

@@ -1,11 +1,10 @@
 """The asset graph run for real: a Dagster instance, the embedded PostgreSQL, generated backups."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import psycopg
 import pytest
 
@@ -19,13 +18,14 @@ from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export, open_backup
 from backup_assets.demo.synthetic import count_rows, generate_rows, write_export
 from backup_assets.partitions import backups_partitions, partition_key_for_file
-from backup_assets.run import TARGET_TAG, failure_message, materialize_restore
-from backup_assets.resources.settings import ImportSettingsResource
-from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from backup_assets.run import TARGET_TAG, failure_message, materialize_restore
+from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY
+from tests.instances import instance_for_test
 
 SETTINGS = ImportSettings(create_schema=True)
 #: Old pks start at 1001, so a foreign key left unmapped would be visible (new ids start at 1).
@@ -86,20 +86,26 @@ def test_the_whole_graph_restores_an_encrypted_backup_like_the_engine(tmp_path, 
     manifest = Manifest.builtin()
 
     result = dg.materialize(
-        build_restore_graph(manifest), instance=instance, partition_key=key, resources={
+        build_restore_graph(manifest),
+        instance=instance,
+        partition_key=key,
+        resources={
             "target": PostgresTargetResource(dsn=pg_dsn),
             "backup_source": BackupSourceResource(folder=str(tmp_path), glob="*.tar"),
             "decryptor": DecryptorResource(private_key_path=str(tmp_path / "key.pem")),
             "staging": StagingResource(),
-            "import_settings": ImportSettingsResource(create_schema=True)})
+            "import_settings": ImportSettingsResource(create_schema=True),
+        },
+    )
     assert result.success
 
     expected = count_rows(**ROWS)
     total = sum(expected.values())
     assert metadata(result, dg.AssetKey(["sentry_backup", "backup_file"]))["size_bytes"] == backup.stat().st_size
     assert metadata(result, dg.AssetKey(["sentry_backup", "unwrapped_tarball"]))["kind"] == "tarball"
-    assert metadata(result, dg.AssetKey(["sentry_backup", "data_key"]))["key_pub_fingerprint"] == \
-        keys.fingerprint(public_pem)
+    assert metadata(result, dg.AssetKey(["sentry_backup", "data_key"]))["key_pub_fingerprint"] == keys.fingerprint(
+        public_pem
+    )
     parsed = metadata(result, PARSED_EXPORT_KEY)
     assert parsed["rows"] == total and parsed["skipped_unknown_rows"] == 0
     org = metadata(result, ORG)
@@ -134,23 +140,27 @@ def test_the_whole_graph_restores_an_encrypted_backup_like_the_engine(tmp_path, 
         assert md["rows_written"] == engine.loads[model].rows_written, model
 
 
-def test_a_subset_run_loads_a_child_through_its_parents_persisted_pk_maps(json_backup, pg_dsn, instance,
-                                                                          small_manifest):
+def test_a_subset_run_loads_a_child_through_its_parents_persisted_pk_maps(
+    json_backup, pg_dsn, instance, small_manifest
+):
     parents = dg.AssetSelection.assets(MEMBER).upstream() - dg.AssetSelection.assets(MEMBER)
-    first = materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,
-                                selection=parents)
+    first = materialize_restore(
+        json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance, selection=parents
+    )
     assert first.success, failure_message(first)
     assert not any(e.asset_key == MEMBER for e in first.get_asset_materialization_events())
     parsed = metadata(first, PARSED_EXPORT_KEY)
     assert parsed["skipped_unknown_rows"] > 0  # rows of models this manifest does not know: named, and red
     unknown = [e for e in first.get_asset_check_evaluations() if e.asset_key == PARSED_EXPORT_KEY]
     assert [(e.check_name, e.passed, e.severity) for e in unknown] == [
-        ("no_unknown_models", False, dg.AssetCheckSeverity.ERROR)]
+        ("no_unknown_models", False, dg.AssetCheckSeverity.ERROR)
+    ]
     assert sum(unknown[0].metadata["unknown_models"].value.values()) == parsed["skipped_unknown_rows"]
     assert first.dagster_run.tags[TARGET_TAG].endswith("/" + pg_dsn.rsplit("/", 1)[1])
 
-    second = materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,
-                                 selection=[MEMBER])
+    second = materialize_restore(
+        json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance, selection=[MEMBER]
+    )
     assert second.success, failure_message(second)
     members = count_rows(**ROWS)["sentry.organizationmember"]
     md = metadata(second, MEMBER)
@@ -168,13 +178,14 @@ def test_a_subset_run_loads_a_child_through_its_parents_persisted_pk_maps(json_b
     assert metadata(rest, RESTORE_COMPLETE_KEY)["staging_dropped"] is True
 
 
-def test_a_child_whose_parent_was_never_loaded_fails_naming_the_parent(json_backup, pg_dsn, instance,
-                                                                       small_manifest):
+def test_a_child_whose_parent_was_never_loaded_fails_naming_the_parent(json_backup, pg_dsn, instance, small_manifest):
     stages = dg.AssetSelection.assets(PARSED_EXPORT_KEY).upstream()
-    assert materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,
-                               selection=stages).success
-    result = materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,
-                                 selection=[MEMBER])
+    assert materialize_restore(
+        json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance, selection=stages
+    ).success
+    result = materialize_restore(
+        json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance, selection=[MEMBER]
+    )
     assert not result.success
     message = failure_message(result)
     assert message.startswith("sentry_models: 1 model(s) failed:\n  sentry.organizationmember: MissingParentError")
@@ -187,22 +198,34 @@ def test_a_child_whose_parent_was_never_loaded_fails_naming_the_parent(json_back
 def test_a_connection_killed_mid_load_is_retried_to_exact_counts(json_backup, pg_dsn, instance, small_manifest):
     key = partition_key_for_file(json_backup)
     stages = dg.AssetSelection.assets(PARSED_EXPORT_KEY).upstream()
-    assert materialize_restore(json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance,
-                               selection=stages).success
+    assert materialize_restore(
+        json_backup, pg_dsn, SETTINGS, manifest=small_manifest, instance=instance, selection=stages
+    ).success
     # The first insert into sentry_organization terminates its own backend (a sequence is not rolled back).
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE SEQUENCE kill_once")
-        conn.execute("CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
-                     "PERFORM pg_sleep(5); END IF; RETURN NEW; END $$")
-        conn.execute("CREATE TRIGGER kill_once BEFORE INSERT ON sentry_organization "
-                     "FOR EACH ROW EXECUTE FUNCTION kill_once()")
+        conn.execute(
+            "CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+            "PERFORM pg_sleep(5); END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER kill_once BEFORE INSERT ON sentry_organization FOR EACH ROW EXECUTE FUNCTION kill_once()"
+        )
     assets = build_restore_graph(small_manifest, retry_policy=dg.RetryPolicy(max_retries=2, delay=0.1))
-    result = dg.materialize(assets, instance=instance, partition_key=key, selection=[ORG], resources={
-        "target": PostgresTargetResource(dsn=pg_dsn),
-        "backup_source": BackupSourceResource(folder=str(json_backup.parent)),
-        "decryptor": DecryptorResource(), "staging": StagingResource(),
-        "import_settings": ImportSettingsResource.from_settings(SETTINGS)})
+    result = dg.materialize(
+        assets,
+        instance=instance,
+        partition_key=key,
+        selection=[ORG],
+        resources={
+            "target": PostgresTargetResource(dsn=pg_dsn),
+            "backup_source": BackupSourceResource(folder=str(json_backup.parent)),
+            "decryptor": DecryptorResource(),
+            "staging": StagingResource(),
+            "import_settings": ImportSettingsResource.from_settings(SETTINGS),
+        },
+    )
     assert result.success, failure_message(result)
     # retried inside the models' step (the step itself is not retried), and said so in the run's log
     assert [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"] == []

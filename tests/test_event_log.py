@@ -1,5 +1,6 @@
 """The event log ``dagster.yaml`` ships (``backup_assets.event_log``): Dagster's sqlite files, written
 through connections kept open, and its batches in one transaction."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
-from backup_assets.event_log import (OPEN_RUN_FILES, KeptOpenInMemoryEventLogStorage, KeptOpenSqliteEventLogStorage,
-                                   ephemeral_instance)
+from backup_assets.event_log import (
+    OPEN_RUN_FILES,
+    KeptOpenInMemoryEventLogStorage,
+    KeptOpenSqliteEventLogStorage,
+    ephemeral_instance,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,8 +41,9 @@ def _home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": config["telemetry"],
-                                                       "event_log_storage": config["event_log_storage"]}))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"telemetry": config["telemetry"], "event_log_storage": config["event_log_storage"]})
+    )
     return home
 
 
@@ -60,7 +66,7 @@ def test_a_run_written_through_it_reads_back_in_dagsters_own_storage(tmp_path, m
         import json
         from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
         import dagster as dg
-        storage = SqliteEventLogStorage({str(home / 'storage')!r})
+        storage = SqliteEventLogStorage({str(home / "storage")!r})
         logs = storage.get_logs_for_run({result.run_id!r})
         record = storage.get_latest_materialization_events([dg.AssetKey('downstream')])[dg.AssetKey('downstream')]
         checks = storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey('downstream'), 'positive'), 10)
@@ -77,10 +83,20 @@ def test_a_run_written_through_it_reads_back_in_dagsters_own_storage(tmp_path, m
 
 def _planned(run_id: str, name: str) -> EventLogEntry:
     from dagster._core.events import AssetMaterializationPlannedData
+
     event = DagsterEvent.build_asset_materialization_planned_event(
-        "job", "step", AssetMaterializationPlannedData(dg.AssetKey(name), partition=None))
-    return EventLogEntry(error_info=None, level="debug", user_message="", run_id=run_id, timestamp=1.0,
-                         dagster_event=event, job_name="job", step_key="step")
+        "job", "step", AssetMaterializationPlannedData(dg.AssetKey(name), partition=None)
+    )
+    return EventLogEntry(
+        error_info=None,
+        level="debug",
+        user_message="",
+        run_id=run_id,
+        timestamp=1.0,
+        dagster_event=event,
+        job_name="job",
+        step_key="step",
+    )
 
 
 class _FailsOnThird(KeptOpenSqliteEventLogStorage):
@@ -141,7 +157,8 @@ def test_the_ephemeral_instance_runs_in_memory_and_leaves_nothing_behind():
         record = instance.get_latest_materialization_event(dg.AssetKey("downstream"))
         assert record is not None and record.run_id == result.run_id
         [check] = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("downstream"), "positive"), 10)
+            dg.AssetCheckKey(dg.AssetKey("downstream"), "positive"), 10
+        )
         assert check.status.value == "SUCCEEDED"
         assert not list(artifacts.rglob("*.db"))  # events are in memory, not in files
     assert not artifacts.exists()

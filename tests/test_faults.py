@@ -1,6 +1,7 @@
 """Faults injected into real restores: a real Dagster instance, a real PostgreSQL, the asset graph of a
 small manifest with one big model (``tests/fault_helpers.py``). Each test ends with exact counts, no
 duplicates, no orphans (or a clear error with nothing committed)."""
+
 from __future__ import annotations
 
 import os
@@ -11,16 +12,24 @@ import threading
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import psycopg
 import pytest
 
 from backup_assets.core.postgres import EmbeddedPostgres, ensure_database
 from backup_assets.partitions import backups_partitions, partition_key_for_file
 from backup_assets.run import failure_message
-from tests.fault_helpers import (active_query, assert_exact, materialize, set_job_env, spawn_run, step_events,
-                                 table_counts, wait_for, write_backup)
+from tests.fault_helpers import (
+    active_query,
+    assert_exact,
+    materialize,
+    set_job_env,
+    spawn_run,
+    step_events,
+    table_counts,
+    wait_for,
+    write_backup,
+)
+from tests.instances import instance_for_test
 
 BIG_ITEMS = 200_000
 MODELS_STEP = "sentry_models"
@@ -95,10 +104,14 @@ def test_postgres_restarted_mid_load_is_retried_to_exact_counts(own_server, big_
     ensure_database(own_server.dsn("postgres"), "restarted")
     dsn = own_server.dsn("restarted")
     _partition(instance, key)
-    t, box = _in_thread(lambda: materialize(instance, key, dsn, path.parent,
-                                            retry_policy=dg.RetryPolicy(max_retries=5, delay=1)))
-    wait_for(lambda: active_query(own_server.dsn("postgres"), "restarted", "%INSERT INTO%faults_item%"), 180,
-             "the INSERT into faults_item")
+    t, box = _in_thread(
+        lambda: materialize(instance, key, dsn, path.parent, retry_policy=dg.RetryPolicy(max_retries=5, delay=1))
+    )
+    wait_for(
+        lambda: active_query(own_server.dsn("postgres"), "restarted", "%INSERT INTO%faults_item%"),
+        180,
+        "the INSERT into faults_item",
+    )
     own_server.restart()
     result = _joined(t, box)
     assert result.success, failure_message(result)
@@ -158,11 +171,16 @@ def test_staging_disk_full_fails_clearly_with_nothing_committed(small_tablespace
     assert "No space left on device" in message and "nothing of this step was committed" in message
     assert step_events(result, "STEP_UP_FOR_RETRY") == []
     assert result.get_asset_materialization_events() == [] or all(
-        e.asset_key.path[0] == "sentry_backup" for e in result.get_asset_materialization_events())
+        e.asset_key.path[0] == "sentry_backup" for e in result.get_asset_materialization_events()
+    )
     with psycopg.connect(small_tablespace) as conn:
         assert conn.execute("SELECT count(*) FROM backup_assets.import").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' "
-                            "AND tablename LIKE 'stage\\_%'").fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' AND tablename LIKE 'stage\\_%'"
+            ).fetchone()[0]
+            == 0
+        )
         used = conn.execute("SELECT pg_tablespace_size('small_disk')").fetchone()[0]
     assert used < 1_000_000, f"{used} bytes left in the tablespace: the staged rows were not removed"
     assert table_counts(small_tablespace) == {}
@@ -185,12 +203,12 @@ def test_two_runs_of_the_same_import_at_once_write_nothing_twice(tmp_path, pg_ds
         for model in expected:
             records = instance.fetch_materializations(dg.AssetKey(model.split(".")), limit=10).records
             assert len(records) == 2, model
-            assert sorted(r.asset_materialization.metadata["already_loaded"].value for r in records) == \
-                [False, True], model
+            assert sorted(r.asset_materialization.metadata["already_loaded"].value for r in records) == [False, True], (
+                model
+            )
 
 
-def test_lock_timeout_names_the_model_and_is_retried_until_the_lock_is_released(tmp_path, pg_server, pg_dsn,
-                                                                                instance):
+def test_lock_timeout_names_the_model_and_is_retried_until_the_lock_is_released(tmp_path, pg_server, pg_dsn, instance):
     """The target's lock_timeout hit while another session holds a lock on the model's table."""
     path = tmp_path / "locked.json"
     expected = write_backup(path, orgs=2, items=2_000, tags=10, notes=3)
@@ -200,12 +218,13 @@ def test_lock_timeout_names_the_model_and_is_retried_until_the_lock_is_released(
     assert first.success, failure_message(first)
     dbname = pg_dsn.rsplit("/", 1)[1]
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{dbname}" SET lock_timeout = \'200ms\'')
+        admin.execute(f"ALTER DATABASE \"{dbname}\" SET lock_timeout = '200ms'")
     holder = psycopg.connect(pg_dsn)
     try:
         holder.execute("LOCK TABLE faults_item IN ACCESS EXCLUSIVE MODE")
-        t, box = _in_thread(lambda: materialize(instance, key, pg_dsn, tmp_path,
-                                                retry_policy=dg.RetryPolicy(max_retries=6, delay=0.4)))
+        t, box = _in_thread(
+            lambda: materialize(instance, key, pg_dsn, tmp_path, retry_policy=dg.RetryPolicy(max_retries=6, delay=0.4))
+        )
         # release once the load has been refused at least twice
         wait_for(lambda: len(_retry_messages(instance)) >= 2, 120, "two retries of the locked load", every=0.1)
     finally:
@@ -214,9 +233,11 @@ def test_lock_timeout_names_the_model_and_is_retried_until_the_lock_is_released(
     result = _joined(t, box)
     assert result.success, failure_message(result)
     retried = _retry_messages(instance)
-    assert retried and all(m.startswith("faults.item: transient database error, loaded again in 0.4s (retry ")
-                           and "LockNotAvailable: canceling statement due to lock timeout" in m
-                           for m in retried), retried
+    assert retried and all(
+        m.startswith("faults.item: transient database error, loaded again in 0.4s (retry ")
+        and "LockNotAvailable: canceling statement due to lock timeout" in m
+        for m in retried
+    ), retried
     assert step_events(result, "STEP_UP_FOR_RETRY") == []  # retried per model, inside the step
     assert _materialized_attempt(result, "faults/item") == len(retried) + 1
     assert_exact(pg_dsn, expected, key)
@@ -224,8 +245,12 @@ def test_lock_timeout_names_the_model_and_is_retried_until_the_lock_is_released(
 
 def _retry_messages(instance: dg.DagsterInstance) -> list[str]:
     """The models' step's log lines of every retry of the item's load, over all runs."""
-    return [e.message for run in instance.get_runs() for e in instance.all_logs(run.run_id)
-            if e.message and e.message.startswith("faults.item: transient database error, loaded again")]
+    return [
+        e.message
+        for run in instance.get_runs()
+        for e in instance.all_logs(run.run_id)
+        if e.message and e.message.startswith("faults.item: transient database error, loaded again")
+    ]
 
 
 def _materialized_attempt(result: dg.ExecuteInProcessResult, key: str) -> int:
@@ -251,12 +276,19 @@ def test_a_server_crash_that_empties_the_unlogged_staging_restages_and_completes
     own_server.stop("immediate")
     dsn = own_server.start().dsn("crashed")  # the port may change
     with psycopg.connect(dsn) as conn:  # the table survived the crash, its rows did not
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' "
-                            "AND tablename LIKE 'stage\\_%'").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'backup_assets' AND tablename LIKE 'stage\\_%'"
+            ).fetchone()[0]
+            == 1
+        )
     rest = materialize(instance, key, dsn, tmp_path, selection=dg.AssetSelection.all() - stages)
     assert rest.success, failure_message(rest)
-    restaged = [e.asset_key.to_user_string() for e in rest.get_asset_materialization_events()
-                if e.materialization.metadata.get("restaged") and e.materialization.metadata["restaged"].value]
+    restaged = [
+        e.asset_key.to_user_string()
+        for e in rest.get_asset_materialization_events()
+        if e.materialization.metadata.get("restaged") and e.materialization.metadata["restaged"].value
+    ]
     # one model found the rows gone and staged them again, once for the step; the others reuse them (the
     # first to look is item or note: the two load at once, as neither depends on the other)
     assert len(restaged) == 1 and restaged[0] in ("faults/item", "faults/note"), restaged

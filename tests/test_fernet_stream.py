@@ -1,4 +1,5 @@
 """Streaming Fernet against `cryptography.fernet.Fernet`: identical output, tampering caught before any byte."""
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,11 @@ from hypothesis import strategies as st
 
 from backup_assets.core.errors import DecryptionError, EncryptionError
 from backup_assets.core.fernet_stream import (
-    FernetDecryptingReader, decrypt_to, encrypt_to, iter_encrypt, token_length,
+    FernetDecryptingReader,
+    decrypt_to,
+    encrypt_to,
+    iter_encrypt,
+    token_length,
 )
 
 KEY = Fernet.generate_key()
@@ -82,10 +87,12 @@ def test_encrypt_rejects_a_bad_key_without_echoing_it() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(size=st.one_of(st.integers(0, 100), st.integers(0, 300_000)), seed=st.integers(0, 2**32),
-       chunk_size=st.one_of(st.integers(1, 200), st.integers(200, 70_000)),
-       read_sizes=st.lists(st.one_of(st.just(1), st.integers(1, 50), st.integers(1, 100_000)), min_size=1,
-                           max_size=5))
+@given(
+    size=st.one_of(st.integers(0, 100), st.integers(0, 300_000)),
+    seed=st.integers(0, 2**32),
+    chunk_size=st.one_of(st.integers(1, 200), st.integers(200, 70_000)),
+    read_sizes=st.lists(st.one_of(st.just(1), st.integers(1, 50), st.integers(1, 100_000)), min_size=1, max_size=5),
+)
 def test_streaming_decrypt_matches_fernet(size: int, seed: int, chunk_size: int, read_sizes: list[int]) -> None:
     plaintext = random.Random(seed).randbytes(size)
     token = Fernet(KEY).encrypt(plaintext)
@@ -118,8 +125,14 @@ def test_token_inside_a_larger_file() -> None:
 
 # Regions of the decoded token: version, timestamp, IV, ciphertext, last (padding) block, MAC.
 PLAINTEXT = b'{"a": 1, "padding": "forty bytes...."}'  # 40 bytes -> 3 blocks; decoded token: 105 bytes
-REGIONS = {"version": range(0, 1), "timestamp": range(1, 9), "iv": range(9, 25), "ciphertext": range(25, 57),
-           "padding block": range(57, 73), "mac": range(73, 105)}
+REGIONS = {
+    "version": range(0, 1),
+    "timestamp": range(1, 9),
+    "iv": range(9, 25),
+    "ciphertext": range(25, 57),
+    "padding block": range(57, 73),
+    "mac": range(73, 105),
+}
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -165,14 +178,17 @@ def test_invalid_key_is_not_echoed() -> None:
     assert "secret" not in str(e.value)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda t: t[:50] + b"\n" + t[50:-1], "byte 50"),           # a newline (Fernet.decrypt would skip it)
-    (lambda t: t[:60] + b"+" + t[61:], "byte 60"),              # standard-B64 character
-    (lambda t: t[:64] + b"=" + t[65:], "byte 64"),              # padding in the middle
-    (lambda t: t + b"\n", "multiple of 4"),
-    (lambda t: t[:-3] + b"===", "invalid base64 at byte 16[0-3]"),
-    (lambda t: t[:-3] + bytes([B64[B64.index(t[-3]) ^ 1]]) + b"==", "invalid base64 at the end"),  # unused bits
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda t: t[:50] + b"\n" + t[50:-1], "byte 50"),  # a newline (Fernet.decrypt would skip it)
+        (lambda t: t[:60] + b"+" + t[61:], "byte 60"),  # standard-B64 character
+        (lambda t: t[:64] + b"=" + t[65:], "byte 64"),  # padding in the middle
+        (lambda t: t + b"\n", "multiple of 4"),
+        (lambda t: t[:-3] + b"===", "invalid base64 at byte 16[0-3]"),
+        (lambda t: t[:-3] + bytes([B64[B64.index(t[-3]) ^ 1]]) + b"==", "invalid base64 at the end"),  # unused bits
+    ],
+)
 def test_malformed_base64_is_rejected_with_its_offset(mutate, match: str) -> None:
     token = Fernet(KEY).encrypt(PLAINTEXT + b"0123456789")  # 50 bytes: the token ends with "=="
     assert token.endswith(b"==") and not token.endswith(b"===")
@@ -213,6 +229,7 @@ def test_a_file_changed_between_the_passes_fails_at_eof(tmp_path) -> None:
 
 # --------------------------------------------------------------------------------------------- one pass
 
+
 def one_pass(token: bytes, key: bytes = KEY, **kw) -> FernetDecryptingReader:
     return FernetDecryptingReader(io.BytesIO(token), key, authenticate_first=False, **kw)
 
@@ -231,8 +248,10 @@ SMALL = [0, 1, 15, 16, 17, 47, 48, 49, 767, 768, 769, 65536]  # 768 bytes of pla
 BIG = [(1 << 20) // 4 * 3 - 57, (1 << 20) // 4 * 3 - 56, 3 << 20]  # tokens of about 1 MiB (one chunk), 4 MiB
 
 
-@pytest.mark.parametrize("size, chunk_size", [(n, c) for n in SMALL for c in (4, 8, 20, 1024, 1 << 20)]
-                         + [(n, c) for n in BIG for c in (4096, 1 << 20)])
+@pytest.mark.parametrize(
+    "size, chunk_size",
+    [(n, c) for n in SMALL for c in (4, 8, 20, 1024, 1 << 20)] + [(n, c) for n in BIG for c in (4096, 1 << 20)],
+)
 def test_one_pass_matches_fernet(size: int, chunk_size: int) -> None:
     plaintext = random.Random(size).randbytes(size)
     token = Fernet(KEY).encrypt(plaintext)
@@ -243,8 +262,12 @@ def test_one_pass_matches_fernet(size: int, chunk_size: int) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(size=st.integers(0, 5000), seed=st.integers(0, 2**32), chunk_size=st.integers(1, 300),
-       read_sizes=st.lists(st.integers(1, 600), min_size=1, max_size=4))
+@given(
+    size=st.integers(0, 5000),
+    seed=st.integers(0, 2**32),
+    chunk_size=st.integers(1, 300),
+    read_sizes=st.lists(st.integers(1, 600), min_size=1, max_size=4),
+)
 def test_one_pass_streaming_matches_fernet(size: int, seed: int, chunk_size: int, read_sizes: list[int]) -> None:
     plaintext = random.Random(seed).randbytes(size)
     token = Fernet(KEY).encrypt(plaintext)
@@ -266,8 +289,18 @@ def test_one_pass_detects_any_flipped_byte_by_eof(region: str, xor: int) -> None
 def test_one_pass_detects_any_flipped_byte_of_a_bigger_token() -> None:
     plaintext = os.urandom(100_003)
     raw = base64.urlsafe_b64decode(Fernet(KEY).encrypt(plaintext))
-    for i in [*range(0, 25), 25, 26, 1000, len(raw) // 2, len(raw) - 49, len(raw) - 48, len(raw) - 40,
-              len(raw) - 33, *range(len(raw) - 32, len(raw))]:
+    for i in [
+        *range(0, 25),
+        25,
+        26,
+        1000,
+        len(raw) // 2,
+        len(raw) - 49,
+        len(raw) - 48,
+        len(raw) - 40,
+        len(raw) - 33,
+        *range(len(raw) - 32, len(raw)),
+    ]:
         tampered = bytearray(raw)
         tampered[i] ^= 0x10
         released = assert_rejected_by_eof(base64.urlsafe_b64encode(bytes(tampered)), chunk_size=4096)
@@ -288,11 +321,14 @@ def test_one_pass_truncated_tokens_are_rejected() -> None:
         assert_rejected_by_eof(token[:cut], match="corrupt or was tampered")
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda t: t[:50] + b"\n" + t[50:-1], "byte 50"),
-    (lambda t: t + b"\n", "multiple of 4"),
-    (lambda t: t[:-3] + bytes([B64[B64.index(t[-3]) ^ 1]]) + b"==", "invalid base64 at the end"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda t: t[:50] + b"\n" + t[50:-1], "byte 50"),
+        (lambda t: t + b"\n", "multiple of 4"),
+        (lambda t: t[:-3] + bytes([B64[B64.index(t[-3]) ^ 1]]) + b"==", "invalid base64 at the end"),
+    ],
+)
 def test_one_pass_malformed_base64_is_rejected(mutate, match: str) -> None:
     assert_rejected_by_eof(mutate(Fernet(KEY).encrypt(PLAINTEXT + b"0123456789")), match=match)
 
@@ -300,8 +336,9 @@ def test_one_pass_malformed_base64_is_rejected(mutate, match: str) -> None:
 def test_one_pass_authentic_but_malformed_bodies_are_rejected() -> None:
     iv = bytes(16)
     header = struct.pack(">BQ", 0x80, 0) + iv
-    bad_padding = Cipher(algorithms.AES(base64.urlsafe_b64decode(KEY)[16:]), modes.CBC(iv)).encryptor().update(
-        b"\x00" * 32)
+    bad_padding = (
+        Cipher(algorithms.AES(base64.urlsafe_b64decode(KEY)[16:]), modes.CBC(iv)).encryptor().update(b"\x00" * 32)
+    )
     assert_rejected_by_eof(signed_token(header + bytes(20)), match="whole number of AES blocks")
     assert_rejected_by_eof(signed_token(header), match="too short")
     assert_rejected_by_eof(signed_token(header + bad_padding), match="PKCS7")
@@ -359,6 +396,7 @@ def test_base64_decoding_accepts_and_refuses_exactly_what_binascii_strict_mode_d
     import binascii
 
     from backup_assets.core.fernet_stream import _decode_chunks
+
     try:
         expected = binascii.a2b_base64(text.translate(_STRICT_STD), strict_mode=True)
     except binascii.Error:

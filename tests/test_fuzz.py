@@ -1,5 +1,6 @@
 """Property tests: the tar reader, the streaming decryptor and the export parser, fed random and mutated input,
 return a valid result or raise the project's own error type -- never another exception, never a hang."""
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,7 @@ from backup_assets.core.tarball import MEMBERS, read_tarball
 from tests import corpus
 
 pytestmark = pytest.mark.timeout(120)
-FUZZ = settings(max_examples=150, deadline=3000, suppress_health_check=[HealthCheck.too_slow],
-                derandomize=True)
+FUZZ = settings(max_examples=150, deadline=3000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 KEYS = corpus.KeySet.generate()
 PLAIN = corpus.export_bytes()
@@ -33,6 +33,7 @@ HEADERS = [offset - tarfile.BLOCKSIZE for _name, offset, _size in corpus._member
 
 
 # --------------------------------------------------------------------------------------------- mutations
+
 
 @st.composite
 def mutated(draw: st.DrawFn, data: bytes, alphabet: bytes | None = None) -> bytes:
@@ -49,9 +50,9 @@ def mutated(draw: st.DrawFn, data: bytes, alphabet: bytes | None = None) -> byte
         elif kind == "insert":
             out[at:at] = bytes(draw(st.lists(byte, min_size=1, max_size=8)))
         elif out:
-            del out[at:at + draw(st.integers(1, 16))]
+            del out[at : at + draw(st.integers(1, 16))]
     if draw(st.booleans()):
-        del out[draw(st.integers(0, len(out))):]
+        del out[draw(st.integers(0, len(out))) :]
     return bytes(out)
 
 
@@ -60,15 +61,16 @@ def fix_checksums(data: bytes) -> bytes:
     past the checksum to the field parsing."""
     out = bytearray(data)
     for at in HEADERS:
-        block = out[at:at + tarfile.BLOCKSIZE]
+        block = out[at : at + tarfile.BLOCKSIZE]
         if len(block) < tarfile.BLOCKSIZE:
             break
         block[148:156] = b" " * 8
-        out[at + 148:at + 156] = b"%06o\0 " % sum(block)
+        out[at + 148 : at + 156] = b"%06o\0 " % sum(block)
     return bytes(out)
 
 
 # --------------------------------------------------------------------------------------------- tar reader
+
 
 def check_tar(data: bytes) -> None:
     try:
@@ -116,15 +118,19 @@ def decrypt(token: bytes, key: bytes, chunk_size: int, reads: list[int]) -> byte
 
 
 @FUZZ
-@given(st.binary(max_size=512) | st.lists(st.sampled_from(B64), max_size=300).map(bytes),
-       st.integers(4, 200), st.lists(st.integers(1, 300), max_size=20))
+@given(
+    st.binary(max_size=512) | st.lists(st.sampled_from(B64), max_size=300).map(bytes),
+    st.integers(4, 200),
+    st.lists(st.integers(1, 300), max_size=20),
+)
 def test_decryptor_on_random_tokens(token: bytes, chunk_size: int, reads: list[int]) -> None:
     assert decrypt(token, PARTS.fernet_key, chunk_size, reads) is None
 
 
 @FUZZ
-@given(mutated(PARTS.token, B64) | mutated(PARTS.token), st.integers(4, 4096), st.lists(st.integers(1, 5000),
-                                                                                          max_size=20))
+@given(
+    mutated(PARTS.token, B64) | mutated(PARTS.token), st.integers(4, 4096), st.lists(st.integers(1, 5000), max_size=20)
+)
 def test_decryptor_on_mutated_tokens(token: bytes, chunk_size: int, reads: list[int]) -> None:
     """A mutated token either fails, or is the original (a no-op mutation): nothing else authenticates."""
     plain = decrypt(token, PARTS.fernet_key, chunk_size, reads)
@@ -140,6 +146,7 @@ def test_decryptor_round_trips_with_any_read_pattern(plain: bytes, chunk_size: i
 
 
 # --------------------------------------------------------------------------------------------- export parser
+
 
 @pytest.fixture(scope="module")
 def conn(pg_server):
@@ -173,17 +180,29 @@ def stage(conn: psycopg.Connection, data: bytes) -> bool:
 
 def _stage_suffix() -> str:
     from backup_assets.core.staging import staging_table_name
+
     return staging_table_name("fuzz").removeprefix("stage_")
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.text(max_size=20)
-                    | st.floats(allow_nan=False, allow_infinity=False),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=15)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=15,
+)
 MODELS = st.sampled_from(["c.user", "c.org", "c.project", "c.member", "C.ORG", "x.unknown"]) | st.text(max_size=12)
-PK = st.integers(-2 ** 64, 2 ** 64) | st.integers(1, 20) | JSON
-FIELDS = st.dictionaries(st.sampled_from(["organization", "user_id", "slug", "username", "name"]) | st.text(max_size=6),
-                         st.integers(1, 20) | JSON, max_size=5) | JSON
+PK = st.integers(-(2**64), 2**64) | st.integers(1, 20) | JSON
+FIELDS = (
+    st.dictionaries(
+        st.sampled_from(["organization", "user_id", "slug", "username", "name"]) | st.text(max_size=6),
+        st.integers(1, 20) | JSON,
+        max_size=5,
+    )
+    | JSON
+)
 ROW = st.fixed_dictionaries({"model": MODELS, "pk": PK, "fields": FIELDS}) | JSON
 
 
@@ -201,15 +220,20 @@ def test_parser_on_mutated_exports(conn, data: bytes) -> None:
 
 # --------------------------------------------------------------------------------------------- depth guard
 
+
 def depth(v: object) -> int:
     if isinstance(v, dict):
         v = list(v.values())
     return 1 + max(map(depth, v), default=0) if isinstance(v, list) else 0
 
 
-NESTED = st.recursive(st.sampled_from(['a"[\\', "x]", "{", 1, None, 'q\\"[[', "\\\\", ']]]"}']),
-                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                          st.sampled_from(["k[", 'k"{', "k\\", "k"]), inner, max_size=3), max_leaves=30)
+NESTED = st.recursive(
+    st.sampled_from(['a"[\\', "x]", "{", 1, None, 'q\\"[[', "\\\\", ']]]"}']),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["k[", 'k"{', "k\\", "k"]), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
 
 
 @FUZZ
@@ -217,7 +241,7 @@ NESTED = st.recursive(st.sampled_from(['a"[\\', "x]", "{", 1, None, 'q\\"[[', "\
 def test_depth_guard_is_exact_across_chunk_boundaries(value: object, limit: int, step: int) -> None:
     data = json.dumps(value).encode()
     guard = _DepthGuard(limit)
-    ok = all(guard.feed(data[i:i + step]) for i in range(0, len(data), step))
+    ok = all(guard.feed(data[i : i + step]) for i in range(0, len(data), step))
     assert ok == (depth(value) <= limit)
 
 
@@ -229,22 +253,25 @@ def test_the_fuzzers_start_from_valid_inputs(conn) -> None:
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40), st.lists(
-    st.integers(min_value=1, max_value=17), min_size=1, max_size=8), st.booleans())
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+    st.lists(st.integers(min_value=1, max_value=17), min_size=1, max_size=8),
+    st.booleans(),
+)
 def test_surrogate_guard_passes_pairs_and_stops_lone_halves(text, sizes, lone):
     """Escaped text (astral characters become surrogate pairs) fed in any chunking passes; the same text
     with a lone half spliced in is caught, wherever the chunks cut it."""
     from backup_assets.core.parse import _SurrogateGuard
 
-    data = json.dumps(text).encode()          # ensure_ascii: every non-ASCII character escaped
+    data = json.dumps(text).encode()  # ensure_ascii: every non-ASCII character escaped
     if lone:
         data = data[:-1] + b"\\udc01" + data[-1:]
     guard, i, k, found = _SurrogateGuard(), 0, 0, None
     while i < len(data) and found is None:
         n = sizes[k % len(sizes)]
-        found, i, k = guard.feed(data[i:i + n]), i + n, k + 1
+        found, i, k = guard.feed(data[i : i + n]), i + n, k + 1
     if found is None:
         found = guard.feed(b"")
     assert (found is not None) == lone
     if lone:
-        assert data[found:found + 6] == b"\\udc01"
+        assert data[found : found + 6] == b"\\udc01"

@@ -1,5 +1,6 @@
 """The malformed-backup corpus (tests/corpus.py) restored for real: each case fails with the project's error type,
 a message naming the problem, nothing committed to the target and nothing left on disk."""
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from backup_assets.cli import main
-from backup_assets.core.errors import BackupAssetsError, DecryptionError, ExportParseError
 from backup_assets.core.decryptors import LocalFileDecryptor
+from backup_assets.core.errors import BackupAssetsError, DecryptionError, ExportParseError
 from backup_assets.core.postgres import ensure_database
 from backup_assets.core.restore import Restore, run_restore
 from backup_assets.core.settings import ImportSettings
@@ -28,8 +29,13 @@ from tests.corpus import MANIFEST, MARKER, Case, KeySet, Parts
 from tests.crypto_helpers import tar_of
 
 KEYS = KeySet.generate()
-CASES = (corpus.tarball_cases(KEYS) + corpus.token_cases(KEYS) + corpus.key_cases(KEYS)
-         + corpus.json_cases(KEYS, encrypted=False) + corpus.json_cases(KEYS, encrypted=True))
+CASES = (
+    corpus.tarball_cases(KEYS)
+    + corpus.token_cases(KEYS)
+    + corpus.key_cases(KEYS)
+    + corpus.json_cases(KEYS, encrypted=False)
+    + corpus.json_cases(KEYS, encrypted=True)
+)
 SETTINGS = ImportSettings(create_schema=True)
 
 
@@ -60,8 +66,13 @@ def committed(dsn: str) -> dict[str, object]:
     with psycopg.connect(dsn) as conn:
         out: dict[str, object] = {
             "tables": [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")],
-            "staging": [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = "
-                                                   "'backup_assets' AND tablename LIKE 'stage%'")]}
+            "staging": [
+                r[0]
+                for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'backup_assets' AND tablename LIKE 'stage%'"
+                )
+            ],
+        }
         for table in ("import", "pk_map", "load_record", "overwritten"):
             if conn.execute("SELECT to_regclass(%s)", (f"backup_assets.{table}",)).fetchone()[0]:
                 out[table] = conn.execute(f"SELECT count(*) FROM backup_assets.{table}").fetchone()[0]
@@ -108,7 +119,11 @@ def test_the_corpus_base_is_valid_so_each_case_differs_by_its_defect(pg_dsn, tmp
     result = run_restore(pg_dsn, open_backup(path, LocalFileDecryptor(tmp_path / "key.pem")), MANIFEST, SETTINGS)
     assert result.stage.rows == len(corpus.valid_rows())
     assert {m: r.rows_written for m, r in result.loads.items()} == {
-        "c.user": 2, "c.org": 2, "c.project": 8, "c.member": 2}
+        "c.user": 2,
+        "c.org": 2,
+        "c.project": 8,
+        "c.member": 2,
+    }
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM c_user WHERE username = %s", (MARKER,)).fetchone()[0] == 1
     assert committed(pg_dsn)["staging"] == []
@@ -119,20 +134,30 @@ def test_cutting_only_the_tar_padding_is_harmless(pg_dsn, tmp_path) -> None:
     good = Parts.encrypt(corpus.export_bytes(), KEYS).tar()
     _name, offset, size = corpus._member_offsets(good)[-1]
     path = tmp_path / "b.tar"
-    path.write_bytes(good[:offset + size + (-size % tarfile.BLOCKSIZE) + tarfile.BLOCKSIZE])
+    path.write_bytes(good[: offset + size + (-size % tarfile.BLOCKSIZE) + tarfile.BLOCKSIZE])
     (tmp_path / "key.pem").write_bytes(KEYS.private)
     result = run_restore(pg_dsn, open_backup(path, LocalFileDecryptor(tmp_path / "key.pem")), MANIFEST, SETTINGS)
     assert result.stage.rows == len(corpus.valid_rows())
 
 
-CLI_CASES = [c for c in CASES if c.name in {
-    "tar cut at byte 1024", "symlink export.json", "gzip-compressed tarball", "the other private key",
-    "FK is a string (natural key) (encrypted)"}]
+CLI_CASES = [
+    c
+    for c in CASES
+    if c.name
+    in {
+        "tar cut at byte 1024",
+        "symlink export.json",
+        "gzip-compressed tarball",
+        "the other private key",
+        "FK is a string (natural key) (encrypted)",
+    }
+]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
-def test_the_cli_reports_one_line_and_commits_nothing(case: Case, target: str, tmp_path: Path, private_tmp: Path,
-                                                       monkeypatch) -> None:
+def test_the_cli_reports_one_line_and_commits_nothing(
+    case: Case, target: str, tmp_path: Path, private_tmp: Path, monkeypatch
+) -> None:
     # an instance of our own: Dagster's ephemeral one keeps an empty temporary folder until it is disposed of
     (tmp_path / "dagster_home").mkdir()
     (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -142,8 +167,18 @@ def test_the_cli_reports_one_line_and_commits_nothing(case: Case, target: str, t
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(corpus.MANIFEST_JSON))
     path, key = case.write(folder), case.key_file(folder)
-    args = ["import", "global", str(path), "--dsn", target, "--no-prompt", "--create-schema", "--manifest",
-            str(manifest), "--silent"] + (["--decrypt-with", str(key)] if key else [])
+    args = [
+        "import",
+        "global",
+        str(path),
+        "--dsn",
+        target,
+        "--no-prompt",
+        "--create-schema",
+        "--manifest",
+        str(manifest),
+        "--silent",
+    ] + (["--decrypt-with", str(key)] if key else [])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: ") and result.output.strip().count("\n") == 0, result.output
@@ -154,16 +189,41 @@ def test_the_cli_reports_one_line_and_commits_nothing(case: Case, target: str, t
 
 def test_all_families_are_in_the_corpus() -> None:
     names = " | ".join(c.name for c in CASES)
-    for family in ("tar cut", "token cut", "(version)", "(timestamp)", "(IV)", "(first ciphertext block)",
-                   "(last (padding) block)", "(MAC)", "other private key", "key.pub swapped", "extra member",
-                   "duplicate", "symlink", "directory", "8 GiB", "gzip-compressed tarball", "export.json is gzip",
-                   "not a PEM", "random bytes", "invalid UTF-8", "a JSON object", "a row that is",
-                   "pk is a string", "levels of [", "duplicate pk", "FK is a list", "FK is a string"):
+    for family in (
+        "tar cut",
+        "token cut",
+        "(version)",
+        "(timestamp)",
+        "(IV)",
+        "(first ciphertext block)",
+        "(last (padding) block)",
+        "(MAC)",
+        "other private key",
+        "key.pub swapped",
+        "extra member",
+        "duplicate",
+        "symlink",
+        "directory",
+        "8 GiB",
+        "gzip-compressed tarball",
+        "export.json is gzip",
+        "not a PEM",
+        "random bytes",
+        "invalid UTF-8",
+        "a JSON object",
+        "a row that is",
+        "pk is a string",
+        "levels of [",
+        "duplicate pk",
+        "FK is a list",
+        "FK is a string",
+    ):
         assert family in names, family
     assert len(CASES) > 150
 
 
 # --------------------------------------------------------------------------------------------- beyond the corpus
+
 
 def test_huge_strings_restore_with_bounded_memory(pg_dsn, tmp_path, private_tmp) -> None:
     """A 24 MiB value is restored; a 4 MiB field name and a 4 MiB model name are skipped and reported. Python's
@@ -172,7 +232,8 @@ def test_huge_strings_restore_with_bounded_memory(pg_dsn, tmp_path, private_tmp)
     rows = corpus.valid_rows() + [
         corpus.row("c.project", 999, organization=10, name="huge", notes="v" * big),
         corpus.row("c.project", 998, organization=10, name="long field", **{"f" * name: 1}),
-        corpus.row("m" * name, 1, x=1)]
+        corpus.row("m" * name, 1, x=1),
+    ]
     path = tmp_path / "huge.json"
     path.write_bytes(corpus.export_bytes(rows))
     del rows
@@ -207,8 +268,10 @@ def test_nesting_up_to_the_limit_is_restored_exactly(pg_dsn, tmp_path) -> None:
 def test_a_tarball_rewritten_during_the_restore_commits_nothing(target, tmp_path, private_tmp) -> None:
     """The token is decrypted and authenticated in one pass; the file changes while rows stream into staging: the
     MAC of what was decrypted does not verify, the error comes at the end of the stream and the rows roll back."""
-    plain = corpus.export_bytes(corpus.valid_rows() + [
-        corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 1000) for i in range(1500)])
+    plain = corpus.export_bytes(
+        corpus.valid_rows()
+        + [corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 1000) for i in range(1500)]
+    )
     plain += b" " * (-len(plain) % 16)  # a whole padding block: the unpadder holds it back until the end
     parts = Parts.encrypt(plain, KEYS)
     assert len(parts.token) > 2 << 20  # pass 2 reads it in several 1 MiB chunks
@@ -240,15 +303,19 @@ def _garbled(token: bytes, fernet_key: bytes) -> bytes:
     raw = base64.urlsafe_b64decode(token)
     key = base64.urlsafe_b64decode(fernet_key)[16:]
     padded = Cipher(algorithms.AES(key), modes.CBC(raw[9:25])).decryptor().update(raw[25:-32])
-    return padded[:-padded[-1]]
+    return padded[: -padded[-1]]
 
 
 def test_a_tampered_block_that_breaks_the_json_is_reported_as_a_bad_mac(target, tmp_path, private_tmp) -> None:
     """The restore's staging decrypts in one pass: a ciphertext byte flipped in the middle garbles a block of JSON,
     which the parser rejects before the MAC is checked at EOF; the user still gets the DecryptionError, the
     stream having been authenticated to its end, and nothing is staged."""
-    plain = corpus.export_bytes(corpus.valid_rows() + [  # ~3 MB: the parse stages a MB or more before the garble
-        corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 100) for i in range(12_000)])
+    plain = corpus.export_bytes(
+        corpus.valid_rows()
+        + [  # ~3 MB: the parse stages a MB or more before the garble
+            corpus.row("c.project", 900 + i, organization=10, name=f"bulk {i}", text="x" * 100) for i in range(12_000)
+        ]
+    )
     parts = Parts.encrypt(plain, KEYS)
     raw = bytearray(base64.urlsafe_b64decode(parts.token))
     raw[len(raw) // 2] ^= 0x20  # a byte of the middle ciphertext block: its plaintext becomes 16 random bytes

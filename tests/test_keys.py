@@ -1,4 +1,5 @@
 """RSA keys in Sentry's PEM forms, OAEP data-key wrapping, and Sentry's exact key.pub check."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ def test_generated_pair_is_in_sentrys_pem_forms(pair) -> None:
     assert public.startswith(b"-----BEGIN PUBLIC KEY-----\n") and public.endswith(b"-----END PUBLIC KEY-----\n")
     key = serialization.load_pem_private_key(private, password=None)  # unencrypted
     assert key.key_size == 2048
-    assert key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo) == public
+    assert (
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        == public
+    )
 
 
 def test_unsupported_key_size() -> None:
@@ -46,12 +49,14 @@ def test_load_private_key_errors(pair) -> None:
             keys.load_private_key(not_a_key)
     with pytest.raises(DecryptionError, match="is a public key"):
         keys.load_private_key(public)
-    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.BestAvailableEncryption(b"pw"))
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
     with pytest.raises(DecryptionError, match="encrypted"):
         keys.load_private_key(encrypted, source="key.pem")
     ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(DecryptionError, match="is an EC key; .* RSA"):
         keys.load_private_key(ec_pem)
 
@@ -61,8 +66,11 @@ def test_load_public_key_errors(pair) -> None:
     assert keys.load_public_key(public).key_size == 2048
     with pytest.raises(EncryptionError, match="looks like a private key"):
         keys.load_public_key(private)
-    ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ec_pub = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(EncryptionError, match="RSA"):
         keys.load_public_key(ec_pub)
 
@@ -102,7 +110,8 @@ def test_key_pub_check_is_byte_exact(pair, other_pair) -> None:
 
 def test_fingerprint(pair) -> None:
     der = serialization.load_pem_public_key(pair[1]).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     expected = hashlib.sha256(der).hexdigest()
     assert keys.fingerprint(pair[1]) == expected
     assert keys.fingerprint(keys.load_private_key(pair[0])) == expected

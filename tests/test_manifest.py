@@ -26,13 +26,15 @@ def test_column_names_follow_django():
 
 
 def test_every_model_comes_after_its_dependencies_and_self_references_are_ignored():
-    m = Manifest.from_json({
-        "a.child": entry("a.child", fks=[("parent", "a.parent", False), ("self_ref", "a.child", True)]),
-        "a.parent": entry("a.parent", fks=[("root_id", "a.root", True)]),
-        "a.root": entry("a.root"),
-        "a.late": entry("a.late", deps=["a.child"]),
-        "a.excluded": entry("a.excluded", scope="Excluded"),
-    })
+    m = Manifest.from_json(
+        {
+            "a.child": entry("a.child", fks=[("parent", "a.parent", False), ("self_ref", "a.child", True)]),
+            "a.parent": entry("a.parent", fks=[("root_id", "a.root", True)]),
+            "a.root": entry("a.root"),
+            "a.late": entry("a.late", deps=["a.child"]),
+            "a.excluded": entry("a.excluded", scope="Excluded"),
+        }
+    )
     order = m.sorted_models()
     assert order.index("a.root") < order.index("a.parent") < order.index("a.child") < order.index("a.late")
     assert "a.excluded" not in m.relocatable()
@@ -40,12 +42,14 @@ def test_every_model_comes_after_its_dependencies_and_self_references_are_ignore
 
 
 def test_a_cycle_names_the_models_on_it():
-    m = Manifest.from_json({
-        "x.a": entry("x.a", fks=[("b", "x.b", False)]),
-        "x.b": entry("x.b", fks=[("c", "x.c", False)]),
-        "x.c": entry("x.c", fks=[("a", "x.a", True)]),
-        "x.free": entry("x.free"),
-    })
+    m = Manifest.from_json(
+        {
+            "x.a": entry("x.a", fks=[("b", "x.b", False)]),
+            "x.b": entry("x.b", fks=[("c", "x.c", False)]),
+            "x.c": entry("x.c", fks=[("a", "x.a", True)]),
+            "x.free": entry("x.free"),
+        }
+    )
     with pytest.raises(ManifestError) as e:
         m.sorted_models()
     msg = str(e.value)
@@ -59,13 +63,16 @@ def test_multi_scope_models_and_scope_membership():
     assert not spec.in_scope("users") and not spec.in_scope("organizations")
 
 
-@pytest.mark.parametrize("bad, words", [
-    ([], "JSON object"),
-    ({"nodot": entry("nodot")}, "model name"),
-    ({"a.b": {"foreign_keys": {}, "relocation_scope": "Global"}}, "table_name"),
-    ({"a.b": entry("a.b", scope="Sometimes")}, "relocation_scope"),
-    ({"a.b": {**entry("a.b"), "foreign_keys": {"x": 3}}}, "foreign key 'x'"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ([], "JSON object"),
+        ({"nodot": entry("nodot")}, "model name"),
+        ({"a.b": {"foreign_keys": {}, "relocation_scope": "Global"}}, "table_name"),
+        ({"a.b": entry("a.b", scope="Sometimes")}, "relocation_scope"),
+        ({"a.b": {**entry("a.b"), "foreign_keys": {"x": 3}}}, "foreign key 'x'"),
+    ],
+)
 def test_malformed_manifests_are_named(bad, words):
     with pytest.raises(ManifestError, match=words):
         Manifest.from_json(bad, source="m.json")

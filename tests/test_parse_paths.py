@@ -1,6 +1,7 @@
 """The two ways the parse reads an export: rows cut out of the bytes and parsed by orjson (the fast path), and
 ijson's streaming parser (the exact path). The fast path must stage exactly what ijson stages, and hand over to
 ijson whenever it is not sure: the same rows, values, types and errors either way."""
+
 from __future__ import annotations
 
 import io
@@ -13,9 +14,9 @@ from backup_assets.core import parse
 from backup_assets.core.errors import ExportParseError
 from backup_assets.core.parse import stage_export
 from backup_assets.core.staging import staging_table_name
+from backup_assets.core.state import ensure_state
 from tests import corpus
 from tests.corpus import row
-from backup_assets.core.state import ensure_state
 
 
 class OneWay(io.RawIOBase):
@@ -29,7 +30,7 @@ class OneWay(io.RawIOBase):
 
     def readinto(self, b) -> int:
         chunk = self._data.read(len(b))
-        b[:len(chunk)] = chunk
+        b[: len(chunk)] = chunk
         return len(chunk)
 
 
@@ -57,8 +58,11 @@ def staged(conn: psycopg.Connection, stream) -> tuple[dict, list[tuple]]:
     """Stage ``stream`` in a transaction rolled back afterwards: what the result says, and the staged rows."""
     with conn.transaction(force_rollback=True):
         result = stage_export(conn, "paths", stream, corpus.MANIFEST)
-        rows = conn.execute("SELECT model, pk, row_index, fields::text FROM backup_assets." +
-                            staging_table_name("paths") + " ORDER BY row_index").fetchall()
+        rows = conn.execute(
+            "SELECT model, pk, row_index, fields::text FROM backup_assets."
+            + staging_table_name("paths")
+            + " ORDER BY row_index"
+        ).fetchall()
     out = result.to_json()
     out.pop("seconds")
     return out, rows
@@ -80,9 +84,10 @@ def nested_rows() -> list[dict]:
     return corpus.valid_rows() + [
         row("c.project", 300, organization=10, name="},{", options=[{"a": 1}, {"b": [{"c": 2}, {}]}, {}]),
         row("c.project", 301, organization=11, name='"}, {"model": "c.org"', options={"x": [{}, {}, {"y": "}"}]}),
-        row("c.project", 302, organization=10, name="caf\u00e9 \U0001F600 \\ \n \t", options=[1.5, -0.0, 2 ** 59 + 1]),
+        row("c.project", 302, organization=10, name="caf\u00e9 \U0001f600 \\ \n \t", options=[1.5, -0.0, 2**59 + 1]),
         row("c.unknown", 1, anything=[{"a": 1}, {"b": 2}]),
-        row("c.org", 12, slug="n" + "9" * 30, status=-2 ** 59, flags="0")]
+        row("c.org", 12, slug="n" + "9" * 30, status=-(2**59), flags="0"),
+    ]
 
 
 @pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
@@ -90,22 +95,39 @@ def nested_rows() -> list[dict]:
 def test_the_fast_path_stages_what_ijson_stages(conn, passes, monkeypatch, layout, block) -> None:
     monkeypatch.setattr(parse, "_READ_SIZE", block)  # 7 bytes: rows and separators cut across reads
     rows = nested_rows()
-    data = {"sentry": json.dumps(rows, indent=2), "compact": json.dumps(rows, separators=(",", ":")),
-            "spaced": "[" + "\r\n ,\t".join(json.dumps(r) for r in rows) + "]"}[layout].encode()
+    data = {
+        "sentry": json.dumps(rows, indent=2),
+        "compact": json.dumps(rows, separators=(",", ":")),
+        "spaced": "[" + "\r\n ,\t".join(json.dumps(r) for r in rows) + "]",
+    }[layout].encode()
     (result, staged_rows), taken = either_way(conn, data, passes)
     assert taken == [True]  # no second pass: the separators inside rows were found and passed over
     assert result["rows"] == len(rows) and result["unknown_models"] == {"c.unknown": 1}
     assert [(m, pk) for m, pk, _i, _f in staged_rows][-4:] == [
-        ("c.project", 300), ("c.project", 301), ("c.project", 302), ("c.org", 12)]  # the unknown row is not staged
-    assert json.loads(staged_rows[-2][3])["options"] == [1.5, -0.0, 2 ** 59 + 1]
+        ("c.project", 300),
+        ("c.project", 301),
+        ("c.project", 302),
+        ("c.org", 12),
+    ]  # the unknown row is not staged
+    assert json.loads(staged_rows[-2][3])["options"] == [1.5, -0.0, 2**59 + 1]
 
 
-@pytest.mark.parametrize("name,data", [
-    ("a 19-digit integer", corpus.export_bytes(corpus.valid_rows() + [
-        row("c.project", 400, organization=10, name="big", options={"n": 2 ** 63 - 1})])),
-    ("form feeds between rows (yajl takes them as whitespace)", corpus.export_bytes().replace(b",\n  {", b",\x0c{")),
-    ("an empty list", b"[ ]"),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        (
+            "a 19-digit integer",
+            corpus.export_bytes(
+                corpus.valid_rows() + [row("c.project", 400, organization=10, name="big", options={"n": 2**63 - 1})]
+            ),
+        ),
+        (
+            "form feeds between rows (yajl takes them as whitespace)",
+            corpus.export_bytes().replace(b",\n  {", b",\x0c{"),
+        ),
+        ("an empty list", b"[ ]"),
+    ],
+)
 @pytest.mark.parametrize("block", [1 << 20, 7], ids=["1 MiB reads", "7-byte reads"])
 def test_what_the_fast_path_is_unsure_of_is_staged_by_ijson(conn, passes, monkeypatch, name, data, block) -> None:
     monkeypatch.setattr(parse, "_READ_SIZE", block)
@@ -115,20 +137,34 @@ def test_what_the_fast_path_is_unsure_of_is_staged_by_ijson(conn, passes, monkey
         assert staged_rows[-1][3] == '{"name": "big", "options": {"n": 9223372036854775807}, "organization": 10}'
 
 
-@pytest.mark.parametrize("name,data", [
-    ("an integer past 64 bits", corpus.export_bytes(corpus.valid_rows() + [
-        row("c.project", 400, organization=10, name="big", options={"n": 123456789012345678901234567890})])),
-    ("an integer just past int64", corpus.export_bytes(corpus.valid_rows() + [
-        row("c.project", 400, organization=10, name="big", options={"n": 2 ** 63})])),
-    ("a lone surrogate", corpus.export_bytes().replace(b'"acme"', b'"ac\\ud800me"')),
-    ("a trailing comma", corpus.export_bytes()[:-2] + b",\n]"),
-    ("a row that is a list", corpus.export_bytes()[:-2] + b", [1, 2]\n]"),
-    ("a foreign key that is a string", corpus.export_bytes(corpus.valid_rows() + [
-        row("c.project", 401, organization="acme", name="x")])),
-    ("a duplicate pk", corpus.export_bytes(corpus.valid_rows() + [row("c.org", 10, slug="again")])),
-    ("text after the list", corpus.export_bytes() + b" []"),
-    ("a cut export", corpus.export_bytes()[:-40]),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        (
+            "an integer past 64 bits",
+            corpus.export_bytes(
+                corpus.valid_rows()
+                + [row("c.project", 400, organization=10, name="big", options={"n": 123456789012345678901234567890})]
+            ),
+        ),
+        (
+            "an integer just past int64",
+            corpus.export_bytes(
+                corpus.valid_rows() + [row("c.project", 400, organization=10, name="big", options={"n": 2**63})]
+            ),
+        ),
+        ("a lone surrogate", corpus.export_bytes().replace(b'"acme"', b'"ac\\ud800me"')),
+        ("a trailing comma", corpus.export_bytes()[:-2] + b",\n]"),
+        ("a row that is a list", corpus.export_bytes()[:-2] + b", [1, 2]\n]"),
+        (
+            "a foreign key that is a string",
+            corpus.export_bytes(corpus.valid_rows() + [row("c.project", 401, organization="acme", name="x")]),
+        ),
+        ("a duplicate pk", corpus.export_bytes(corpus.valid_rows() + [row("c.org", 10, slug="again")])),
+        ("text after the list", corpus.export_bytes() + b" []"),
+        ("a cut export", corpus.export_bytes()[:-40]),
+    ],
+)
 def test_errors_are_ijsons_whichever_path_meets_them(conn, passes, name, data) -> None:
     errors = []
     for stream in (io.BytesIO(data), OneWay(data)):
@@ -171,8 +207,18 @@ def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes
     from backup_assets.core.schema import infer_field_types
     from backup_assets.core.staging import staging_ident
 
-    rows = [row("c.project", 500 + i, organization=10, name=f"p{i}", when="2023-06-22T22:59:55.531Z",
-                later="2023-06-22T22:59:55Z", note=None) for i in range(5)]
+    rows = [
+        row(
+            "c.project",
+            500 + i,
+            organization=10,
+            name=f"p{i}",
+            when="2023-06-22T22:59:55.531Z",
+            later="2023-06-22T22:59:55Z",
+            note=None,
+        )
+        for i in range(5)
+    ]
     rows[3]["fields"]["later"] = "not a date"  # same shape as the rows before it
     rows[4]["fields"]["note"] = "2023-06-22 22:59"  # a new shape (str where null was): the long way
     data = corpus.export_bytes(corpus.valid_rows() + rows)
@@ -181,7 +227,10 @@ def test_rows_of_a_shape_seen_before_still_tell_datetimes_from_text(conn, passes
             result = stage_export(conn, "paths", stream, corpus.MANIFEST)
             assert result.fields["c.project"] == infer_field_types(conn, staging_ident("paths"), "c.project")
         assert {k: result.fields["c.project"][k] for k in ("when", "later", "note")} == {
-            "when": "timestamptz", "later": "text", "note": "timestamptz"}
+            "when": "timestamptz",
+            "later": "text",
+            "note": "timestamptz",
+        }
     assert passes == [True, False]  # the fast path, then ijson alone
 
 
@@ -217,16 +266,21 @@ def test_the_datetime_shortcut_says_what_the_regex_says() -> None:
     from hypothesis import strategies as st
 
     from backup_assets.core.schema import DATETIME_RE
+
     for form in parse._DATETIME_FORMS:
         assert DATETIME_RE.fullmatch(form.decode().replace("0", "7"))
     chars = st.sampled_from(list("0123456789-T :.Z+") + ["\u0663", "\n", "\ud800", "x"])
     near = st.sampled_from(sorted(f.decode() for f in parse._DATETIME_FORMS)).flatmap(
         lambda form: st.lists(st.one_of(st.just(None), chars), min_size=len(form), max_size=len(form)).map(
-            lambda edits: "".join(c if e is None else e for c, e in zip(form.replace("0", "5"), edits))))
+            lambda edits: "".join(c if e is None else e for c, e in zip(form.replace("0", "5"), edits))
+        )
+    )
 
     exact = st.sampled_from(sorted(f.decode() for f in parse._DATETIME_FORMS)).flatmap(
         lambda form: st.lists(st.sampled_from(list("0123456789")), min_size=len(form), max_size=len(form)).map(
-            lambda digits: "".join(d if c == "0" else c for c, d in zip(form, digits))))
+            lambda digits: "".join(d if c == "0" else c for c, d in zip(form, digits))
+        )
+    )
 
     @settings(max_examples=3000, deadline=None)
     @given(st.one_of(exact, near, st.text(chars, max_size=34)))

@@ -1,4 +1,5 @@
 """The round trip's re-export in a child process: the same rows and errors as in-process, and no child left."""
+
 from __future__ import annotations
 
 import psutil

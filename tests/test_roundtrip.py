@@ -1,4 +1,5 @@
 """Round-trip verification against a real PostgreSQL: restore, re-export what the import wrote, compare."""
+
 from __future__ import annotations
 
 import psycopg
@@ -42,7 +43,7 @@ def test_round_trip_of_an_encrypted_backup(pg_dsn, tmp_path):
 def test_dropped_rows_and_unknown_models_are_not_expected_back(pg_dsn, tmp_path):
     rows = list(synthetic.generate_rows(orgs=1, users=2, seed=3))
     project = next(r for r in rows if r["model"] == "sentry.project")
-    project["fields"]["organization"] = 999                    # its parent is not in the export: dropped
+    project["fields"]["organization"] = 999  # its parent is not in the export: dropped
     rows.insert(0, {"model": "sites.site", "pk": 1, "fields": {"domain": "example.com"}})
     synthetic.write_export(tmp_path / "src.json", rows)
     backup, result = restore(pg_dsn, tmp_path / "src.json")
@@ -85,14 +86,34 @@ def test_unknown_import_is_an_error(pg_dsn, tmp_path):
 
 
 def test_helpers():
-    rows = [{"model": "sites.site", "pk": 1, "fields": {}}, {"model": "Sentry.Option", "pk": 1, "fields": {}},
-            {"model": "sentry.organization", "pk": 1, "fields": {}}, "not a row"]
+    rows = [
+        {"model": "sites.site", "pk": 1, "fields": {}},
+        {"model": "Sentry.Option", "pk": 1, "fields": {}},
+        {"model": "sentry.organization", "pk": 1, "fields": {}},
+        "not a row",
+    ]
     assert list(relocatable_rows(rows, BUILTIN, "config")) == rows[1:2] + rows[3:]
-    dated = [{"model": "m", "pk": 1, "fields": {"a": "2023-06-22T00:00:00Z", "b": "2023-06-22T02:00:00.1234+02:00",
-                                                  "c": "2023-06-22", "d": "x 2023-06-22T00:00:00Z", "e": 5}}]
+    dated = [
+        {
+            "model": "m",
+            "pk": 1,
+            "fields": {
+                "a": "2023-06-22T00:00:00Z",
+                "b": "2023-06-22T02:00:00.1234+02:00",
+                "c": "2023-06-22",
+                "d": "x 2023-06-22T00:00:00Z",
+                "e": 5,
+            },
+        }
+    ]
     assert list(canonical_datetimes(dated))[0]["fields"] == {
-        "a": "2023-06-22T00:00:00.000Z", "b": "2023-06-22T00:00:00.123Z", "c": "2023-06-22",
-        "d": "x 2023-06-22T00:00:00Z", "e": 5}
+        "a": "2023-06-22T00:00:00.000Z",
+        "b": "2023-06-22T00:00:00.123Z",
+        "c": "2023-06-22",
+        "d": "x 2023-06-22T00:00:00Z",
+        "e": 5,
+    }
     assert {"is_staff", "is_superuser", "password"} <= reset_fields(BUILTIN, ImportSettings(scope="organizations"))[
-        "sentry.user"]
+        "sentry.user"
+    ]
     assert "sentry.user" not in reset_fields(BUILTIN, ImportSettings())

@@ -1,5 +1,6 @@
 """The engine's scheduler (``backup_assets.core.scheduler``) against a real PostgreSQL: outcomes as models
 finish, a failed model blocking only its dependents, transient errors retried per model."""
+
 from __future__ import annotations
 
 import psycopg
@@ -11,9 +12,15 @@ from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
 from tests.test_engine import MANIFEST, row, write
 
-ROWS = [row("t.user", 1, username="same"), row("t.user", 2, username="same"),  # t.user fails: duplicate username
-        row("t.org", 1, slug="a"), row("t.project", 2, organization=1), row("t.key", 3, project=2),
-        row("t.member", 4, organization=1, user_id=1), row("t.node", 5, organization=1, parent=None)]
+ROWS = [
+    row("t.user", 1, username="same"),
+    row("t.user", 2, username="same"),  # t.user fails: duplicate username
+    row("t.org", 1, slug="a"),
+    row("t.project", 2, organization=1),
+    row("t.key", 3, project=2),
+    row("t.member", 4, organization=1, user_id=1),
+    row("t.node", 5, organization=1, parent=None),
+]
 
 
 def _staged(dsn: str, tmp_path, rows=ROWS) -> Restore:
@@ -45,14 +52,23 @@ def test_a_transient_error_is_retried_on_a_new_connection_until_the_model_loads(
     restore = _staged(pg_dsn, tmp_path, [r for r in ROWS if r["pk"] != 2 or r["model"] != "t.user"])
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the first insert into t_org kills its own backend
         conn.execute("CREATE SEQUENCE kill_once")
-        conn.execute("CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
-                     "PERFORM pg_sleep(5); END IF; RETURN NEW; END $$")
+        conn.execute(
+            "CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+            "PERFORM pg_sleep(5); END IF; RETURN NEW; END $$"
+        )
         conn.execute("CREATE TRIGGER kill_once BEFORE INSERT ON t_org FOR EACH ROW EXECUTE FUNCTION kill_once()")
     retries = []
-    outcomes = {o.model: o for o in load_models(restore, restore.plan(), workers=2,
-                                                retry=RetryPlan(max_retries=2, delay=0.05),
-                                                on_retry=lambda *a: retries.append(a))}
+    outcomes = {
+        o.model: o
+        for o in load_models(
+            restore,
+            restore.plan(),
+            workers=2,
+            retry=RetryPlan(max_retries=2, delay=0.05),
+            on_retry=lambda *a: retries.append(a),
+        )
+    }
     assert all(o.loaded for o in outcomes.values()), {m: o.error for m, o in outcomes.items()}
     assert [(m, n) for m, n, _, _ in retries] == [("t.org", 1)] and is_transient(retries[0][3])
     assert outcomes["t.org"].attempts == 2 and outcomes["t.org"].result.rows_written == 1
@@ -62,11 +78,18 @@ def test_a_transient_error_is_retried_on_a_new_connection_until_the_model_loads(
 def test_without_retries_a_transient_error_fails_the_model_and_blocks_its_children(pg_dsn, tmp_path):
     restore = _staged(pg_dsn, tmp_path, [r for r in ROWS if r["pk"] != 2 or r["model"] != "t.user"])
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE FUNCTION kill() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NEW; END $$")
+        conn.execute(
+            "CREATE FUNCTION kill() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NEW; END $$"
+        )
         conn.execute("CREATE TRIGGER kill BEFORE INSERT ON t_org FOR EACH ROW EXECUTE FUNCTION kill()")
     outcomes = {o.model: o for o in load_models(restore, restore.plan(), workers=1, retry=NO_RETRIES)}
     assert is_transient(outcomes["t.org"].error)
-    assert {m for m, o in outcomes.items() if o.blocked_by} == {"t.template", "t.project", "t.key", "t.member",
-                                                                 "t.node"}
+    assert {m for m, o in outcomes.items() if o.blocked_by} == {
+        "t.template",
+        "t.project",
+        "t.key",
+        "t.member",
+        "t.node",
+    }
     assert outcomes["t.user"].loaded

@@ -6,6 +6,7 @@ on disk. The scanner's positive controls prove it sees through zlib, gzip and ba
 DSN given to Dagster as config. ``test_security_paths.py`` runs the same scan over the CLI, sensor, Component
 and drill paths.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,14 +15,12 @@ import io
 import os
 import secrets
 import sqlite3
-import zlib
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -36,8 +35,9 @@ from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import encrypt_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.demo.synthetic import generate_rows, write_export
-from backup_assets.run import failure_message, materialize_restore
 from backup_assets.resources.postgres import PostgresTargetResource, target_resource
+from backup_assets.run import failure_message, materialize_restore
+from tests.instances import instance_for_test
 from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 
 MARKER = "zz-known-plaintext-4e9f2a61"  #: planted as a username: the known plaintext
@@ -83,9 +83,14 @@ class World:
     password: str  #: carried by ``target`` (the server trusts loopback, so any password connects)
 
     def needles(self, *, plaintext: bool = True) -> dict[str, bytes]:
-        out = {**secret_forms(self.private_pem, self.data_key),
-               **{f"other {k}": v for k, v in secret_forms(self.other_pem, self.data_key).items()
-                  if k.startswith("private")}}
+        out = {
+            **secret_forms(self.private_pem, self.data_key),
+            **{
+                f"other {k}": v
+                for k, v in secret_forms(self.other_pem, self.data_key).items()
+                if k.startswith("private")
+            },
+        }
         out["target DSN password"] = self.password.encode()
         if plaintext:
             out["known plaintext"] = MARKER.encode()
@@ -99,12 +104,13 @@ class World:
     def internal_state(self) -> bytes:
         """Every row of the project's own schema in the target, as JSON text."""
         with psycopg.connect(self.target) as conn:
-            tables = [r[0] for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'backup_assets'")]
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'backup_assets'")]
             assert not [t for t in tables if t.startswith("stage")], f"staging tables left: {tables}"
             return b"\n".join(
-                str(r[0]).encode() for t in tables
-                for r in conn.execute(f'SELECT row_to_json(t) FROM backup_assets."{t}" t'))
+                str(r[0]).encode()
+                for t in tables
+                for r in conn.execute(f'SELECT row_to_json(t) FROM backup_assets."{t}" t')
+            )
 
     def assert_nothing_leaked(self, run_id: str, *, plaintext_in_target: bool) -> None:
         needles = self.needles()
@@ -116,8 +122,10 @@ class World:
         assert leaks(self.internal_state(), needles) == [], "in schema backup_assets of the target"
         users = MANIFEST["sentry.user"].table_name
         with psycopg.connect(self.target) as conn:
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (users,)).fetchone()[0] and conn.execute(
-                f'SELECT count(*) FROM "{users}" WHERE username = %s', (MARKER,)).fetchone()[0]
+            found = (
+                conn.execute("SELECT to_regclass(%s) IS NOT NULL", (users,)).fetchone()[0]
+                and conn.execute(f'SELECT count(*) FROM "{users}" WHERE username = %s', (MARKER,)).fetchone()[0]
+            )
         assert bool(found) == plaintext_in_target  # the plaintext is where it belongs, or nowhere
 
 
@@ -149,8 +157,19 @@ def world(tmp_path_factory, pg_server):
         password = f"pw{secrets.token_hex(12)}"
         target = pg_server.dsn(name).replace("postgres@", f"postgres:{password}@", 1)
         with instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
-            yield World(root, tmpdir, backup, root / "key.pem", root / "other.pem", private_pem, other_pem,
-                        data_key, instance, target, password)
+            yield World(
+                root,
+                tmpdir,
+                backup,
+                root / "key.pem",
+                root / "other.pem",
+                private_pem,
+                other_pem,
+                data_key,
+                instance,
+                target,
+                password,
+            )
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -166,8 +185,7 @@ def test_the_scanner_finds_what_it_looks_for(world: World) -> None:
 
 def raw_leaks(root: Path, needles: dict[str, bytes]) -> list[str]:
     """The scan as it was before: the raw bytes of every file, nothing decompressed."""
-    return [f"{name} in {p.name}" for p in root.rglob("*") if p.is_file()
-            for name in leaks(p.read_bytes(), needles)]
+    return [f"{name} in {p.name}" for p in root.rglob("*") if p.is_file() for name in leaks(p.read_bytes(), needles)]
 
 
 def test_the_scanner_sees_through_zlib_gzip_and_base64(tmp_path: Path) -> None:
@@ -180,10 +198,14 @@ def test_the_scanner_sees_through_zlib_gzip_and_base64(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE snapshots (id INTEGER, snapshot_body BLOB, note TEXT)")
         conn.execute("INSERT INTO snapshots VALUES (1, ?, ?)", (zlib.compress(blob), "plain"))
-        conn.execute("INSERT INTO snapshots VALUES (2, ?, ?)",
-                     (b"x", '{"body": "' + base64.b64encode(zlib.compress(blob)).decode() + '"}'))
-        conn.execute("INSERT INTO snapshots VALUES (3, NULL, ?)",  # glued to other letters: misaligned
-                     ("key" + base64.urlsafe_b64encode(gzip.compress(blob)).decode(),))
+        conn.execute(
+            "INSERT INTO snapshots VALUES (2, ?, ?)",
+            (b"x", '{"body": "' + base64.b64encode(zlib.compress(blob)).decode() + '"}'),
+        )
+        conn.execute(
+            "INSERT INTO snapshots VALUES (3, NULL, ?)",  # glued to other letters: misaligned
+            ("key" + base64.urlsafe_b64encode(gzip.compress(blob)).decode(),),
+        )
     conn.close()
     (tmp_path / "compute.log.gz").write_bytes(gzip.compress(blob))
     found = scan_tree(tmp_path, needles)
@@ -212,16 +234,18 @@ def test_the_scanner_catches_a_dsn_given_as_config_and_the_run_target_carries_no
             result = dg.materialize([_needs_target], instance=instance, resources={"target": resource})
             assert result.success and result.output_for_node("_needs_target") == len(dsn)
     found = scan_tree(tmp_path / "old", needles)
-    assert any(f.startswith("DSN password in history/runs.db snapshots.snapshot_body") and f.endswith("[zlib]")
-               for f in found), found
+    assert any(
+        f.startswith("DSN password in history/runs.db snapshots.snapshot_body") and f.endswith("[zlib]") for f in found
+    ), found
     assert raw_leaks(tmp_path / "old", needles) == []  # the leak the scan of raw bytes could not see
     assert scan_tree(tmp_path / "new", needles) == []
     assert scan_tree(tmp_path / "new", {"redacted target": b"restorer@127.0.0.1:5999/sentry"})
 
 
 def _run(world: World, backup: Path, decryptor) -> dg.ExecuteInProcessResult:
-    return materialize_restore(backup, world.target, SETTINGS, manifest=MANIFEST, decryptor=decryptor,
-                               instance=world.instance)
+    return materialize_restore(
+        backup, world.target, SETTINGS, manifest=MANIFEST, decryptor=decryptor, instance=world.instance
+    )
 
 
 def test_a_wrong_key_run_leaks_nothing(world: World) -> None:
@@ -260,6 +284,7 @@ def test_a_successful_run_leaks_nothing_outside_the_target_tables(world: World) 
 
 # --------------------------------------------------------------------------------------------- backup decrypt
 
+
 @pytest.fixture
 def decrypt_case(world: World, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(world.tmpdir))
@@ -270,8 +295,9 @@ def decrypt_case(world: World, tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["MAC", "ciphertext", "last block"])
-def test_backup_decrypt_with_a_bad_mac_leaves_no_plaintext_anywhere(world: World, decrypt_case: Path,
-                                                                     where: str) -> None:
+def test_backup_decrypt_with_a_bad_mac_leaves_no_plaintext_anywhere(
+    world: World, decrypt_case: Path, where: str
+) -> None:
     contents = read_tarball(world.backup)
     end = contents.export_offset + contents.export_size
     at = {"MAC": end - 5, "ciphertext": contents.export_offset + contents.export_size // 2, "last block": end - 60}
@@ -280,8 +306,9 @@ def test_backup_decrypt_with_a_bad_mac_leaves_no_plaintext_anywhere(world: World
     src = decrypt_case / "bad.tar"
     src.write_bytes(data)
     dest = decrypt_case / "export.json"
-    result = CliRunner().invoke(main, ["backup", "decrypt", str(dest), "--src", str(src),
-                                       "--decrypt-with", str(world.key_file)])
+    result = CliRunner().invoke(
+        main, ["backup", "decrypt", str(dest), "--src", str(src), "--decrypt-with", str(world.key_file)]
+    )
     assert result.exit_code == 1 and "HMAC verification failed" in result.output, result.output
     assert leaks(result.output.encode(), world.needles()) == []
     assert sorted(p.name for p in decrypt_case.iterdir()) == ["bad.tar"]  # no DEST, no temp file beside it
@@ -290,8 +317,9 @@ def test_backup_decrypt_with_a_bad_mac_leaves_no_plaintext_anywhere(world: World
 
 def test_backup_decrypt_success_writes_only_dest_private_to_its_owner(world: World, decrypt_case: Path) -> None:
     dest = decrypt_case / "export.json"
-    result = CliRunner().invoke(main, ["backup", "decrypt", str(dest), "--src", str(world.backup),
-                                       "--decrypt-with", str(world.key_file)])
+    result = CliRunner().invoke(
+        main, ["backup", "decrypt", str(dest), "--src", str(world.backup), "--decrypt-with", str(world.key_file)]
+    )
     assert result.exit_code == 0, result.output
     assert MARKER.encode() in dest.read_bytes()
     assert dest.stat().st_mode & 0o777 == 0o600
@@ -301,15 +329,23 @@ def test_backup_decrypt_success_writes_only_dest_private_to_its_owner(world: Wor
     dest.unlink()
 
 
-@pytest.mark.parametrize("dsn, shown", [
-    ("postgresql://restorer:s3cr3t-pw@db.internal:6432/sentry", "restorer@db.internal:6432/sentry"),
-    ("postgresql://restorer@db.internal/sentry?password=s3cr3t-pw&sslpassword=s3cr3t-pw",
-     "restorer@db.internal:5432/sentry"),
-    ("host=db.internal port=6432 dbname=sentry user=restorer password=s3cr3t-pw", "restorer@db.internal:6432/sentry"),
-    ("dbname=sentry password='s3cr3t-pw'", "localhost:5432/sentry"),
-    ("postgresql://restorer:s3cr3t-pw@[::1", "<unreadable DSN>"),
-    (None, "embedded"),
-])
+@pytest.mark.parametrize(
+    "dsn, shown",
+    [
+        ("postgresql://restorer:s3cr3t-pw@db.internal:6432/sentry", "restorer@db.internal:6432/sentry"),
+        (
+            "postgresql://restorer@db.internal/sentry?password=s3cr3t-pw&sslpassword=s3cr3t-pw",
+            "restorer@db.internal:5432/sentry",
+        ),
+        (
+            "host=db.internal port=6432 dbname=sentry user=restorer password=s3cr3t-pw",
+            "restorer@db.internal:6432/sentry",
+        ),
+        ("dbname=sentry password='s3cr3t-pw'", "localhost:5432/sentry"),
+        ("postgresql://restorer:s3cr3t-pw@[::1", "<unreadable DSN>"),
+        (None, "embedded"),
+    ],
+)
 def test_a_dsn_is_shown_without_its_password(dsn: str | None, shown: str) -> None:
     assert redacted_dsn(dsn) == shown
     description = target_resource(dsn).description or "" if dsn else ""

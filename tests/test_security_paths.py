@@ -9,6 +9,7 @@ every file and SQLite value under ``$DAGSTER_HOME`` and in what the webserver's 
 A positive control rides along: a run whose target was configured the old way, with a planted password.
 The same scans must find that one, in the compressed snapshot and in GraphQL.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,10 +36,10 @@ from backup_assets.core.source import encrypt_export
 from backup_assets.core.tarball import read_tarball
 from backup_assets.definitions import build_definitions
 from backup_assets.demo.synthetic import generate_rows, write_export
-from backup_assets.run import failure_message
-from backup_assets.schedules import DRILL_JOB_NAME
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.run import failure_message
+from backup_assets.schedules import DRILL_JOB_NAME
 from tests.dagster_dev import LOCATION, REPO, REPOSITORY, DagsterDev
 from tests.secret_scan import scan_tree, secret_forms, sqlite_tables
 from tests.test_security import MARKER, closure
@@ -64,9 +65,9 @@ class Paths:
     key_file: Path
     needles: dict[str, bytes]
     planted: dict[str, bytes]
-    runs: dict[str, str] = field(default_factory=dict)        #: path -> run id
-    outputs: dict[str, str] = field(default_factory=dict)     #: what the CLI printed
-    graphql: dict[str, str] = field(default_factory=dict)     #: query -> JSON answer
+    runs: dict[str, str] = field(default_factory=dict)  #: path -> run id
+    outputs: dict[str, str] = field(default_factory=dict)  #: what the CLI printed
+    graphql: dict[str, str] = field(default_factory=dict)  #: query -> JSON answer
 
 
 def backup(path: Path, private_pem: bytes, public_pem: bytes, seed: int) -> bytes:
@@ -86,20 +87,25 @@ def backup(path: Path, private_pem: bytes, public_pem: bytes, seed: int) -> byte
 def roles(pg_server) -> Iterator[dict[str, Role]]:
     """Three roles (target, component, standby), each with its database and a password the server checks."""
     admin = pg_server.dsn("postgres")
-    made = {p: Role(f"sec_{p}_{secrets.token_hex(3)}", f"pw{secrets.token_hex(12)}", "")
-            for p in ("target", "component", "standby")}
+    made = {
+        p: Role(f"sec_{p}_{secrets.token_hex(3)}", f"pw{secrets.token_hex(12)}", "")
+        for p in ("target", "component", "standby")
+    }
     hba = pg_server.data_dir / "pg_hba.conf"
     before = hba.read_text()
     try:
         with psycopg.connect(admin, autocommit=True) as conn:
             for role in made.values():
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role.name), sql.Literal(role.password)))
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role.name),
-                                                                          sql.Identifier(role.name)))
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(role.name), sql.Literal(role.password)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role.name), sql.Identifier(role.name))
+                )
                 role.dsn = f"postgresql://{role.name}:{role.password}@127.0.0.1:{pg_server.port}/{role.name}"
-            hba.write_text("".join(f"host all {r.name} 127.0.0.1/32 scram-sha-256\n" for r in made.values())
-                           + before)
+            hba.write_text("".join(f"host all {r.name} 127.0.0.1/32 scram-sha-256\n" for r in made.values()) + before)
             conn.execute("SELECT pg_reload_conf()")
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(made["target"].dsn.replace(made["target"].password, "wrong")).close()
@@ -115,21 +121,43 @@ def roles(pg_server) -> Iterator[dict[str, Role]]:
 
 def restore_cli(paths: Paths, src: Path, role: Role, manifest_file: Path) -> None:
     """``backup-assets import global`` with ``$DAGSTER_HOME`` set, as the README suggests."""
-    result = CliRunner().invoke(main, [
-        "import", "global", str(src), "--decrypt-with", str(paths.key_file), "--dsn", role.dsn, "--no-prompt",
-        "--create-schema", "--manifest", str(manifest_file)], env={"DAGSTER_HOME": str(paths.home)})
+    result = CliRunner().invoke(
+        main,
+        [
+            "import",
+            "global",
+            str(src),
+            "--decrypt-with",
+            str(paths.key_file),
+            "--dsn",
+            role.dsn,
+            "--no-prompt",
+            "--create-schema",
+            "--manifest",
+            str(manifest_file),
+        ],
+        env={"DAGSTER_HOME": str(paths.home)},
+    )
     assert result.exit_code == 0, result.output
     paths.outputs["cli"] = result.output
 
 
-def restore_component(paths: Paths, instance: dg.DagsterInstance, folder: Path, manifest_file: Path,
-                      monkeypatch: pytest.MonkeyPatch, role: Role, pem: bytes) -> None:
+def restore_component(
+    paths: Paths,
+    instance: dg.DagsterInstance,
+    folder: Path,
+    manifest_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    role: Role,
+    pem: bytes,
+) -> None:
     """The Component from YAML, its sensor ticked twice (the file must settle), its request run in-process."""
     monkeypatch.setenv("SECURITY_COMPONENT_DSN", role.dsn)
     monkeypatch.setenv("SECURITY_COMPONENT_KEY", pem.decode())
     component = SentryRestoreComponent.resolve_from_yaml(
         f"backups_folder: {folder}\nmanifest_path: {manifest_file}\ntarget_dsn_env: SECURITY_COMPONENT_DSN\n"
-        "private_key_env: SECURITY_COMPONENT_KEY\ncreate_schema: true\n")
+        "private_key_env: SECURITY_COMPONENT_KEY\ncreate_schema: true\n"
+    )
     defs = dg.build_defs_for_component(component)
     sensor = defs.resolve_sensor_def("backup_folder_sensor")
     cursor = None
@@ -139,7 +167,8 @@ def restore_component(paths: Paths, instance: dg.DagsterInstance, folder: Path, 
     [request] = result.run_requests
     instance.add_dynamic_partitions("sentry_backups", [request.partition_key])
     run = defs.resolve_job_def("restore_backup_job").execute_in_process(
-        instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False)
+        instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+    )
     assert run.success, failure_message(run)
     paths.runs["component"] = run.run_id
 
@@ -168,22 +197,35 @@ def launch_drill(server: DagsterDev, instance: dg.DagsterInstance, inbox: Path) 
     """The drill schedule evaluated as the daemon would, its request launched through the webserver."""
     defs = build_definitions(MANIFEST)
     schedule = defs.resolve_schedule_def("restore_drill_schedule")
-    request = schedule(dg.build_schedule_context(
-        instance=instance, resources={"backup_source": BackupSourceResource(folder=str(inbox))}))
+    request = schedule(
+        dg.build_schedule_context(
+            instance=instance, resources={"backup_source": BackupSourceResource(folder=str(inbox))}
+        )
+    )
     assert isinstance(request, dg.RunRequest), request
     tags = {**request.tags, "dagster/partition": request.partition_key}
-    data = server.graphql("""mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+    data = server.graphql(
+        """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
           __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
           ... on RunConfigValidationInvalid { errors { message } } } }""",
-                          {"p": {"selector": {**SELECTOR, "jobName": DRILL_JOB_NAME}, "runConfigData": request.run_config,
-                                 "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}})
+        {
+            "p": {
+                "selector": {**SELECTOR, "jobName": DRILL_JOB_NAME},
+                "runConfigData": request.run_config,
+                "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+            }
+        },
+    )
     assert data["launchRun"]["__typename"] == "LaunchRunSuccess", data
     return data["launchRun"]["run"]["runId"]
 
 
 def start_sensor(server: DagsterDev) -> None:
-    data = server.graphql("""mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
-          __typename ... on PythonError { message } } }""", {"s": {**SELECTOR, "sensorName": "backup_folder_sensor"}})
+    data = server.graphql(
+        """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
+          __typename ... on PythonError { message } } }""",
+        {"s": {**SELECTOR, "sensorName": "backup_folder_sensor"}},
+    )
     assert data["startSensor"]["__typename"] == "Sensor", data
 
 
@@ -224,25 +266,34 @@ def paths(tmp_path_factory, roles: dict[str, Role]) -> Iterator[Paths]:
     root = tmp_path_factory.mktemp("security_paths")
     private_pem, public_pem = keys.generate_key_pair()
     (root / "key.pem").write_bytes(private_pem)
-    data_keys = {n: backup(root / folder / f"{n}.tar", private_pem, public_pem, seed)
-                 for n, folder, seed in (("cli", "cli", 1), ("nightly", "inbox", 2), ("component", "component", 3))}
+    data_keys = {
+        n: backup(root / folder / f"{n}.tar", private_pem, public_pem, seed)
+        for n, folder, seed in (("cli", "cli", 1), ("nightly", "inbox", 2), ("component", "component", 3))
+    }
     manifest_file = root / "detailed.json"
     manifest_file.write_text(json.dumps(MANIFEST.to_json()))
-    needles = {**secret_forms(private_pem, data_keys["cli"]),
-               **{f"data key of {n}": k for n, k in data_keys.items()},
-               **{f"{p} DSN password": r.password.encode() for p, r in roles.items()},
-               "known plaintext": MARKER.encode()}
+    needles = {
+        **secret_forms(private_pem, data_keys["cli"]),
+        **{f"data key of {n}": k for n, k in data_keys.items()},
+        **{f"{p} DSN password": r.password.encode() for p, r in roles.items()},
+        "known plaintext": MARKER.encode(),
+    }
     planted = {"planted password": f"pw{secrets.token_hex(12)}".encode()}
     out = Paths(root, root / "home", root / "key.pem", needles, planted)
     out.home.mkdir()
     shutil.copy(REPO / "dagster.yaml", out.home / "dagster.yaml")
     restore_cli(out, root / "cli" / "cli.tar", roles["target"], manifest_file)
     empty_tables(roles["target"].dsn)  # the sensor's global import wants an empty target with tables
-    server = DagsterDev(out.home, {"BACKUP_ASSETS_DSN": roles["target"].dsn,
-                                   "BACKUP_ASSETS_STANDBY_DSN": roles["standby"].dsn,
-                                   "BACKUP_ASSETS_BACKUPS": str(root / "inbox"),
-                                   "BACKUP_ASSETS_MANIFEST": str(manifest_file),
-                                   "BACKUP_ASSETS_PRIVATE_KEY_PATH": str(out.key_file)})
+    server = DagsterDev(
+        out.home,
+        {
+            "BACKUP_ASSETS_DSN": roles["target"].dsn,
+            "BACKUP_ASSETS_STANDBY_DSN": roles["standby"].dsn,
+            "BACKUP_ASSETS_BACKUPS": str(root / "inbox"),
+            "BACKUP_ASSETS_MANIFEST": str(manifest_file),
+            "BACKUP_ASSETS_PRIVATE_KEY_PATH": str(out.key_file),
+        },
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(out.home))
         mp.setenv("BACKUP_ASSETS_STANDBY_DSN", roles["standby"].dsn)  # only the tag is read here
@@ -250,17 +301,20 @@ def paths(tmp_path_factory, roles: dict[str, Role]) -> Iterator[Paths]:
             try:
                 server.start()
                 start_sensor(server)  # its second tick requests the run: meanwhile, the Component
-                restore_component(out, instance, root / "component", manifest_file, mp, roles["component"],
-                                  private_pem)
+                restore_component(out, instance, root / "component", manifest_file, mp, roles["component"], private_pem)
                 plant_old_style_run(out, instance)
                 out.runs["sensor"] = wait_sensor_run(server, timeout=180)
                 out.runs["drill"] = launch_drill(server, instance, root / "inbox")  # after: it adds the partition
                 done = server.wait_runs([out.runs["drill"], out.runs["sensor"]], timeout=240)
                 assert {r["status"] for r in done.values()} == {"SUCCESS"}, [
-                    e.dagster_event.step_failure_data.error.message for r in done for e in instance.all_logs(r)
-                    if e.is_dagster_event and e.dagster_event.is_step_failure]
-                out.runs["cli"] = instance.get_run_records(
-                    dg.RunsFilter(tags={"backup_assets/backup": "cli.tar"}))[0].dagster_run.run_id
+                    e.dagster_event.step_failure_data.error.message
+                    for r in done
+                    for e in instance.all_logs(r)
+                    if e.is_dagster_event and e.dagster_event.is_step_failure
+                ]
+                out.runs["cli"] = instance.get_run_records(dg.RunsFilter(tags={"backup_assets/backup": "cli.tar"}))[
+                    0
+                ].dagster_run.run_id
                 ask_graphql(server, out)
             finally:
                 server.stop()

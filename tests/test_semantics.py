@@ -1,5 +1,6 @@
 """Sentry's import semantics against a real PostgreSQL: scopes, filters, flags, collisions, resets,
 global replace and rollback, on small generated exports (the outcomes Sentry's own tests assert)."""
+
 from __future__ import annotations
 
 import copy
@@ -58,16 +59,30 @@ def export(tmp_path: Path) -> Path:
 # -- scopes ----------------------------------------------------------------------------------------
 SCOPE_TABLES = {
     "users": {"auth_user", "sentry_email", "sentry_useremail", "sentry_useroption"},
-    "organizations": {"auth_user", "sentry_organization", "sentry_project", "sentry_organizationmember",
-                      "sentry_projectkey", "sentry_team"},
-    "config": {"auth_user", "sentry_option", "sentry_controloption", "sentry_relay", "sentry_userrole",
-               "sentry_userpermission"},
+    "organizations": {
+        "auth_user",
+        "sentry_organization",
+        "sentry_project",
+        "sentry_organizationmember",
+        "sentry_projectkey",
+        "sentry_team",
+    },
+    "config": {
+        "auth_user",
+        "sentry_option",
+        "sentry_controloption",
+        "sentry_relay",
+        "sentry_userrole",
+        "sentry_userpermission",
+    },
     "global": {"auth_user", "sentry_organization", "sentry_option", "auth_authenticator", "sentry_userip"},
 }
-NEVER = {"users": {"sentry_organization", "sentry_option", "auth_authenticator", "sentry_userip", "sentry_userrole"},
-         "organizations": {"sentry_option", "sentry_userrole", "auth_authenticator", "sentry_userip"},
-         "config": {"sentry_organization", "auth_authenticator", "sentry_userip", "sentry_project"},
-         "global": set()}
+NEVER = {
+    "users": {"sentry_organization", "sentry_option", "auth_authenticator", "sentry_userip", "sentry_userrole"},
+    "organizations": {"sentry_option", "sentry_userrole", "auth_authenticator", "sentry_userip"},
+    "config": {"sentry_organization", "auth_authenticator", "sentry_userip", "sentry_project"},
+    "global": set(),
+}
 
 
 @pytest.mark.parametrize("scope", list(SCOPE_TABLES))
@@ -90,10 +105,23 @@ def test_scope_imports_exactly_its_models(pg_dsn, export, scope):
 def _api_rows() -> list[dict]:
     user = _only(ROWS, "sentry.user")[:1]
     app = {"model": "sentry.apiapplication", "pk": 1, "fields": {"client_id": "c1", "owner": 1, "name": "app"}}
-    tokens = [{"model": "sentry.apitoken", "pk": i, "fields": {
-        "user": 1, "application": app_id, "token": f"{i:064x}", "hashed_token": f"h{i}", "refresh_token": None,
-        "hashed_refresh_token": None, "token_last_characters": f"{i:04x}", "scope_list": "[]"}}
-        for i, app_id in ((1, None), (2, 1))]
+    tokens = [
+        {
+            "model": "sentry.apitoken",
+            "pk": i,
+            "fields": {
+                "user": 1,
+                "application": app_id,
+                "token": f"{i:064x}",
+                "hashed_token": f"h{i}",
+                "refresh_token": None,
+                "hashed_refresh_token": None,
+                "token_last_characters": f"{i:04x}",
+                "scope_list": "[]",
+            },
+        }
+        for i, app_id in ((1, None), (2, 1))
+    ]
     return user + [app] + tokens
 
 
@@ -156,10 +184,10 @@ def test_org_filter_brings_its_members_and_their_emails(pg_dsn, export):
     result = _import(pg_dsn, export, scope="organizations", filter_org_slugs={"globex"})
     assert [s for (s,) in _q(pg_dsn, "SELECT slug FROM sentry_organization")] == ["globex"]
     users = {u for (u,) in _q(pg_dsn, "SELECT username FROM auth_user")}
-    assert users == {"bob@example.com", "carol@example.com"}           # exactly globex's members
-    assert {e for (e,) in _q(pg_dsn, "SELECT email FROM sentry_email")} == users   # Sentry loses these
+    assert users == {"bob@example.com", "carol@example.com"}  # exactly globex's members
+    assert {e for (e,) in _q(pg_dsn, "SELECT email FROM sentry_email")} == users  # Sentry loses these
     assert _count(pg_dsn, "sentry_useremail") == 2
-    assert _count(pg_dsn, "sentry_organizationmember") == 3             # 2 members + a pending invite
+    assert _count(pg_dsn, "sentry_organizationmember") == 3  # 2 members + a pending invite
     assert _count(pg_dsn, "sentry_project") == 1
     assert result.loads["sentry.organization"].dropped == {"filtered: organization slug not in the slug filter": 1}
 
@@ -178,9 +206,25 @@ def _duplicates() -> list[dict]:
     users[1]["fields"]["username"] = users[0]["fields"]["username"]
     orgs = [r for r in rows if r["model"] == "sentry.organization"]
     orgs[1]["fields"]["slug"] = orgs[0]["fields"]["slug"]
-    members = [{"model": "sentry.organizationmember", "pk": i, "fields": {
-        "organization": i, "user_id": i, "email": None, "role": "owner", "token": None, "inviter_id": None,
-        "flags": "0", "has_global_access": True, "invite_status": 0, "type": 50}} for i in (1, 2)]
+    members = [
+        {
+            "model": "sentry.organizationmember",
+            "pk": i,
+            "fields": {
+                "organization": i,
+                "user_id": i,
+                "email": None,
+                "role": "owner",
+                "token": None,
+                "inviter_id": None,
+                "flags": "0",
+                "has_global_access": True,
+                "invite_status": 0,
+                "type": 50,
+            },
+        }
+        for i in (1, 2)
+    ]
     keep = [r for r in rows if r["model"] in ("sentry.email", "sentry.useremail") and r["pk"] <= 2]
     return users + keep + orgs + members
 
@@ -192,8 +236,11 @@ def test_duplicate_usernames_and_slugs_inside_one_backup_are_suffixed(pg_dsn, tm
     slugs = [s for (s,) in _q(pg_dsn, "SELECT slug FROM sentry_organization ORDER BY id")]
     assert slugs[0] == "acme" and slugs[1].startswith("acme-")
     # each member points at the matching user and organization
-    pairs = _q(pg_dsn, "SELECT u.username, o.slug FROM sentry_organizationmember m JOIN auth_user u ON u.id = m.user_id "
-                       "JOIN sentry_organization o ON o.id = m.organization_id ORDER BY m.id")
+    pairs = _q(
+        pg_dsn,
+        "SELECT u.username, o.slug FROM sentry_organizationmember m JOIN auth_user u ON u.id = m.user_id "
+        "JOIN sentry_organization o ON o.id = m.organization_id ORDER BY m.id",
+    )
     assert pairs == [("alice@example.com", "acme"), (names[1], slugs[1])]
     renamed = result.loads["sentry.user"].renamed
     assert renamed == [{"pk": 2, "field": "username", "old": "alice@example.com", "new": names[1]}]
@@ -218,8 +265,8 @@ def test_merge_users_maps_onto_the_existing_user(pg_dsn, tmp_path):
     result = _import(pg_dsn, _export(tmp_path, rows, "second.json"), scope="users", merge_users=True)
     assert _count(pg_dsn, "auth_user") == 5 and _count(pg_dsn, "auth_user", "username LIKE '%-%'") == 0
     assert result.loads["sentry.user"].rows_merged == 5
-    assert _count(pg_dsn, "sentry_useremail") == 5                     # the merged users' emails are not written
-    assert _count(pg_dsn, "sentry_email") == 10                        # the Email rows still are
+    assert _count(pg_dsn, "sentry_useremail") == 5  # the merged users' emails are not written
+    assert _count(pg_dsn, "sentry_email") == 10  # the Email rows still are
     assert result.loads["sentry.useremail"].dropped_by_filter == 5
     assert result.ok
 
@@ -243,7 +290,7 @@ def test_second_org_import_suffixes_slugs_and_regenerates_secrets(pg_dsn, tmp_pa
     assert len(keys) == 4 and len({k for k, _ in keys}) == 4 and set(keys) >= keys_before
     assert all(len(k) == 32 and len(s) == 32 for k, s in keys)
     tokens = [t for (t,) in _q(pg_dsn, "SELECT token FROM sentry_organizationmember WHERE token IS NOT NULL")]
-    assert len(tokens) == len(set(tokens)) == 2                        # the colliding invite tokens were cleared
+    assert len(tokens) == len(set(tokens)) == 2  # the colliding invite tokens were cleared
     assert result.loads["sentry.organizationmember"].resets["token (taken: regenerated)"] == 2
 
 
@@ -264,8 +311,9 @@ def test_hide_organizations_sets_pending_approval(pg_dsn, export):
 
 
 def _configs(tmp_path: Path) -> Path:
-    return _export(tmp_path, _only(ROWS, "sentry.option", "sentry.controloption", "sentry.relay", "sentry.userrole"),
-                   "config.json")
+    return _export(
+        tmp_path, _only(ROWS, "sentry.option", "sentry.controloption", "sentry.relay", "sentry.userrole"), "config.json"
+    )
 
 
 def _tamper(dsn: str) -> None:
@@ -282,13 +330,18 @@ def test_overwrite_configs(pg_dsn, tmp_path, overwrite):
     _tamper(pg_dsn)
     result = _import(pg_dsn, path, scope="config", overwrite_configs=overwrite)
     assert _q(pg_dsn, "SELECT id FROM sentry_option ORDER BY id") == ids
-    tampered = _count(pg_dsn, "sentry_option", "value = '\"y\"'::jsonb") + _count(pg_dsn, "sentry_relay",
-                                                                                    "public_key = 'invalid'")
+    tampered = _count(pg_dsn, "sentry_option", "value = '\"y\"'::jsonb") + _count(
+        pg_dsn, "sentry_relay", "public_key = 'invalid'"
+    )
     assert tampered == (0 if overwrite else 3)
     load = result.loads["sentry.option"]
     assert (load.rows_overwritten, load.rows_merged) == ((2, 0) if overwrite else (0, 2))
-    kinds = _q(pg_dsn, "SELECT DISTINCT kind::text FROM backup_assets.pk_map WHERE import_id = %s AND model = %s",
-               result.import_id, "sentry.option")
+    kinds = _q(
+        pg_dsn,
+        "SELECT DISTINCT kind::text FROM backup_assets.pk_map WHERE import_id = %s AND model = %s",
+        result.import_id,
+        "sentry.option",
+    )
     assert kinds == [(PkKind.OVERWRITTEN if overwrite else PkKind.EXISTING,)]  # the pk map keeps the letter
 
 
@@ -304,7 +357,7 @@ def test_global_import_into_data_needs_confirmation(pg_dsn, export):
         conn.execute("INSERT INTO unrelated VALUES (7)")
     _import(pg_dsn, export, scope="global", replace_existing=True)
     assert _count(pg_dsn, "auth_user") == users and _count(pg_dsn, "unrelated") == 1
-    assert _q(pg_dsn, "SELECT min(id) FROM auth_user")[0][0] == 1            # sequences restarted
+    assert _q(pg_dsn, "SELECT min(id) FROM auth_user")[0][0] == 1  # sequences restarted
     assert _q(pg_dsn, "SELECT min(id) FROM sentry_organization")[0][0] == 1
 
 
@@ -326,7 +379,7 @@ def test_rollback_of_a_full_import_leaves_existing_rows(pg_dsn, export, tmp_path
     assert _count(pg_dsn, "sentry_organization") == 2
     undo = rollback(pg_dsn, result.import_id, MANIFEST)
     assert undo.deleted["sentry.organization"] == 2 and undo.deleted["sentry.user"] == 3
-    assert _snapshot(pg_dsn, ("auth_user",)) == before                 # the merged users are untouched
+    assert _snapshot(pg_dsn, ("auth_user",)) == before  # the merged users are untouched
     for table in ("sentry_organization", "sentry_project", "sentry_organizationmember", "sentry_email"):
         assert _count(pg_dsn, table) == 0, table
     assert _count(pg_dsn, "backup_assets.pk_map", f"import_id = '{result.import_id}'") == 0
@@ -339,7 +392,7 @@ def test_rollback_after_a_partial_import(pg_dsn, export):
     restore.stage(open_backup(export))
     restore.prepare()
     plan = restore.plan()
-    for model in plan[:plan.index("sentry.project") + 1]:
+    for model in plan[: plan.index("sentry.project") + 1]:
         restore.load_model(model)
     assert _count(pg_dsn, "sentry_project") == 2
     undo = rollback(pg_dsn, restore.import_id, MANIFEST)
@@ -368,10 +421,12 @@ def test_rollback_of_an_unknown_import_fails(pg_dsn):
 
 # -- the CLI reaches the same semantics ------------------------------------------------------------
 def _outcome(dsn: str) -> dict:
-    return {"users": _q(dsn, "SELECT username, is_staff, is_unclaimed FROM auth_user ORDER BY id"),
-            "orgs": _q(dsn, "SELECT slug, status FROM sentry_organization ORDER BY id"),
-            "emails": _q(dsn, "SELECT email FROM sentry_email ORDER BY id"),
-            "members": _count(dsn, "sentry_organizationmember")}
+    return {
+        "users": _q(dsn, "SELECT username, is_staff, is_unclaimed FROM auth_user ORDER BY id"),
+        "orgs": _q(dsn, "SELECT slug, status FROM sentry_organization ORDER BY id"),
+        "emails": _q(dsn, "SELECT email FROM sentry_email ORDER BY id"),
+        "members": _count(dsn, "sentry_organizationmember"),
+    }
 
 
 def test_cli_and_settings_give_the_same_outcome(pg_server, export):
@@ -382,8 +437,21 @@ def test_cli_and_settings_give_the_same_outcome(pg_server, export):
         ensure_database(pg_server.dsn("postgres"), name)
         dsns.append(pg_server.dsn(name))
     _import(dsns[0], export, scope="organizations", filter_org_slugs={"acme"}, merge_users=True)
-    run = CliRunner().invoke(main, ["import", "organizations", str(export), "--dsn", dsns[1], "--create-schema",
-                                    "--filter-org-slugs", "acme", "--merge-users", "--silent"])
+    run = CliRunner().invoke(
+        main,
+        [
+            "import",
+            "organizations",
+            str(export),
+            "--dsn",
+            dsns[1],
+            "--create-schema",
+            "--filter-org-slugs",
+            "acme",
+            "--merge-users",
+            "--silent",
+        ],
+    )
     assert run.exit_code == 0, run.output
     assert _outcome(dsns[0]) == _outcome(dsns[1]) and _outcome(dsns[0])["orgs"] == [("acme", 0)]
     import_id = _q(dsns[1], "SELECT import_id FROM backup_assets.import")[0][0]

@@ -1,20 +1,20 @@
 """The backup folder sensor, tick by tick, against a real Dagster instance and a real folder."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import dagster as dg
-
-from tests.instances import instance_for_test
 import pytest
 
 from backup_assets import sensors
 from backup_assets.partitions import backups_partitions, partition_key_for_file, split_partition_key
-from backup_assets.run import BACKUP_TAG, TARGET_TAG
-from backup_assets.sensors import build_backup_sensor, parse_cursor
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.postgres import PostgresTargetResource
+from backup_assets.run import BACKUP_TAG, TARGET_TAG
+from backup_assets.sensors import build_backup_sensor, parse_cursor
+from tests.instances import instance_for_test
 
 DSN = "host=db.example port=5433 dbname=sentry user=restore password=not-in-tags"
 
@@ -22,11 +22,15 @@ DSN = "host=db.example port=5433 dbname=sentry user=restore password=not-in-tags
 class Ticker:
     """Evaluates a sensor tick after tick as the daemon would: cursor carried over, partition requests applied."""
 
-    def __init__(self, instance: dg.DagsterInstance, folder: Path, max_runs_per_tick: int = 2, glob: str = "*.tar,*.json"):
+    def __init__(
+        self, instance: dg.DagsterInstance, folder: Path, max_runs_per_tick: int = 2, glob: str = "*.tar,*.json"
+    ):
         self.instance = instance
         self.sensor = build_backup_sensor("restore_backup_job", max_runs_per_tick=max_runs_per_tick)
-        self.resources = {"backup_source": BackupSourceResource(folder=str(folder), glob=glob),
-                          "target": PostgresTargetResource(dsn=DSN)}
+        self.resources = {
+            "backup_source": BackupSourceResource(folder=str(folder), glob=glob),
+            "target": PostgresTargetResource(dsn=DSN),
+        }
         self.cursor: str | None = None
         self.run_keys: list[str] = []
 

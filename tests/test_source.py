@@ -1,4 +1,5 @@
 """open_backup / encrypt_export / decrypt_backup, and the decryptors, on real files and real crypto."""
+
 from __future__ import annotations
 
 import base64
@@ -15,17 +16,28 @@ from cryptography.hazmat.primitives import serialization
 
 from backup_assets.core import keys
 from backup_assets.core.decryptors import (
-    Decryptor, GCPKMSDecryptor, GCPKMSDecryptorConfig, LocalFileDecryptor, LocalFileEncryptor, PemDecryptor,
+    Decryptor,
+    GCPKMSDecryptor,
+    GCPKMSDecryptorConfig,
+    LocalFileDecryptor,
+    LocalFileEncryptor,
+    PemDecryptor,
     PemEncryptor,
 )
 from backup_assets.core.errors import BackupFormatError, ConfigurationError, DecryptionError, EncryptionError
 from backup_assets.core.source import decrypt_backup, encrypt_export, open_backup
 from tests.crypto_helpers import (
-    OAEP, make_key_pair, sentry_decrypt, sentry_encrypt, sentry_tarball, tar_of,
+    OAEP,
+    make_key_pair,
+    sentry_decrypt,
+    sentry_encrypt,
+    sentry_tarball,
+    tar_of,
 )
 
-EXPORT = json.dumps([{"model": "sentry.user", "pk": i, "fields": {"username": f"user{i}", "is_active": True}}
-                     for i in range(3000)]).encode()
+EXPORT = json.dumps(
+    [{"model": "sentry.user", "pk": i, "fields": {"username": f"user{i}", "is_active": True}} for i in range(3000)]
+).encode()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +89,15 @@ def test_plain_json_is_detected_through_bom_and_whitespace(tmp_path) -> None:
         assert plaintext_of(backup) == prefix + EXPORT
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "is empty"), (b"  \n ", "is empty"), (b'\n  {"model": 1}', "byte 3: .*found byte 0x7b"),
-    (b"\x1f\x8b\x08\x00rest", "gzip-compressed"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "is empty"),
+        (b"  \n ", "is empty"),
+        (b'\n  {"model": 1}', "byte 3: .*found byte 0x7b"),
+        (b"\x1f\x8b\x08\x00rest", "gzip-compressed"),
+    ],
+)
 def test_neither_tarball_nor_json(tmp_path, content: bytes, match: str) -> None:
     path = tmp_path / "x"
     path.write_bytes(content)
@@ -131,8 +148,9 @@ def test_tampered_token_yields_nothing(tmp_path, pair) -> None:
     raw = bytearray(base64.urlsafe_b64decode(token))
     raw[len(raw) // 2] ^= 1
     path = tmp_path / "t.tar"
-    path.write_bytes(tar_of([("export.json", base64.urlsafe_b64encode(bytes(raw))), ("data.key", wrapped),
-                             ("key.pub", key_pub)]))
+    path.write_bytes(
+        tar_of([("export.json", base64.urlsafe_b64encode(bytes(raw))), ("data.key", wrapped), ("key.pub", key_pub)])
+    )
     backup = open_backup(path, PemDecryptor(pair[0]))
     entered = False
     with pytest.raises(DecryptionError, match="tampered"), backup.open_plaintext():
@@ -165,8 +183,9 @@ def test_fresh_data_key_per_export(tmp_path, pair) -> None:
 
 
 def test_encrypt_export_normalises_key_pub(tmp_path, pair) -> None:
-    pkcs1 = serialization.load_pem_public_key(pair[1]).public_bytes(serialization.Encoding.PEM,
-                                                                    serialization.PublicFormat.PKCS1)
+    pkcs1 = serialization.load_pem_public_key(pair[1]).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+    )
     pub = tmp_path / "pub.pem"
     pub.write_bytes(pkcs1)
     src = tmp_path / "export.json"
@@ -201,14 +220,22 @@ def test_decrypt_backup_leaves_nothing_on_failure(tmp_path, pair, other_pair) ->
     out = tmp_path / "out"
     out.mkdir()
     cases = {
-        "tampered": ([("export.json", token[:-10] + b"AAAAAAAAAA"), ("data.key", wrapped), ("key.pub", key_pub)],
-                     PemDecryptor(pair[0]), DecryptionError),
-        "truncated token": ([("export.json", token[:-8]), ("data.key", wrapped), ("key.pub", key_pub)],
-                            PemDecryptor(pair[0]), DecryptionError),
-        "wrong key": ([("export.json", token), ("data.key", wrapped), ("key.pub", key_pub)],
-                      PemDecryptor(other_pair[0]), DecryptionError),
-        "missing member": ([("export.json", token), ("key.pub", key_pub)], PemDecryptor(pair[0]),
-                           BackupFormatError),
+        "tampered": (
+            [("export.json", token[:-10] + b"AAAAAAAAAA"), ("data.key", wrapped), ("key.pub", key_pub)],
+            PemDecryptor(pair[0]),
+            DecryptionError,
+        ),
+        "truncated token": (
+            [("export.json", token[:-8]), ("data.key", wrapped), ("key.pub", key_pub)],
+            PemDecryptor(pair[0]),
+            DecryptionError,
+        ),
+        "wrong key": (
+            [("export.json", token), ("data.key", wrapped), ("key.pub", key_pub)],
+            PemDecryptor(other_pair[0]),
+            DecryptionError,
+        ),
+        "missing member": ([("export.json", token), ("key.pub", key_pub)], PemDecryptor(pair[0]), BackupFormatError),
     }
     for name, (members, decryptor, error) in cases.items():
         src.write_bytes(tar_of(members))
@@ -253,12 +280,21 @@ def test_decryptors_keep_keys_out_of_repr_and_load_lazily(tmp_path, pair, sentry
 
 
 def test_kms_config_is_validated_and_fits_the_interface(sentry_tar) -> None:
-    config = GCPKMSDecryptorConfig.from_json(json.dumps(
-        {"project_id": "p", "location": "global", "key_ring": "relocation", "key": "relocation", "version": "1"}))
-    assert config.key_version_name == \
-        "projects/p/locations/global/keyRings/relocation/cryptoKeys/relocation/cryptoKeyVersions/1"
-    for bad in ('{"project_id": "p"}', "[]", "not json",
-                '{"project_id": "p", "location": "l", "key_ring": "r", "key": "k", "version": 1}'):
+    config = GCPKMSDecryptorConfig.from_json(
+        json.dumps(
+            {"project_id": "p", "location": "global", "key_ring": "relocation", "key": "relocation", "version": "1"}
+        )
+    )
+    assert (
+        config.key_version_name
+        == "projects/p/locations/global/keyRings/relocation/cryptoKeys/relocation/cryptoKeyVersions/1"
+    )
+    for bad in (
+        '{"project_id": "p"}',
+        "[]",
+        "not json",
+        '{"project_id": "p", "location": "l", "key_ring": "r", "key": "k", "version": 1}',
+    ):
         with pytest.raises(ConfigurationError, match="five|exactly the string fields"):
             GCPKMSDecryptorConfig.from_json(bad)
     kms = GCPKMSDecryptor(config)
@@ -269,6 +305,7 @@ def test_kms_config_is_validated_and_fits_the_interface(sentry_tar) -> None:
 
 def test_decryptor_resource(tmp_path, pair, sentry_tar, monkeypatch) -> None:
     from backup_assets.resources.decryptor import DecryptorResource
+
     (tmp_path / "k.pem").write_bytes(pair[0])
     by_path = DecryptorResource(private_key_path=str(tmp_path / "k.pem")).get_decryptor()
     assert plaintext_of(open_backup(sentry_tar, by_path)) == EXPORT
@@ -286,7 +323,8 @@ def test_fernet_key_is_what_gets_wrapped(tmp_path, pair) -> None:
     src.write_bytes(b"[]")
     encrypt_export(src, tmp_path / "o.tar", PemEncryptor(pair[1]))
     with tarfile.open(tmp_path / "o.tar") as tar:
-        data_key = PemDecryptor(pair[0]).unwrap_data_key(tar.extractfile("data.key").read(),
-                                                         tar.extractfile("key.pub").read())
+        data_key = PemDecryptor(pair[0]).unwrap_data_key(
+            tar.extractfile("data.key").read(), tar.extractfile("key.pub").read()
+        )
     assert len(data_key) == 44 and len(base64.urlsafe_b64decode(data_key)) == 32
     Fernet(data_key)

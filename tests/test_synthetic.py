@@ -1,4 +1,5 @@
 """The synthetic export generator: rows that conform to the built-in manifest, streamed in constant memory."""
+
 import io
 import json
 import re
@@ -102,10 +103,25 @@ def test_pk_offset_shifts_every_pk_and_foreign_key():
 
 def test_the_deep_chains_are_there():
     counts = count_rows()
-    for model in ("sentry.organization", "sentry.project", "sentry.projectkey", "sentry.projectoption",
-                  "sentry.environmentproject", "sentry.team", "sentry.projectteam", "sentry.organizationmemberteam",
-                  "sentry.useremail", "sentry.email", "sentry.useroption", "sentry.userip", "sentry.authenticator",
-                  "sentry.dashboardwidgetquery", "sentry.userroleuser", "sentry.relayusage", "sentry.rule"):
+    for model in (
+        "sentry.organization",
+        "sentry.project",
+        "sentry.projectkey",
+        "sentry.projectoption",
+        "sentry.environmentproject",
+        "sentry.team",
+        "sentry.projectteam",
+        "sentry.organizationmemberteam",
+        "sentry.useremail",
+        "sentry.email",
+        "sentry.useroption",
+        "sentry.userip",
+        "sentry.authenticator",
+        "sentry.dashboardwidgetquery",
+        "sentry.userroleuser",
+        "sentry.relayusage",
+        "sentry.rule",
+    ):
         assert counts.get(model, 0) > 0, model
 
 
@@ -125,20 +141,28 @@ def test_values_are_typed_like_real_exports():
     assert {f["flags"] for f in rows["sentry.project"]} == {"10"}
     assert all(isinstance(f["data"], dict) for f in rows["sentry.projectkey"])
     values = [f["value"] for f in rows["sentry.option"]]
-    assert any(isinstance(v, str) and v.startswith('"') for v in values)   # JSON held in a string
-    assert any(isinstance(v, float) for v in values)                       # a raw number
+    assert any(isinstance(v, str) and v.startswith('"') for v in values)  # JSON held in a string
+    assert any(isinstance(v, float) for v in values)  # a raw number
     assert all(json.loads(v) is not None for v in values if isinstance(v, str))
     assert all(isinstance(f["is_active"], bool) for f in rows["sentry.user"])
     assert all(isinstance(f["type"], int) for f in rows["sentry.authenticator"])
     assert all(isinstance(json.loads(f["data"]), dict) for f in rows["sentry.rule"])
 
 
-@pytest.mark.parametrize("model, field", [
-    ("sentry.project", "template"), ("sentry.rule", "environment_id"), ("sentry.rule", "owner_team"),
-    ("sentry.rule", "owner_user_id"), ("sentry.useroption", "project_id"),
-    ("sentry.useroption", "organization_id"), ("sentry.savedsearch", "organization"),
-    ("sentry.organizationmember", "user_id"), ("sentry.organizationmember", "inviter_id"),
-])
+@pytest.mark.parametrize(
+    "model, field",
+    [
+        ("sentry.project", "template"),
+        ("sentry.rule", "environment_id"),
+        ("sentry.rule", "owner_team"),
+        ("sentry.rule", "owner_user_id"),
+        ("sentry.useroption", "project_id"),
+        ("sentry.useroption", "organization_id"),
+        ("sentry.savedsearch", "organization"),
+        ("sentry.organizationmember", "user_id"),
+        ("sentry.organizationmember", "inviter_id"),
+    ],
+)
 def test_nullable_foreign_keys_are_sometimes_null(model, field):
     values = [f[field] for f in by_model(generate_rows())[model]]
     assert None in values and any(v is not None for v in values)
@@ -200,12 +224,15 @@ def test_generation_streams_in_constant_memory():
     assert peak < 20 * 1024 * 1024
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"scale": 0}, "scale"),
-    ({"users": -1}, "users"),
-    ({"orgs": 1, "users": 0}, "owner"),
-    ({"pk_offset": 1.5}, "pk_offset"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"scale": 0}, "scale"),
+        ({"users": -1}, "users"),
+        ({"orgs": 1, "users": 0}, "owner"),
+        ({"pk_offset": 1.5}, "pk_offset"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, words):
     with pytest.raises(ConfigurationError, match=words):
         generate_rows(**kwargs)

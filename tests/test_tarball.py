@@ -1,4 +1,5 @@
 """Sentry's tarball layout: read it strictly, write it exactly as Sentry's tarfile code does."""
+
 from __future__ import annotations
 
 import bz2
@@ -38,7 +39,7 @@ def with_member(info: tarfile.TarInfo, data: bytes = b"") -> bytes:
 def test_reads_sentrys_layout_without_reading_the_token() -> None:
     data = tar_of(GOOD)
     contents = read(data)
-    assert data[contents.export_offset:contents.export_offset + contents.export_size] == TOKEN
+    assert data[contents.export_offset : contents.export_offset + contents.export_size] == TOKEN
     assert (contents.data_key, contents.key_pub) == (DATA, PUB)
     assert contents.members == {EXPORT_JSON: len(TOKEN), DATA_KEY: 256, KEY_PUB: len(PUB)}
     assert "x" * 10 not in repr(contents)
@@ -70,18 +71,20 @@ def test_write_refuses_a_token_of_the_wrong_size(size: int, match: str) -> None:
         write_tarball(io.BytesIO(), [TOKEN], size, DATA, PUB)
 
 
-@pytest.mark.parametrize("compress, name", [(gzip.compress, "gzip"), (bz2.compress, "bzip2"),
-                                            (lzma.compress, "xz")])
+@pytest.mark.parametrize("compress, name", [(gzip.compress, "gzip"), (bz2.compress, "bzip2"), (lzma.compress, "xz")])
 def test_compressed_tarballs_are_named(compress, name: str) -> None:
     with pytest.raises(BackupFormatError, match=f"is a {name}-compressed file"):
         read(compress(tar_of(GOOD)))
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty file"),
-    (b'[{"model": "sentry.user"}]', "truncated, or not a tar"),
-    (b"hello " * 200, "not a tar archive"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty file"),
+        (b'[{"model": "sentry.user"}]', "truncated, or not a tar"),
+        (b"hello " * 200, "not a tar archive"),
+    ],
+)
 def test_not_a_tar(data: bytes, match: str) -> None:
     with pytest.raises(BackupFormatError, match=match):
         read(data)
@@ -90,8 +93,22 @@ def test_not_a_tar(data: bytes, match: str) -> None:
 def test_truncation_anywhere_is_detected() -> None:
     data = tar_of(GOOD)
     content_end = 3 * 512 + 512 + 512 + 512  # headers + padded data of the three members
-    for cut in [*range(1, 512, 97), 512, 600, 1023, 1024, 1100, 1535, 1536, 1800, 2047, 2048, content_end - 1,
-                content_end, content_end + 511]:
+    for cut in [
+        *range(1, 512, 97),
+        512,
+        600,
+        1023,
+        1024,
+        1100,
+        1535,
+        1536,
+        1800,
+        2047,
+        2048,
+        content_end - 1,
+        content_end,
+        content_end + 511,
+    ]:
         with pytest.raises(BackupFormatError, match="truncated|missing member|not a tar"):
             read(data[:cut])
 
@@ -99,13 +116,13 @@ def test_truncation_anywhere_is_detected() -> None:
 def test_truncated_member_is_named() -> None:
     data = tar_of(GOOD)
     with pytest.raises(BackupFormatError, match="member 'key.pub': truncated"):
-        read(data[:2560 + 100])
+        read(data[: 2560 + 100])
 
 
 def test_missing_end_of_archive_marker() -> None:
     data = tar_of(GOOD)
     with pytest.raises(BackupFormatError, match="end-of-archive marker is missing"):
-        read(data[:3 * 1024])
+        read(data[: 3 * 1024])
 
 
 @pytest.mark.parametrize("missing", [EXPORT_JSON, DATA_KEY, KEY_PUB])
@@ -132,9 +149,17 @@ def test_duplicate_member() -> None:
         read(tar_of([*GOOD, (DATA_KEY, DATA)]))
 
 
-@pytest.mark.parametrize("kind, label", [(tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"),
-                                         (tarfile.DIRTYPE, "directory"), (tarfile.CHRTYPE, "character device"),
-                                         (tarfile.BLKTYPE, "block device"), (tarfile.FIFOTYPE, "FIFO")])
+@pytest.mark.parametrize(
+    "kind, label",
+    [
+        (tarfile.SYMTYPE, "symbolic link"),
+        (tarfile.LNKTYPE, "hard link"),
+        (tarfile.DIRTYPE, "directory"),
+        (tarfile.CHRTYPE, "character device"),
+        (tarfile.BLKTYPE, "block device"),
+        (tarfile.FIFOTYPE, "FIFO"),
+    ],
+)
 def test_non_regular_member(kind: bytes, label: str) -> None:
     info = tarfile.TarInfo(KEY_PUB)
     info.type = kind

@@ -6,6 +6,7 @@ What must be on screen: the model assets with their check status and partition, 
 parents and the stages around them), and the rows-written metadata of the latest materialization,
 with no first-visit dialog in the way (``nux: {enabled: false}`` in dagster.yaml).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,18 +27,28 @@ from tests.dagster_dev import REPO, DagsterDev
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 MODELS = ("sentry.organization", "sentry.user", "sentry.organizationmember")
 SMALL = dict(orgs=1, users=3, members_per_org=3)
-ALL_ASSETS = [["sentry_backup", s] for s in ("backup_file", "unwrapped_tarball", "data_key", "parsed_export",
-                                             "restore_complete")] + [m.split(".") for m in MODELS]
+ALL_ASSETS = [
+    ["sentry_backup", s] for s in ("backup_file", "unwrapped_tarball", "data_key", "parsed_export", "restore_complete")
+] + [m.split(".") for m in MODELS]
 TIMEOUT_MS = 30_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if shutil.which("chromium") is None and not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; tests/run does it as root)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install -y chromium; tests/run does it as root)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture
@@ -47,15 +58,21 @@ def restored(tmp_path, pg_dsn):
     backup = tmp_path / "backups" / "acme.json"
     write_export(backup, generate_rows(**SMALL))
     (tmp_path / "detailed.json").write_text(json.dumps(Manifest.builtin().restrict(MODELS).to_json()))
-    server = DagsterDev(tmp_path / "home", {
-        "BACKUP_ASSETS_DSN": pg_dsn, "BACKUP_ASSETS_BACKUPS": str(tmp_path / "backups"),
-        "BACKUP_ASSETS_MANIFEST": str(tmp_path / "detailed.json")})
+    server = DagsterDev(
+        tmp_path / "home",
+        {
+            "BACKUP_ASSETS_DSN": pg_dsn,
+            "BACKUP_ASSETS_BACKUPS": str(tmp_path / "backups"),
+            "BACKUP_ASSETS_MANIFEST": str(tmp_path / "detailed.json"),
+        },
+    )
     try:
         server.start()
         key = partition_key_for_file(backup)
         server.add_partition(key)
-        run = server.launch_run(key, ALL_ASSETS, {"resources": {"import_settings": {"config": {"create_schema": True}}}},
-                                {})
+        run = server.launch_run(
+            key, ALL_ASSETS, {"resources": {"import_settings": {"config": {"create_schema": True}}}}, {}
+        )
         assert server.wait_runs([run], timeout=90)[run]["status"] == "SUCCESS", server.tail()
         yield server, key, run
     finally:
@@ -120,21 +137,31 @@ def test_one_run_of_the_models_step_shows_a_materialization_and_checks_per_model
     server, key, run = restored
     # the run's steps: the stages, ONE step for every model, restore_complete; each model materialized
     # by that step, each with its four checks evaluated there
-    data = server.graphql("""query($id: ID!) { runOrError(runId: $id) { ... on Run {
-          stepStats { stepKey status materializations { assetKey { path } } } } } }""", {"id": run})
+    data = server.graphql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run {
+          stepStats { stepKey status materializations { assetKey { path } } } } } }""",
+        {"id": run},
+    )
     steps = {s["stepKey"]: s for s in data["runOrError"]["stepStats"]}
     assert set(steps) == {"sentry_models", *(f"sentry_backup__{s[1]}" for s in ALL_ASSETS[:5])}
     assert {s["status"] for s in steps.values()} == {"SUCCESS"}
     models = steps["sentry_models"]
     assert sorted(m["assetKey"]["path"] for m in models["materializations"]) == sorted(m.split(".") for m in MODELS)
-    checks = server.graphql("""query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+    checks = server.graphql(
+        """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
           __typename ... on AssetCheckEvaluationEvent { stepKey evaluation { assetKey { path } checkName success } }
-          } } } }""", {"id": run})["logsForRun"]["events"]
-    evaluations = [e for e in checks if e["__typename"] == "AssetCheckEvaluationEvent"
-                   and e["evaluation"]["assetKey"]["path"][0] == "sentry"]  # parsed_export's check has its step
+          } } } }""",
+        {"id": run},
+    )["logsForRun"]["events"]
+    evaluations = [
+        e
+        for e in checks
+        if e["__typename"] == "AssetCheckEvaluationEvent" and e["evaluation"]["assetKey"]["path"][0] == "sentry"
+    ]  # parsed_export's check has its step
     assert {e["stepKey"] for e in evaluations} == {"sentry_models"}
-    assert sorted((tuple(e["evaluation"]["assetKey"]["path"]), e["evaluation"]["success"]) for e in evaluations) \
-        == sorted((tuple(m.split(".")), True) for m in MODELS for _ in range(4))
+    assert sorted(
+        (tuple(e["evaluation"]["assetKey"]["path"]), e["evaluation"]["success"]) for e in evaluations
+    ) == sorted((tuple(m.split(".")), True) for m in MODELS for _ in range(4))
 
     # on screen: the run's page lists the models' step, and the member's checks come from this run
     page.goto(f"{server.url}/runs/{run}")
@@ -159,13 +186,14 @@ def test_the_readme_flow_demo_then_ui_shows_the_demo_restore(tmp_path, page):
     although the test launches no run of its own."""
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")  # the README runs from the repository root
     embedded = Path(tempfile.mkdtemp(prefix="ba-ui-demo-"))  # the embedded server of this test only (not
-    env = {"BACKUP_ASSETS_HOME": str(embedded)}                 # under pytest's 0700 folders: its user reads it)
+    env = {"BACKUP_ASSETS_HOME": str(embedded)}  # under pytest's 0700 folders: its user reads it)
     cli = Path(sys.executable).with_name("backup-assets")
     demo_env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "BACKUP_ASSETS_DSN")}
     server = DagsterDev(None, env, cwd=tmp_path)
     try:
-        demo = subprocess.run([str(cli), "demo"], cwd=tmp_path, env={**demo_env, **env}, capture_output=True,
-                              text=True, timeout=280)
+        demo = subprocess.run(
+            [str(cli), "demo"], cwd=tmp_path, env={**demo_env, **env}, capture_output=True, text=True, timeout=280
+        )
         assert demo.returncode == 0, demo.stderr[-3000:]
         key = partition_key_for_file(tmp_path / "backups" / "demo-sentry-export.tar")
         server.start()

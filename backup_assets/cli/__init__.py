@@ -2,6 +2,7 @@
 
 Each command group lives in a module of its own and registers itself on :data:`main` or :data:`backup`.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Pieces every command shares: error reporting, the common options."""
+
 from __future__ import annotations
 
 import functools
@@ -22,25 +23,34 @@ NEW_FILE = click.Path(dir_okay=False, path_type=Path)
 
 def project_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn the project's errors into click's one-line ``Error: ...`` on stderr, exit code 1."""
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except BackupAssetsError as e:
             raise click.ClickException(str(e)) from None
+
     return wrapper
 
 
 def dsn_option(fn: F) -> F:
-    return click.option("--dsn", envvar="BACKUP_ASSETS_DSN", metavar="DSN",
-                        help="PostgreSQL connection string of the target (default: $BACKUP_ASSETS_DSN, else the "
-                             "embedded PostgreSQL, started on demand).")(fn)
+    return click.option(
+        "--dsn",
+        envvar="BACKUP_ASSETS_DSN",
+        metavar="DSN",
+        help="PostgreSQL connection string of the target (default: $BACKUP_ASSETS_DSN, else the "
+        "embedded PostgreSQL, started on demand).",
+    )(fn)
 
 
 def manifest_option(fn: F) -> F:
-    return click.option("--manifest", type=EXISTING_FILE, envvar="BACKUP_ASSETS_MANIFEST",
-                        help="Sentry's model_dependencies/detailed.json of your Sentry release "
-                             "(default: the built-in manifest).")(fn)
+    return click.option(
+        "--manifest",
+        type=EXISTING_FILE,
+        envvar="BACKUP_ASSETS_MANIFEST",
+        help="Sentry's model_dependencies/detailed.json of your Sentry release (default: the built-in manifest).",
+    )(fn)
 
 
 def split_list(values: str | None) -> frozenset[str] | None:
@@ -50,8 +60,9 @@ def split_list(values: str | None) -> frozenset[str] | None:
     return frozenset(v.strip() for v in values.replace("\n", ",").split(",") if v.strip())
 
 
-def filter_flags(verb: str, scope: str, usernames: str | None, usernames_file: Path | None,
-                 org_slugs: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+def filter_flags(
+    verb: str, scope: str, usernames: str | None, usernames_file: Path | None, org_slugs: str | None
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
     """Sentry's filter flags of ``import``/``export`` SCOPE, checked as its CLI checks them: usernames for
     the users and config scopes (inline or from a file, not both), org slugs for organizations."""
     if usernames is not None and usernames_file is not None:
@@ -72,6 +83,14 @@ def findings_on_error(findings_file: Path | None, finding: type[Finding]) -> Ite
         yield
     except BackupAssetsError as e:
         if findings_file:
-            write_findings([finding(kind=getattr(e, "kind", None) or type(e).__name__,
-                                    on=InstanceID(getattr(e, "model", None) or "*"), reason=str(e))], findings_file)
+            write_findings(
+                [
+                    finding(
+                        kind=getattr(e, "kind", None) or type(e).__name__,
+                        on=InstanceID(getattr(e, "model", None) or "*"),
+                        reason=str(e),
+                    )
+                ],
+                findings_file,
+            )
         raise

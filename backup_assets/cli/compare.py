@@ -1,4 +1,5 @@
 """``backup-assets backup compare``: Sentry's round-trip validation of two exports."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,14 +18,23 @@ from .common import EXISTING_FILE, NEW_FILE, manifest_option, project_errors
 @backup.command("compare")
 @click.argument("left", type=EXISTING_FILE)
 @click.argument("right", type=EXISTING_FILE)
-@click.option("--findings-file", type=NEW_FILE,
-              help="Write the findings here as JSON (always written; [] when the exports match).")
+@click.option(
+    "--findings-file",
+    type=NEW_FILE,
+    help="Write the findings here as JSON (always written; [] when the exports match).",
+)
 @click.option("--decrypt-left-with", type=EXISTING_FILE, help="RSA private key (PEM) of an encrypted LEFT.")
 @click.option("--decrypt-right-with", type=EXISTING_FILE, help="RSA private key (PEM) of an encrypted RIGHT.")
 @manifest_option
 @project_errors
-def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_with: Path | None,
-            decrypt_right_with: Path | None, manifest: Path | None) -> None:
+def compare(
+    left: Path,
+    right: Path,
+    findings_file: Path | None,
+    decrypt_left_with: Path | None,
+    decrypt_right_with: Path | None,
+    manifest: Path | None,
+) -> None:
     """Compare two exports (JSON or encrypted tarballs) as Sentry's validator does, in bounded memory.
 
     LEFT is the original, RIGHT the copy (for example a re-export after a restore). Rows are matched
@@ -49,8 +59,11 @@ def compare(left: Path, right: Path, findings_file: Path | None, decrypt_left_wi
     skipped: dict[str, tuple[int, int]] = {}
     findings = compare_sources(sources[0], sources[1], models, names=(str(left), str(right)), skipped=skipped)
     if skipped:
-        click.echo("Not compared (models the manifest does not know): " + ", ".join(
-            f"{m} ({n} left, {k} right)" for m, (n, k) in sorted(skipped.items())), err=True)
+        click.echo(
+            "Not compared (models the manifest does not know): "
+            + ", ".join(f"{m} ({n} left, {k} right)" for m, (n, k) in sorted(skipped.items())),
+            err=True,
+        )
     if findings_file is not None:
         try:
             write_findings(findings, findings_file)

@@ -1,4 +1,5 @@
 """``backup-assets backup encrypt|decrypt`` and ``backup-assets keygen``: Sentry's export tarball format."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,14 @@ from .common import EXISTING_FILE, NEW_FILE, project_errors
 @backup.command("encrypt")
 @click.argument("dest", type=NEW_FILE)
 @click.option("--src", required=True, type=EXISTING_FILE, help="The plain JSON export to encrypt.")
-@click.option("--encrypt-with", "public_key", required=True, type=EXISTING_FILE, metavar="PUBLIC.pem",
-              help="The RSA public key (PEM) to encrypt for.")
+@click.option(
+    "--encrypt-with",
+    "public_key",
+    required=True,
+    type=EXISTING_FILE,
+    metavar="PUBLIC.pem",
+    help="The RSA public key (PEM) to encrypt for.",
+)
 @project_errors
 def encrypt(dest: Path, src: Path, public_key: Path) -> None:
     """Encrypt a JSON export into a tarball that `sentry import --decrypt-with` accepts.
@@ -35,8 +42,14 @@ def encrypt(dest: Path, src: Path, public_key: Path) -> None:
 @backup.command("decrypt")
 @click.argument("dest", type=NEW_FILE)
 @click.option("--src", required=True, type=EXISTING_FILE, help="The encrypted export tarball.")
-@click.option("--decrypt-with", "private_key", required=True, type=EXISTING_FILE, metavar="PRIVATE.pem",
-              help="The RSA private key (unencrypted PEM) the tarball was encrypted for.")
+@click.option(
+    "--decrypt-with",
+    "private_key",
+    required=True,
+    type=EXISTING_FILE,
+    metavar="PRIVATE.pem",
+    help="The RSA private key (unencrypted PEM) the tarball was encrypted for.",
+)
 @project_errors
 def decrypt(dest: Path, src: Path, private_key: Path) -> None:
     """Decrypt an export tarball to its plain JSON.
@@ -72,8 +85,7 @@ def write_key_file(path: Path, data: bytes, mode: int, force: bool) -> None:
 @main.command("keygen")
 @click.argument("private", type=NEW_FILE)
 @click.argument("public", type=NEW_FILE)
-@click.option("--bits", type=click.Choice(["2048", "4096"]), default="2048", show_default=True,
-              help="RSA key size.")
+@click.option("--bits", type=click.Choice(["2048", "4096"]), default="2048", show_default=True, help="RSA key size.")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
 @project_errors
 def keygen(private: Path, public: Path, bits: str, force: bool) -> None:
@@ -94,8 +106,11 @@ def keygen(private: Path, public: Path, bits: str, force: bool) -> None:
         write_key_file(private, private_pem, 0o600, force)
         write_key_file(public, public_pem, 0o644, force)
     except FileExistsError as e:
-        raise click.ClickException(f"{e.filename2 or e.filename} already exists; pass --force to overwrite it") from None
+        raise click.ClickException(
+            f"{e.filename2 or e.filename} already exists; pass --force to overwrite it"
+        ) from None
     except OSError as e:
         raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
-    click.echo(f"Wrote {private} (private, mode 0600) and {public}; "
-               f"fingerprint {keys.fingerprint(public_pem)}", err=True)
+    click.echo(
+        f"Wrote {private} (private, mode 0600) and {public}; fingerprint {keys.fingerprint(public_pem)}", err=True
+    )

@@ -1,4 +1,5 @@
 """``backup-assets demo`` (a whole restore of a generated, encrypted backup) and ``backup-assets embedded``."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,20 @@ from .imports import print_summary, restore_file
 
 
 @main.command()
-@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default="backups", show_default=True,
-              help="Where the demo backup is written (the Dagster backup source's default folder).")
-@click.option("--scale", type=click.IntRange(1, 400), default=1, show_default=True,
-              help="Size of the generated export (1: a small instance; 195: about a million rows).")
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="backups",
+    show_default=True,
+    help="Where the demo backup is written (the Dagster backup source's default folder).",
+)
+@click.option(
+    "--scale",
+    type=click.IntRange(1, 400),
+    default=1,
+    show_default=True,
+    help="Size of the generated export (1: a small instance; 195: about a million rows).",
+)
 @dsn_option
 @project_errors
 def demo(folder: Path, scale: int, dsn: str | None) -> None:
@@ -67,22 +78,28 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
     with open(read_end, "rb") as plain:
         encrypt_export(plain, tar, PemEncryptor(public_pem))
     producer.join()
-    click.echo(f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written[0]:,} bytes of JSON), encrypted for the demo key "
-               f"pair {key_file} (mode 0600) / {pub_file}", err=True)
+    click.echo(
+        f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written[0]:,} bytes of JSON), encrypted for the demo key "
+        f"pair {key_file} (mode 0600) / {pub_file}",
+        err=True,
+    )
     target = resolve_dsn(dsn)
     settings = ImportSettings(scope="global", create_schema=True, replace_existing=True)
     home = _shared_home()
     # the import is the backup file's partition, as the UI's sensor would name it
-    result = restore_file(tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings,
-                          _partition_key(tar), silent=False)
+    result = restore_file(
+        tar, LocalFileDecryptor(key_file), target, Manifest.builtin(), settings, _partition_key(tar), silent=False
+    )
     print_summary(result)
-    click.echo(f"\nRestored into {target}\n"
-               f"Try:\n"
-               f"  psql {target} -c 'SELECT slug, name FROM sentry_organization'\n"
-               f"  backup-assets export global demo-roundtrip.json --dsn {target}\n"
-               f"  backup-assets backup compare {tar} demo-roundtrip.json --decrypt-left-with {key_file}\n"
-               f"  backup-assets ui    # the asset graph with this restore, its checks, the sensor (instance {home})",
-               err=True)
+    click.echo(
+        f"\nRestored into {target}\n"
+        f"Try:\n"
+        f"  psql {target} -c 'SELECT slug, name FROM sentry_organization'\n"
+        f"  backup-assets export global demo-roundtrip.json --dsn {target}\n"
+        f"  backup-assets backup compare {tar} demo-roundtrip.json --decrypt-left-with {key_file}\n"
+        f"  backup-assets ui    # the asset graph with this restore, its checks, the sensor (instance {home})",
+        err=True,
+    )
 
 
 def _shared_home() -> Path:

@@ -4,17 +4,27 @@ It listens to the engine's progress events (``backup_assets.core.progress``): th
 of the export, then each model's load in rows, with an overall bar over every staged row whose rate
 and ETA come from the staged counts.
 """
+
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from ..core.progress import ProgressEvent, listening
 
@@ -24,11 +34,25 @@ class _Live:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.bytes = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
-                              TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False)
-        self.rows = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TimeElapsedColumn(),
-                             console=console, transient=False)
+        self.bytes = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.rows = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self.parse: TaskID | None = None
         self.total: TaskID | None = None
         self.models: dict[str, TaskID] = {}
@@ -82,9 +106,12 @@ class _Plain:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
-            print(f"Still importing: {time.monotonic() - self.started:.0f} s elapsed, "
-                  f"{_size(self.parsed)} parsed, {self.rows} rows loaded"
-                  + (f", at {self.model}" if self.model else ""), file=sys.stderr, flush=True)
+            print(
+                f"Still importing: {time.monotonic() - self.started:.0f} s elapsed, "
+                f"{_size(self.parsed)} parsed, {self.rows} rows loaded" + (f", at {self.model}" if self.model else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     @contextmanager
     def shown(self) -> Iterator[None]:

@@ -1,4 +1,5 @@
 """``backup-assets import users|organizations|config|global SRC``: Sentry's ``sentry import``, into PostgreSQL."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,15 @@ from ..core.results import RestoreResult, StageResult
 from ..core.settings import ImportSettings, new_import_id
 from ..core.source import open_backup
 from . import main
-from .common import (EXISTING_FILE, NEW_FILE, dsn_option, filter_flags, findings_on_error, manifest_option,
-                     project_errors)
+from .common import (
+    EXISTING_FILE,
+    NEW_FILE,
+    dsn_option,
+    filter_flags,
+    findings_on_error,
+    manifest_option,
+    project_errors,
+)
 from .display import restore_progress
 
 SCOPE_HELP = {
@@ -41,11 +49,18 @@ def import_group() -> None:
 
 
 def _scope_command(scope: str) -> None:
-    @import_group.command(scope, help=f"{SCOPE_HELP[scope]}\n\n\b\nExample:\n  backup-assets import {scope} "
-                                      f"export.json --dsn postgresql://localhost/sentry")
+    @import_group.command(
+        scope,
+        help=f"{SCOPE_HELP[scope]}\n\n\b\nExample:\n  backup-assets import {scope} "
+        f"export.json --dsn postgresql://localhost/sentry",
+    )
     @click.argument("src", type=EXISTING_FILE)
-    @click.option("--decrypt-with", type=EXISTING_FILE, metavar="PRIVATE.pem",
-                  help="RSA private key (unencrypted PEM) for an encrypted export tarball.")
+    @click.option(
+        "--decrypt-with",
+        type=EXISTING_FILE,
+        metavar="PRIVATE.pem",
+        help="RSA private key (unencrypted PEM) for an encrypted export tarball.",
+    )
     @click.option("--filter-usernames", metavar="A,B", help="Import only these users (comma-separated).")
     @click.option("--filter-usernames-file", type=EXISTING_FILE, help="Read --filter-usernames from a file.")
     @click.option("--filter-org-slugs", metavar="A,B", help="Import only these organizations and their members.")
@@ -57,34 +72,63 @@ def _scope_command(scope: str) -> None:
     @dsn_option
     @manifest_option
     @click.option("--create-schema", is_flag=True, help="Create missing tables (restoring into an empty database).")
-    @click.option("--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database).")
+    @click.option(
+        "--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database)."
+    )
     @click.option("--import-id", metavar="ID", help="Name this import (default: a new random id).")
-    @click.option("--strict", is_flag=True, help="Exit 1, writing nothing, if the export holds rows of models "
-                                                 "the manifest does not know (default: skip and report them).")
+    @click.option(
+        "--strict",
+        is_flag=True,
+        help="Exit 1, writing nothing, if the export holds rows of models "
+        "the manifest does not know (default: skip and report them).",
+    )
     @project_errors
-    def command(src: Path, decrypt_with: Path | None, filter_usernames: str | None, filter_usernames_file: Path | None,
-                filter_org_slugs: str | None, merge_users: bool, overwrite_configs: bool, findings_file: Path | None,
-                no_prompt: bool, silent: bool, dsn: str | None, manifest: Path | None, create_schema: bool,
-                preserve_pks: bool, import_id: str | None, strict: bool) -> None:
-        usernames, org_slugs = filter_flags("import", scope, filter_usernames, filter_usernames_file,
-                                            filter_org_slugs)
+    def command(
+        src: Path,
+        decrypt_with: Path | None,
+        filter_usernames: str | None,
+        filter_usernames_file: Path | None,
+        filter_org_slugs: str | None,
+        merge_users: bool,
+        overwrite_configs: bool,
+        findings_file: Path | None,
+        no_prompt: bool,
+        silent: bool,
+        dsn: str | None,
+        manifest: Path | None,
+        create_schema: bool,
+        preserve_pks: bool,
+        import_id: str | None,
+        strict: bool,
+    ) -> None:
+        usernames, org_slugs = filter_flags("import", scope, filter_usernames, filter_usernames_file, filter_org_slugs)
         replace = False
         if scope == "global":
             if not no_prompt and not click.confirm(
-                    "A global import replaces every relocatable table of the target database. Continue?",
-                    default=False, err=True):
+                "A global import replaces every relocatable table of the target database. Continue?",
+                default=False,
+                err=True,
+            ):
                 if not silent:
                     click.echo("Import cancelled.", err=True)
                 return
             replace = True
-        settings = ImportSettings(scope=scope, merge_users=merge_users, overwrite_configs=overwrite_configs,
-                                  filter_usernames=usernames, filter_org_slugs=org_slugs,
-                                  preserve_pks=preserve_pks, create_schema=create_schema, replace_existing=replace,
-                                  strict=strict)
+        settings = ImportSettings(
+            scope=scope,
+            merge_users=merge_users,
+            overwrite_configs=overwrite_configs,
+            filter_usernames=usernames,
+            filter_org_slugs=org_slugs,
+            preserve_pks=preserve_pks,
+            create_schema=create_schema,
+            replace_existing=replace,
+            strict=strict,
+        )
         decryptor = LocalFileDecryptor(decrypt_with) if decrypt_with else None
         with findings_on_error(findings_file, RpcImportError):
-            result = restore_file(src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id,
-                                  silent)
+            result = restore_file(
+                src, decryptor, resolve_dsn(dsn), Manifest.load(manifest), settings, import_id, silent
+            )
         if findings_file:
             write_findings(_skip_findings(result) + _drop_findings(result), findings_file)
         if not silent:
@@ -95,8 +139,15 @@ for _scope in SCOPE_HELP:
     _scope_command(_scope)
 
 
-def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, manifest: Manifest,
-             settings: ImportSettings, import_id: str | None, silent: bool) -> RestoreResult:
+def restore_file(
+    src: Path,
+    decryptor: LocalFileDecryptor | None,
+    dsn: str,
+    manifest: Manifest,
+    settings: ImportSettings,
+    import_id: str | None,
+    silent: bool,
+) -> RestoreResult:
     """Restore through the asset graph in-process (the code path of the Dagster UI): one run of
     :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
     a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
@@ -109,8 +160,9 @@ def restore_file(src: Path, decryptor: LocalFileDecryptor | None, dsn: str, mani
     import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
     restore = Restore(dsn, manifest, import_id, settings)
     with restore.hold(), restore_progress(silent):
-        run = restore_backup(src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor,
-                             log_level="CRITICAL")
+        run = restore_backup(
+            src, dsn, settings, manifest=manifest, import_id=import_id, decryptor=decryptor, log_level="CRITICAL"
+        )
     problem = failure_message(run)
     if problem:
         problem += _partial_restore_note(restore)
@@ -138,30 +190,47 @@ def _partial_restore_note(restore: Restore) -> str:
         return ""
     if marker is None or marker[0] != restore.import_id:
         return ""
-    return (f"\n(the database was emptied and is partly restored; other imports are refused until this one "
-            f"ends: run it again with --import-id {restore.import_id} to finish it, or undo what it loaded "
-            f"with `backup-assets rollback {restore.import_id}`)")
+    return (
+        f"\n(the database was emptied and is partly restored; other imports are refused until this one "
+        f"ends: run it again with --import-id {restore.import_id} to finish it, or undo what it loaded "
+        f"with `backup-assets rollback {restore.import_id}`)"
+    )
 
 
 #: StageResult bucket -> the finding kind and what the rows' skipping means.
-_SKIPS = {"unknown_models": ("UnknownModel", "the manifest does not know this model"),
-          "removed_models": ("RemovedModel", "Sentry has removed this model (its importer drops these rows too)"),
-          "excluded_models": ("ExcludedModel", "the model's relocation scope is Excluded")}
+_SKIPS = {
+    "unknown_models": ("UnknownModel", "the manifest does not know this model"),
+    "removed_models": ("RemovedModel", "Sentry has removed this model (its importer drops these rows too)"),
+    "excluded_models": ("ExcludedModel", "the model's relocation scope is Excluded"),
+}
 
 
 def _skip_findings(result: RestoreResult) -> list[RpcImportError]:
     """Every model whose rows were skipped, every removed field and every field the target has no column
     for: named, with the number of rows, so that nothing is left behind unreported."""
-    out = [RpcImportError(kind=kind, on=InstanceID(model), reason=f"{_rows(n)} skipped: {why}")
-           for bucket, (kind, why) in _SKIPS.items() for model, n in sorted(getattr(result.stage, bucket).items())]
+    out = [
+        RpcImportError(kind=kind, on=InstanceID(model), reason=f"{_rows(n)} skipped: {why}")
+        for bucket, (kind, why) in _SKIPS.items()
+        for model, n in sorted(getattr(result.stage, bucket).items())
+    ]
     for name, n in sorted(result.stage.deleted_fields.items()):
         model, field = name.rsplit(".", 1)
-        out.append(RpcImportError(kind="DeletedField", on=InstanceID(model),
-                                  reason=f"field {field!r} dropped from {_rows(n)}: Sentry has removed it"))
+        out.append(
+            RpcImportError(
+                kind="DeletedField",
+                on=InstanceID(model),
+                reason=f"field {field!r} dropped from {_rows(n)}: Sentry has removed it",
+            )
+        )
     for model, load in result.loads.items():
         for field in load.skipped_fields:
-            out.append(RpcImportError(kind="SkippedField", on=InstanceID(model),
-                                      reason=f"field {field} not restored: table {load.table} has no column for it"))
+            out.append(
+                RpcImportError(
+                    kind="SkippedField",
+                    on=InstanceID(model),
+                    reason=f"field {field} not restored: table {load.table} has no column for it",
+                )
+            )
     return out
 
 
@@ -175,8 +244,14 @@ def _drop_findings(result: RestoreResult) -> list[RpcImportError]:
     for model, load in result.loads.items():
         for sample in load.dropped_sample:
             if not sample["reason"].startswith("filtered"):
-                out.append(RpcImportError(kind="DroppedRow", on=InstanceID(model), left_pk=sample["pk"],
-                                          reason=f"row {sample['row']}: {sample['reason']}"))
+                out.append(
+                    RpcImportError(
+                        kind="DroppedRow",
+                        on=InstanceID(model),
+                        left_pk=sample["pk"],
+                        reason=f"row {sample['row']}: {sample['reason']}",
+                    )
+                )
     return out
 
 

@@ -1,4 +1,5 @@
 """``backup-assets rollback IMPORT_ID``: undo an import (what it inserted goes, what it overwrote comes back)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,5 +35,8 @@ def rollback_command(import_id: str, dsn: str | None, manifest: Path | None) -> 
         click.echo(f"deleted {n} {model}", err=True)
     for model, n in result.restored.items():
         click.echo(f"restored {n} {model} (overwritten)", err=True)
-    click.echo(f"import {import_id} rolled back: {sum(result.deleted.values())} rows deleted, "
-               f"{sum(result.restored.values())} restored", err=True)
+    click.echo(
+        f"import {import_id} rolled back: {sum(result.deleted.values())} rows deleted, "
+        f"{sum(result.restored.values())} restored",
+        err=True,
+    )

@@ -1,4 +1,5 @@
 """``backup-assets ui``: the Dagster UI over the home the command line records its runs in."""
+
 from __future__ import annotations
 
 import os

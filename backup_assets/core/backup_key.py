@@ -5,6 +5,7 @@ A file rewritten under the same name gets a new key. The key is the Dagster part
 and the import id the engine records (it satisfies :func:`backup_assets.core.settings.check_import_id`).
 It lives in the core so that the resources and the Dagster layer share it without importing each other.
 """
+
 from __future__ import annotations
 
 import hashlib

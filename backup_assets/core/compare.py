@@ -32,6 +32,7 @@ datetime fields turn up only after pairs holding such a field were compared is c
 second pass. Counts and ordering are known only at the end: when they fail, those findings are the
 result and the pair findings are dropped, as Sentry's validator stops there.
 """
+
 from __future__ import annotations
 
 import ast
@@ -45,14 +46,15 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, ClassVar
 
 import ijson
 import orjson
 
 from .errors import ExportParseError
-from .findings import ComparatorFinding, ComparatorFindingKind as Kind, InstanceID
+from .findings import ComparatorFinding, InstanceID
+from .findings import ComparatorFindingKind as Kind
 from .manifest import Manifest
 from .parse import _CountingReader, _Doubt, _fast_rows
 from .spill import RowSpill
@@ -82,6 +84,7 @@ _NO_PKS: Mapping[int, int] = {}
 
 # -- matched rows ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Match:
     """A left row and the right row with the same model and ordinal, as the comparators see them.
@@ -96,11 +99,11 @@ class Match:
     right: Fields
 
     def finding(self, kind: Kind, reason: str) -> ComparatorFinding:
-        return ComparatorFinding(kind=kind, on=self.on, left_pk=self.left_pk, right_pk=self.right_pk,
-                                 reason=reason)
+        return ComparatorFinding(kind=kind, on=self.on, left_pk=self.left_pk, right_pk=self.right_pk, reason=reason)
 
 
 # -- comparators ----------------------------------------------------------------------------------
+
 
 class Comparator:
     """Checks some fields of a matched pair, then scrubs them from the final JSON diff.
@@ -210,8 +213,10 @@ class DatetimeEqualityComparator(Comparator):
 
     def quick_ok(self, m: Match) -> bool:
         left, right = m.left, m.right
-        return all(left.get(f) == right.get(f) and (left.get(f) is None or parse_datetime(left.get(f)) is not None)
-                   for f in self.fields)
+        return all(
+            left.get(f) == right.get(f) and (left.get(f) is None or parse_datetime(left.get(f)) is not None)
+            for f in self.fields
+        )
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         lt, rt = parse_datetime(left), parse_datetime(right)
@@ -247,8 +252,10 @@ class _ObfuscatingComparator(Comparator):
     def check(self, field: str, left: Any, right: Any) -> str | None:
         if left == right:
             return None
-        return (f"the left value ({self.obfuscate(left)}) of `{field}` is not equal to the right value "
-                f"({self.obfuscate(right)})")
+        return (
+            f"the left value ({self.obfuscate(left)}) of `{field}` is not equal to the right value "
+            f"({self.obfuscate(right)})"
+        )
 
 
 class HashObfuscatingComparator(_ObfuscatingComparator):
@@ -284,22 +291,33 @@ class UserPasswordObfuscatingComparator(_ObfuscatingComparator):
         super().__init__("password")
 
     def quick_ok(self, m: Match) -> bool:
-        return not m.left.get("is_unclaimed") and not m.right.get("is_unclaimed") and \
-            m.left.get("password") == m.right.get("password")
+        return (
+            not m.left.get("is_unclaimed")
+            and not m.right.get("is_unclaimed")
+            and m.left.get("password") == m.right.get("password")
+        )
 
     def compare(self, m: Match) -> list[ComparatorFinding]:
         found = []
         if m.left.get("is_unclaimed") and not m.right.get("is_unclaimed"):
-            found.append(m.finding(self.kind, "the left user is unclaimed but the right one is claimed; "
-                                              "an import never claims a user"))
+            found.append(
+                m.finding(
+                    self.kind, "the left user is unclaimed but the right one is claimed; an import never claims a user"
+                )
+            )
         if not m.right.get("is_unclaimed"):
             return found + super().compare(m)
         if m.left.get("password") == m.right.get("password"):
             found.append(m.finding(self.kind, "`password` is unchanged, but an unclaimed user's must be new"))
         left_change, right_change = m.left.get("last_password_change"), m.right.get("last_password_change")
         if (parse_datetime(left_change) or _EPOCH) > (parse_datetime(right_change) or _EPOCH):
-            found.append(m.finding(self.kind, f"the left value ({left_change}) of `last_password_change` is later "
-                                              f"than the right value ({right_change})"))
+            found.append(
+                m.finding(
+                    self.kind,
+                    f"the left value ({left_change}) of `last_password_change` is later "
+                    f"than the right value ({right_change})",
+                )
+            )
         if m.right.get("is_password_expired"):
             found.append(m.finding(self.kind, "`is_password_expired` must be false for an unclaimed user"))
         return found
@@ -319,7 +337,8 @@ class _PatternComparator(Comparator):
         for f in self.fields:
             left, right = m.left.get(f), m.right.get(f)
             if (left is not None or right is not None) and not (
-                    self.valid(left) and self.valid(right) and not (self.must_differ and left == right)):
+                self.valid(left) and self.valid(right) and not (self.must_differ and left == right)
+            ):
                 return False
         return True
 
@@ -401,8 +420,11 @@ class EqualOrRemovedComparator(Comparator):
     equal_is_fine = True
 
     def existence(self, m: Match) -> list[ComparatorFinding]:
-        return [m.finding(self.existence_kind, f"the left value of `{f}` is missing but the right one is set")
-                for f in self.fields if m.left.get(f) is None and m.right.get(f) is not None]
+        return [
+            m.finding(self.existence_kind, f"the left value of `{f}` is missing but the right one is set")
+            for f in self.fields
+            if m.left.get(f) is None and m.right.get(f) is not None
+        ]
 
     def check(self, field: str, left: Any, right: Any) -> str | None:
         if right is None or left == right:
@@ -428,8 +450,9 @@ class ForeignKeyComparator(Comparator):
     def __repr__(self) -> str:
         return f"ForeignKeyComparator({self.targets!r})"
 
-    def set_primary_key_maps(self, left: Mapping[str, Mapping[int, int]],
-                             right: Mapping[str, Mapping[int, int]]) -> None:
+    def set_primary_key_maps(
+        self, left: Mapping[str, Mapping[int, int]], right: Mapping[str, Mapping[int, int]]
+    ) -> None:
         """Each side's model -> {pk: ordinal}; needed before :meth:`compare`."""
         self._maps = (left, right)
 
@@ -463,22 +486,27 @@ class ForeignKeyComparator(Comparator):
                 return f"the {side} value ({value!r}) of foreign key `{field}` is not the pk of any {target} row"
             ordinals.append(ordinal)
         if ordinals[0] != ordinals[1]:
-            return (f"the left value of `{field}` points at {target} #{ordinals[0]}, the right value at "
-                    f"{target} #{ordinals[1]}")
+            return (
+                f"the left value of `{field}` points at {target} #{ordinals[0]}, the right value at "
+                f"{target} #{ordinals[1]}"
+            )
         return None
 
 
 def default_comparators() -> dict[str, list[Comparator]]:
     """The per-model comparators of Sentry's validator (fresh instances at every call)."""
+
     def updated(*fields: str) -> list[Comparator]:
         return [DateUpdatedComparator(*fields)]
 
     return {
         "sentry.alertrule": updated("date_modified"),
         "sentry.apiapplication": [HashObfuscatingComparator("client_id", "client_secret")],
-        "sentry.apitoken": [HashObfuscatingComparator("refresh_token", "token"),
-                            IgnoredComparator("hashed_token", "hashed_refresh_token", "token_last_characters"),
-                            UnorderedListComparator("scope_list")],
+        "sentry.apitoken": [
+            HashObfuscatingComparator("refresh_token", "token"),
+            IgnoredComparator("hashed_token", "hashed_refresh_token", "token_last_characters"),
+            UnorderedListComparator("scope_list"),
+        ],
         "sentry.authidentity": [HashObfuscatingComparator("ident", "token")],
         "sentry.dashboardwidgetquery": updated("date_modified"),
         "sentry.dashboardwidgetqueryondemand": updated("date_modified"),
@@ -493,30 +521,44 @@ def default_comparators() -> dict[str, list[Comparator]]:
         "sentry.organizationintegration": updated("date_updated"),
         "sentry.organizationmember": [HashObfuscatingComparator("token"), EmailObfuscatingComparator("email")],
         "sentry.orgauthtoken": [HashObfuscatingComparator("token_hashed", "token_last_characters")],
-        "sentry.projectkey": [HashObfuscatingComparator("public_key", "secret_key"),
-                              SecretHexComparator(16, "public_key", "secret_key")],
+        "sentry.projectkey": [
+            HashObfuscatingComparator("public_key", "secret_key"),
+            SecretHexComparator(16, "public_key", "secret_key"),
+        ],
         "sentry.projecttemplate": updated("date_updated"),
-        "sentry.querysubscription": [DateUpdatedComparator("date_updated"),
-                                     SubscriptionIDComparator("subscription_id")],
+        "sentry.querysubscription": [
+            DateUpdatedComparator("date_updated"),
+            SubscriptionIDComparator("subscription_id"),
+        ],
         "sentry.relay": [HashObfuscatingComparator("relay_id", "public_key")],
         "sentry.relayusage": [HashObfuscatingComparator("relay_id", "public_key")],
         "sentry.sentryapp": [DateUpdatedComparator("date_updated"), EmailObfuscatingComparator("creator_label")],
         "sentry.sentryappinstallation": updated("date_updated"),
         "sentry.servicehook": [HashObfuscatingComparator("secret")],
         "sentry.team": [IgnoredComparator("org_role")],
-        "sentry.user": [AutoSuffixComparator("username"), DateUpdatedComparator("last_active"),
-                        IgnoredComparator("last_password_change", "is_unclaimed", "is_password_expired"),
-                        UserPasswordObfuscatingComparator(), EmailObfuscatingComparator("email")],
-        "sentry.useremail": [DateUpdatedComparator("date_hash_added"),
-                             IgnoredComparator("validation_hash", "is_verified"), EmailObfuscatingComparator("email")],
-        "sentry.userip": [DateUpdatedComparator("first_seen", "last_seen"),
-                          IgnoredComparator("country_code", "region_code")],
+        "sentry.user": [
+            AutoSuffixComparator("username"),
+            DateUpdatedComparator("last_active"),
+            IgnoredComparator("last_password_change", "is_unclaimed", "is_password_expired"),
+            UserPasswordObfuscatingComparator(),
+            EmailObfuscatingComparator("email"),
+        ],
+        "sentry.useremail": [
+            DateUpdatedComparator("date_hash_added"),
+            IgnoredComparator("validation_hash", "is_verified"),
+            EmailObfuscatingComparator("email"),
+        ],
+        "sentry.userip": [
+            DateUpdatedComparator("first_seen", "last_seen"),
+            IgnoredComparator("country_code", "region_code"),
+        ],
         "sentry.userrole": updated("date_updated"),
         "sentry.userroleuser": updated("date_updated"),
     }
 
 
 # -- reading exports ------------------------------------------------------------------------------
+
 
 class _HeadReader:
     """A binary stream whose first non-blank byte can be looked at before the JSON parser reads it."""
@@ -553,8 +595,9 @@ def iter_export(stream: BinaryIO, source: str = "export") -> Iterator[Any]:
     if first is None:
         raise ExportParseError(f"{source}: empty; a Sentry export is a JSON list of rows")
     if first != ord("["):
-        raise ExportParseError(f"{source}: a Sentry export is a JSON list of rows, but this one starts with "
-                               f"{chr(first)!r}")
+        raise ExportParseError(
+            f"{source}: a Sentry export is a JSON list of rows, but this one starts with {chr(first)!r}"
+        )
     index = 0
     try:
         for item in ijson.items(reader, "item", use_float=True):
@@ -699,9 +742,14 @@ class _Side:
         else:
             last = previous.get(model)
             if last is not None and pk <= last:
-                self.unordered.setdefault(model, []).append(ComparatorFinding(
-                    kind=Kind.UnorderedInput, on=InstanceID(model, count), **{f"{self.label}_pk": pk},
-                    reason=f"{self.label}: pk {pk} does not follow pk {last} in ascending order"))
+                self.unordered.setdefault(model, []).append(
+                    ComparatorFinding(
+                        kind=Kind.UnorderedInput,
+                        on=InstanceID(model, count),
+                        **{f"{self.label}_pk": pk},
+                        reason=f"{self.label}: pk {pk} does not follow pk {last} in ascending order",
+                    )
+                )
             else:
                 pks = self.pks.get(model)
                 if pks is None:
@@ -712,8 +760,11 @@ class _Side:
             self.usernames[pk] = fields.get("username")
         if model in dated:
             known = self.dates.setdefault(model, set())
-            found = [f for f, v in fields.items()
-                     if type(v) is str and v[4:5] == "-" and f not in known and parse_datetime(v) is not None]
+            found = [
+                f
+                for f, v in fields.items()
+                if type(v) is str and v[4:5] == "-" and f not in known and parse_datetime(v) is not None
+            ]
             if found:
                 known.update(found)
                 self.dates_changed.add(model)
@@ -723,8 +774,10 @@ class _Side:
         entries, custom = self.custom.get(model, []), CUSTOM_ORDINALS[model]
 
         def key(values: tuple) -> tuple:
-            return tuple(_sort_key(self.usernames.get(v, v) if f in _USER_FIELDS and isinstance(v, int) else v)
-                         for f, v in zip(custom, values))
+            return tuple(
+                _sort_key(self.usernames.get(v, v) if f in _USER_FIELDS and isinstance(v, int) else v)
+                for f, v in zip(custom, values)
+            )
 
         keys = sorted((key(values), i) for i, (values, _) in enumerate(entries))
         self.order[model] = [i for _, i in keys]
@@ -732,11 +785,17 @@ class _Side:
         self.custom.pop(model, None)
         if model in RENUMBERED_ON_DUPLICATES:
             return []
-        return [ComparatorFinding(kind=Kind.DuplicateCustomOrdinal, on=InstanceID(model, n + 1),
-                                  **{f"{self.label}_pk": entries[keys[n][1]][1]},
-                                  reason=f"{self.label}: ({', '.join(f'{f}={v[-1]!r}' for f, v in zip(custom, keys[n][0]))})"
-                                         " appears more than once")
-                for n in range(1, len(keys)) if keys[n][0] == keys[n - 1][0]]
+        return [
+            ComparatorFinding(
+                kind=Kind.DuplicateCustomOrdinal,
+                on=InstanceID(model, n + 1),
+                **{f"{self.label}_pk": entries[keys[n][1]][1]},
+                reason=f"{self.label}: ({', '.join(f'{f}={v[-1]!r}' for f, v in zip(custom, keys[n][0]))})"
+                " appears more than once",
+            )
+            for n in range(1, len(keys))
+            if keys[n][0] == keys[n - 1][0]
+        ]
 
 
 def _json_lines(fields: Fields) -> list[str]:
@@ -767,7 +826,8 @@ def _quick(m: Match, comparators: list[Comparator], handled: frozenset[str]) -> 
     """True only when the pair has no findings: every comparator's quick test passes and the fields no
     comparator handles are alike (the usual case, decided without copying the rows)."""
     return all(c.quick_ok(m) for c in comparators) and _same_json(
-        {k: v for k, v in m.left.items() if k not in handled}, {k: v for k, v in m.right.items() if k not in handled})
+        {k: v for k, v in m.left.items() if k not in handled}, {k: v for k, v in m.right.items() if k not in handled}
+    )
 
 
 def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFinding]:
@@ -788,8 +848,9 @@ def _compare_pair(m: Match, comparators: list[Comparator]) -> list[ComparatorFin
     return found
 
 
-def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manifest: Manifest,
-                       dates: set[str]) -> list[Comparator]:
+def _model_comparators(
+    model: str, table: Mapping[str, list[Comparator]], manifest: Manifest, dates: set[str]
+) -> list[Comparator]:
     """The table's comparators for ``model`` plus the automatic datetime and foreign-key ones."""
     found = list(table.get(model, ()))
     if found:
@@ -802,8 +863,9 @@ def _model_comparators(model: str, table: Mapping[str, list[Comparator]], manife
     return found
 
 
-def _pairs(left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int], names: tuple[str, str]
-           ) -> Iterator[tuple[str, Any, Any]]:
+def _pairs(
+    left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int], names: tuple[str, str]
+) -> Iterator[tuple[str, Any, Any]]:
     """(model, left row, right row): the n-th row of a model on the left with the n-th on the right, in the
     left's order. Right rows that come before their turn (inputs in different orders) wait in an encrypted
     spill queue; in Sentry's order none wait. Only ``compared`` models (model -> row count) are paired."""
@@ -826,8 +888,11 @@ def _pairs(left: Iterable[Any], right: Iterable[Any], compared: Mapping[str, int
                 if other_model in compared:
                     waiting.setdefault(other_model, RowSpill()).push(other)
             else:
-                raise ExportParseError(f"{names[1]}: has fewer {model} rows than when it was first read "
-                                       "(it changed during the comparison)", model=model)
+                raise ExportParseError(
+                    f"{names[1]}: has fewer {model} rows than when it was first read "
+                    "(it changed during the comparison)",
+                    model=model,
+                )
     finally:
         for queue in waiting.values():
             queue.close()
@@ -909,8 +974,9 @@ class _Comparison:
             noted.note(model, pk, fields, self.dated, previous)
             yield model, pk, fields
 
-    def _next(self, model: str, right_rows: Iterator[tuple[str, int, Fields]], waiting: dict[str, RowSpill]
-              ) -> tuple[int, Fields] | None:
+    def _next(
+        self, model: str, right_rows: Iterator[tuple[str, int, Fields]], waiting: dict[str, RowSpill]
+    ) -> tuple[int, Fields] | None:
         """The next right row of ``model``; rows of other models read on the way wait in a spill queue."""
         for other, pk, fields in right_rows:
             if other == model:
@@ -958,8 +1024,9 @@ class _Comparison:
         foreign_keys = next((c for c in comparators if isinstance(c, ForeignKeyComparator)), None)
         if foreign_keys is not None:
             foreign_keys.set_primary_key_maps(self.sides[0].pks, self.sides[1].pks)
-        plan = self.plans[model] = _ModelPlan(comparators, frozenset(f for c in comparators for f in c.fields),
-                                              foreign_keys, dates)
+        plan = self.plans[model] = _ModelPlan(
+            comparators, frozenset(f for c in comparators for f in c.fields), foreign_keys, dates
+        )
         return plan
 
     def _resolved(self, comparator: ForeignKeyComparator, left: Fields, right: Fields) -> bool:
@@ -967,8 +1034,9 @@ class _Comparison:
         for f, target in comparator.targets.items():
             for side, fields in zip(self.sides, (left, right)):
                 value = fields.get(f)
-                if isinstance(value, int) and (target in CUSTOM_ORDINALS or target not in side.pks
-                                               or side.pks[target].get(value) is None):
+                if isinstance(value, int) and (
+                    target in CUSTOM_ORDINALS or target not in side.pks or side.pks[target].get(value) is None
+                ):
                     return False
         return True
 
@@ -994,8 +1062,9 @@ class _Comparison:
             ordinals: dict[str, int] = {}
             for model, left_row, right_row in _pairs(left(), right(), counts, self.names):
                 ordinals[model] = ordinal = ordinals.get(model, 0) + 1
-                self._compare_now(model, ordinal, _Row(left_row["pk"], left_row["fields"]),
-                                  _Row(right_row["pk"], right_row["fields"]))
+                self._compare_now(
+                    model, ordinal, _Row(left_row["pk"], left_row["fields"]), _Row(right_row["pk"], right_row["fields"])
+                )
         rank = {model: i for i, model in enumerate(models)}
         return sorted(self.findings, key=lambda f: (rank[f.on.model], f.on.ordinal or 0))
 
@@ -1009,15 +1078,25 @@ def _first_pass_findings(sides: tuple[_Side, _Side], models: list[str]) -> list[
     for model in models:
         counts = sides[0].counts.get(model, 0), sides[1].counts.get(model, 0)
         if counts[0] != counts[1]:
-            findings.append(ComparatorFinding(kind=Kind.UnequalCounts, on=InstanceID(model),
-                                              reason=f"{counts[0]} left rows, {counts[1]} right rows"))
+            findings.append(
+                ComparatorFinding(
+                    kind=Kind.UnequalCounts,
+                    on=InstanceID(model),
+                    reason=f"{counts[0]} left rows, {counts[1]} right rows",
+                )
+            )
     return findings
 
 
-def compare_sources(left: RowSource, right: RowSource, manifest: Manifest,
-                    comparators: Mapping[str, list[Comparator]] | None = None, *,
-                    names: tuple[str, str] = ("left", "right"),
-                    skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
+def compare_sources(
+    left: RowSource,
+    right: RowSource,
+    manifest: Manifest,
+    comparators: Mapping[str, list[Comparator]] | None = None,
+    *,
+    names: tuple[str, str] = ("left", "right"),
+    skipped: dict[str, tuple[int, int]] | None = None,
+) -> list[ComparatorFinding]:
     """Compare two exports in bounded memory; each side is read by calling its source (once, or twice when
     a model's comparators could only be known at the end: see :class:`_Comparison`).
 
@@ -1039,10 +1118,15 @@ def compare_sources(left: RowSource, right: RowSource, manifest: Manifest,
         run.deferred.close()
 
 
-def compare(left_rows: Iterable[Any], right_rows: Iterable[Any], manifest: Manifest,
-            comparators: Mapping[str, list[Comparator]] | None = None, *,
-            names: tuple[str, str] = ("left", "right"),
-            skipped: dict[str, tuple[int, int]] | None = None) -> list[ComparatorFinding]:
+def compare(
+    left_rows: Iterable[Any],
+    right_rows: Iterable[Any],
+    manifest: Manifest,
+    comparators: Mapping[str, list[Comparator]] | None = None,
+    *,
+    names: tuple[str, str] = ("left", "right"),
+    skipped: dict[str, tuple[int, int]] | None = None,
+) -> list[ComparatorFinding]:
     """Compare two exports' rows (left: the original, right: the copy) and return the differences.
 
     ``comparators`` maps a model to its comparators (default: :func:`default_comparators`); foreign-key

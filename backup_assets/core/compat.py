@@ -6,6 +6,7 @@ Rows of other models it no longer has (removed since the export was written, or 
 relocation graph) it skips as unknown. This module holds those facts as our own table: the parse applies
 them and reports every field and row it drops; nothing it drops is reported as an unknown model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -7,6 +7,7 @@ interface allows since the check is the implementation's business.
 
 Private keys are loaded lazily, kept in memory only, and never shown by ``repr()``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from . import keys
 from .errors import ConfigurationError, EncryptionError
 
 __all__ = [
-    "Decryptor", "Encryptor", "GCPKMSDecryptor", "GCPKMSDecryptorConfig", "LocalFileDecryptor",
-    "LocalFileEncryptor", "PemDecryptor", "PemEncryptor",
+    "Decryptor",
+    "Encryptor",
+    "GCPKMSDecryptor",
+    "GCPKMSDecryptorConfig",
+    "LocalFileDecryptor",
+    "LocalFileEncryptor",
+    "PemDecryptor",
+    "PemEncryptor",
 ]
 
 
@@ -122,7 +129,8 @@ class GCPKMSDecryptorConfig:
             if not isinstance(getattr(self, f.name), str) or not getattr(self, f.name):
                 raise ConfigurationError(
                     "GCP KMS config needs exactly the five non-empty string fields "
-                    f"{', '.join(x.name for x in fields(self))}; {f.name!r} is not a non-empty string")
+                    f"{', '.join(x.name for x in fields(self))}; {f.name!r} is not a non-empty string"
+                )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> GCPKMSDecryptorConfig:
@@ -133,15 +141,18 @@ class GCPKMSDecryptorConfig:
         except ValueError:
             obj = None
         if not isinstance(obj, dict) or set(obj) != names:
-            raise ConfigurationError(f"GCP KMS config must be a JSON object with exactly the string fields "
-                                     f"{', '.join(sorted(names))}")
+            raise ConfigurationError(
+                f"GCP KMS config must be a JSON object with exactly the string fields {', '.join(sorted(names))}"
+            )
         return cls(**obj)
 
     @property
     def key_version_name(self) -> str:
         """The KMS resource name of the crypto key version."""
-        return (f"projects/{self.project_id}/locations/{self.location}/keyRings/{self.key_ring}"
-                f"/cryptoKeys/{self.key}/cryptoKeyVersions/{self.version}")
+        return (
+            f"projects/{self.project_id}/locations/{self.location}/keyRings/{self.key_ring}"
+            f"/cryptoKeys/{self.key}/cryptoKeyVersions/{self.version}"
+        )
 
 
 class GCPKMSDecryptor:
@@ -154,8 +165,9 @@ class GCPKMSDecryptor:
         return f"GCPKMSDecryptor({self.config.key_version_name!r})"
 
     def unwrap_data_key(self, encrypted_data_key: bytes, key_pub: bytes) -> bytes:
-        raise ConfigurationError("GCP KMS decryption is not available in this build; "
-                                 "use a local private key (--decrypt-with)")
+        raise ConfigurationError(
+            "GCP KMS decryption is not available in this build; use a local private key (--decrypt-with)"
+        )
 
 
 class LocalFileEncryptor:
@@ -185,4 +197,3 @@ class PemEncryptor:
 
     def public_key_pem(self) -> bytes:
         return self._pem
-

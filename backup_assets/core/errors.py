@@ -4,6 +4,7 @@ Every failure the core can diagnose is raised as a subclass of :class:`BackupAss
 (the CLI, the Dagster layer) can tell "the input or the configuration is wrong" from a bug.
 Messages never contain key material or decrypted export data.
 """
+
 from __future__ import annotations
 
 
@@ -18,8 +19,9 @@ class BackupFormatError(BackupAssetsError):
     into the file or member, when known.
     """
 
-    def __init__(self, message: str, *, path: str | None = None, member: str | None = None,
-                 offset: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, member: str | None = None, offset: int | None = None
+    ) -> None:
         where = []
         if path:
             where.append(str(path))
@@ -50,8 +52,15 @@ class ExportParseError(BackupAssetsError):
     in the (decrypted) JSON where the problem was seen.
     """
 
-    def __init__(self, message: str, *, row: int | None = None, offset: int | None = None,
-                 model: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        row: int | None = None,
+        offset: int | None = None,
+        model: str | None = None,
+        field: str | None = None,
+    ) -> None:
         where = []
         if row is not None:
             where.append(f"row {row}")
@@ -103,9 +112,11 @@ class UnknownModelsError(BackupAssetsError):
 
     def __init__(self, models: dict[str, int]) -> None:
         named = ", ".join(f"{m} ({n} row{'s' if n != 1 else ''})" for m, n in sorted(models.items()))
-        super().__init__(f"strict: the export holds rows of {len(models)} model(s) the manifest does not know: "
-                         f"{named}; nothing was written (pass the manifest of the export's Sentry release with "
-                         f"--manifest, or restore without --strict to skip them)")
+        super().__init__(
+            f"strict: the export holds rows of {len(models)} model(s) the manifest does not know: "
+            f"{named}; nothing was written (pass the manifest of the export's Sentry release with "
+            f"--manifest, or restore without --strict to skip them)"
+        )
         self.models = dict(models)
 
 

@@ -24,6 +24,7 @@ the next rows while these are converted, and waits when the client is behind); t
 that later models refer to are kept in a temporary table of the export's transaction, not in the client. The
 export runs in one transaction (REPEATABLE READ when the connection is idle), so it sees one snapshot.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, UTC
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
@@ -63,12 +64,15 @@ _names = itertools.count(1)
 
 # -- values ---------------------------------------------------------------------------------------
 
+
 def format_datetime(value: datetime) -> str:
     """UTC ISO-8601 with exactly three millisecond digits (truncated) and ``Z``; naive values are UTC."""
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}.{value.microsecond // 1000:03d}Z")
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
+        f"{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
 
 
 def _decimal(value: Decimal) -> int | float:
@@ -93,8 +97,16 @@ def _bytes(value: bytes | memoryview) -> str:
 
 
 _CONVERT: dict[type, Any] = {
-    datetime: format_datetime, date: date.isoformat, time: time.isoformat, timedelta: str,
-    Decimal: _decimal, float: _float, list: _list, bytes: _bytes, memoryview: _bytes, uuid.UUID: str,
+    datetime: format_datetime,
+    date: date.isoformat,
+    time: time.isoformat,
+    timedelta: str,
+    Decimal: _decimal,
+    float: _float,
+    list: _list,
+    bytes: _bytes,
+    memoryview: _bytes,
+    uuid.UUID: str,
     **{t: str for t in (IPv4Address, IPv6Address, IPv4Interface, IPv6Interface, IPv4Network, IPv6Network)},
 }
 _PLAIN = (str, int, bool, dict, type(None))
@@ -114,15 +126,16 @@ def _jsonable(value: Any) -> Any:
 
 # -- what to export ---------------------------------------------------------------------------------
 
+
 @dataclass
 class _Model:
     spec: ModelSpec
     table: TableInfo
-    columns: list[str]                    #: catalog columns other than ``id``, in table order
-    fields: list[str]                     #: the export's name of each column
+    columns: list[str]  #: catalog columns other than ``id``, in table order
+    fields: list[str]  #: the export's name of each column
     conditions: list[sql.Composable] = field(default_factory=list)
     params: list[object] = field(default_factory=list)
-    record: bool = False                  #: keep its exported pks (later models, or itself, refer to them)
+    record: bool = False  #: keep its exported pks (later models, or itself, refer to them)
     #: the import's pk map scope when the export is restricted to an import (0: the import wrote no row)
     scope: int | None = None
 
@@ -139,9 +152,10 @@ class _Model:
         (a semi-join on the pk map was planned as a nested loop of random probes and a sort of whole rows)."""
         if self.scope is None:
             return sql.SQL("{} t").format(self.table.ident), []
-        return sql.SQL("(SELECT DISTINCT p.new_pk FROM {pk_map} p WHERE p.scope = %s AND p.kind IN ('I', 'O') "
-                       "ORDER BY p.new_pk) p JOIN {table} t ON t.id = p.new_pk").format(
-            pk_map=PK_MAP_ROW, table=self.table.ident), [self.scope]
+        return sql.SQL(
+            "(SELECT DISTINCT p.new_pk FROM {pk_map} p WHERE p.scope = %s AND p.kind IN ('I', 'O') "
+            "ORDER BY p.new_pk) p JOIN {table} t ON t.id = p.new_pk"
+        ).format(pk_map=PK_MAP_ROW, table=self.table.ident), [self.scope]
 
 
 def export_plan(conn: psycopg.Connection, manifest: Manifest, scope: str) -> list[tuple[ModelSpec, TableInfo]]:
@@ -179,8 +193,15 @@ def _in_exported(temp: sql.Identifier, column: sql.Composable, model: str) -> tu
 class _Filters:
     """Builds each model's WHERE clause: scope filters, explicit filters, foreign keys, the import."""
 
-    def __init__(self, plan: list[_Model], scope: str, temp: sql.Identifier, usernames: frozenset[str] | None,
-                 org_slugs: frozenset[str] | None, import_id: str | None) -> None:
+    def __init__(
+        self,
+        plan: list[_Model],
+        scope: str,
+        temp: sql.Identifier,
+        usernames: frozenset[str] | None,
+        org_slugs: frozenset[str] | None,
+        import_id: str | None,
+    ) -> None:
         self.models = {m.spec.name: m for m in plan}
         self.scope, self.temp = scope, temp
         self.usernames, self.org_slugs, self.import_id = usernames, org_slugs, import_id
@@ -219,30 +240,51 @@ class _Filters:
         if self.org_slugs is not None:  # users who are members of the kept organizations
             members = self.models.get("sentry.organizationmember")
             org_col = self.fk_column("sentry.organizationmember", "sentry.organization")
-            user_col = None if members is None else next((fk.column for fk in members.spec.foreign_keys
-                                         if fk.field == "user_id" and fk.column in members.table.columns), None)
+            user_col = (
+                None
+                if members is None
+                else next(
+                    (
+                        fk.column
+                        for fk in members.spec.foreign_keys
+                        if fk.field == "user_id" and fk.column in members.table.columns
+                    ),
+                    None,
+                )
+            )
             orgs = self.models.get("sentry.organization")
             if members is None or orgs is None or org_col is None or user_col is None:
                 m.where(sql.SQL("false"))
             else:
-                m.where(sql.SQL("t.id IN (SELECT om.{u} FROM {om} om JOIN {o} o ON o.id = om.{oc} "
-                                "WHERE o.slug = ANY(%s))").format(
-                    u=sql.Identifier(user_col), om=members.table.ident, o=orgs.table.ident,
-                    oc=sql.Identifier(org_col)), sorted(self.org_slugs))
+                m.where(
+                    sql.SQL(
+                        "t.id IN (SELECT om.{u} FROM {om} om JOIN {o} o ON o.id = om.{oc} WHERE o.slug = ANY(%s))"
+                    ).format(
+                        u=sql.Identifier(user_col),
+                        om=members.table.ident,
+                        o=orgs.table.ident,
+                        oc=sql.Identifier(org_col),
+                    ),
+                    sorted(self.org_slugs),
+                )
         if self.scope == "config" and self.import_id is None:
             self._privileged(m)
 
     def _privileged(self, m: _Model) -> None:
         """Config exports take only globally privileged users: staff, superusers, and users holding a
         user permission or an admin role."""
-        parts: list[sql.Composable] = [sql.SQL("t.{} IS TRUE").format(sql.Identifier(c))
-                                       for c in ("is_staff", "is_superuser") if c in m.table.columns]
+        parts: list[sql.Composable] = [
+            sql.SQL("t.{} IS TRUE").format(sql.Identifier(c))
+            for c in ("is_staff", "is_superuser")
+            if c in m.table.columns
+        ]
         for model in ("sentry.userpermission", "sentry.userroleuser"):
             holder = self.models.get(model)
             column = self.fk_column(model, "sentry.user")
             if holder is not None and column is not None:
-                parts.append(sql.SQL("t.id IN (SELECT h.{c} FROM {h} h)").format(
-                    c=sql.Identifier(column), h=holder.table.ident))
+                parts.append(
+                    sql.SQL("t.id IN (SELECT h.{c} FROM {h} h)").format(c=sql.Identifier(column), h=holder.table.ident)
+                )
         m.where(sql.SQL("({})").format(sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")))
 
     def _emails(self, m: _Model) -> None:
@@ -250,21 +292,36 @@ class _Filters:
         useremail = self.models.get("sentry.useremail")
         user_col = self.fk_column("sentry.useremail", "sentry.user")
         users = self.models.get("sentry.user")
-        if useremail is None or user_col is None or users is None or "email" not in useremail.table.columns \
-                or "email" not in m.table.columns:
+        if (
+            useremail is None
+            or user_col is None
+            or users is None
+            or "email" not in useremail.table.columns
+            or "email" not in m.table.columns
+        ):
             m.where(sql.SQL("false"))
             return
         users.record = True
         inside, target = _in_exported(self.temp, sql.SQL("ue.{}").format(sql.Identifier(user_col)), "sentry.user")
-        m.where(sql.SQL("t.email IN (SELECT ue.email FROM {ue} ue WHERE {i})").format(ue=useremail.table.ident,
-                                                                                     i=inside), target)
+        m.where(
+            sql.SQL("t.email IN (SELECT ue.email FROM {ue} ue WHERE {i})").format(ue=useremail.table.ident, i=inside),
+            target,
+        )
 
 
 # -- the export -------------------------------------------------------------------------------------
 
-def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
-                filter_usernames: Iterable[str] | None = None, filter_org_slugs: Iterable[str] | None = None,
-                import_id: str | None = None, itersize: int = 2000) -> Iterator[dict]:
+
+def export_rows(
+    conn: psycopg.Connection,
+    manifest: Manifest,
+    scope: str,
+    *,
+    filter_usernames: Iterable[str] | None = None,
+    filter_org_slugs: Iterable[str] | None = None,
+    import_id: str | None = None,
+    itersize: int = 2000,
+) -> Iterator[dict]:
     """Stream the target's rows as a Sentry export in ``scope`` (users, organizations, config, global).
 
     See the module docstring for the format and the filters. ``conn`` must not be used by anyone else
@@ -278,13 +335,18 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         plan = [_describe(spec, table) for spec, table in export_plan(conn, manifest, scope)]
         temp = sql.Identifier(f"_backup_assets_export_{os.getpid()}_{next(_names)}")
-        conn.execute(sql.SQL("CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "
-                             "PRIMARY KEY (model, pk)) ON COMMIT DROP").format(temp))
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} (model text NOT NULL, pk bigint NOT NULL, output boolean NOT NULL, "
+                "PRIMARY KEY (model, pk)) ON COMMIT DROP"
+            ).format(temp)
+        )
         filters = _Filters(plan, scope, temp, usernames, org_slugs, import_id)
         if import_id is not None:
             _seed_existing(conn, temp, import_id)
-        referenced = {fk.model for m in plan for fk in m.spec.foreign_keys
-                      if (m.spec.name, fk.field) not in NEVER_FILTERS}
+        referenced = {
+            fk.model for m in plan for fk in m.spec.foreign_keys if (m.spec.name, fk.field) not in NEVER_FILTERS
+        }
         for m in plan:
             m.record = m.spec.name in referenced
             filters.apply(m)
@@ -298,25 +360,36 @@ def export_rows(conn: psycopg.Connection, manifest: Manifest, scope: str, *,
 
 def _seed_existing(conn: psycopg.Connection, temp: sql.Identifier, import_id: str) -> None:
     """Rows an import mapped onto existing ones (kind E) are not re-exported, but rows referring to them are."""
-    if one_row(conn.execute("SELECT to_regclass(%s) IS NULL OR to_regclass(%s) IS NULL",
-                            (f"{INTERNAL_SCHEMA}.pk_map", f"{INTERNAL_SCHEMA}.pk_scope")))[0]:
+    if one_row(
+        conn.execute(
+            "SELECT to_regclass(%s) IS NULL OR to_regclass(%s) IS NULL",
+            (f"{INTERNAL_SCHEMA}.pk_map", f"{INTERNAL_SCHEMA}.pk_scope"),
+        )
+    )[0]:
         raise TargetError(f"import {import_id}: the target has no {INTERNAL_SCHEMA}.pk_map; nothing was imported here")
-    conn.execute(sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT model, new_pk, false FROM {pk_map} "
-                         "WHERE import_id = %s AND kind = 'E' AND new_pk IS NOT NULL ON CONFLICT DO NOTHING").format(
-        tmp=temp, pk_map=PK_MAP), (import_id,))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {tmp} (model, pk, output) SELECT model, new_pk, false FROM {pk_map} "
+            "WHERE import_id = %s AND kind = 'E' AND new_pk IS NOT NULL ON CONFLICT DO NOTHING"
+        ).format(tmp=temp, pk_map=PK_MAP),
+        (import_id,),
+    )
 
 
 def _export_model(conn: psycopg.Connection, m: _Model, temp: sql.Identifier, itersize: int) -> Iterator[dict]:
     name = m.spec.name
     select = sql.SQL(", ").join([sql.SQL("t.id"), *(sql.SQL("t.{}").format(sql.Identifier(c)) for c in m.columns)])
     if m.record:
-        query = sql.SQL("SELECT {cols} FROM {table} t WHERE t.id IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s "
-                        "AND e.output) ORDER BY t.id").format(cols=select, table=m.table.ident, tmp=temp)
+        query = sql.SQL(
+            "SELECT {cols} FROM {table} t WHERE t.id IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s "
+            "AND e.output) ORDER BY t.id"
+        ).format(cols=select, table=m.table.ident, tmp=temp)
         params: list[object] = [name]
     else:
         rows, params = m.rows()
         query = sql.SQL("SELECT {cols} FROM {rows} WHERE {cond} ORDER BY t.id").format(
-            cols=select, rows=rows, cond=m.condition())
+            cols=select, rows=rows, cond=m.condition()
+        )
         params += m.params
     try:
         if m.record:
@@ -325,8 +398,9 @@ def _export_model(conn: psycopg.Connection, m: _Model, temp: sql.Identifier, ite
             for record in cur.stream(query, params, size=itersize):
                 yield _row(name, m.fields, record)
     except psycopg.Error as e:
-        raise TargetError(f"{name}: cannot read table {m.spec.table_name!r}: "
-                          f"{e.diag.message_primary or str(e).strip()}") from None
+        raise TargetError(
+            f"{name}: cannot read table {m.spec.table_name!r}: {e.diag.message_primary or str(e).strip()}"
+        ) from None
 
 
 def _row(model: str, fields: list[str], record: tuple) -> dict:
@@ -350,13 +424,15 @@ def _record(conn: psycopg.Connection, m: _Model, temp: sql.Identifier) -> None:
     """Keep the pks of ``m``'s exported rows; repeated until nothing is added, so that a self-reference
     is satisfied by rows of the same model (in any pk order)."""
     rows, rows_params = m.rows()
-    insert = sql.SQL("INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {rows} WHERE {cond} "
-                     "AND t.id NOT IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s AND e.output) "
-                     "ON CONFLICT (model, pk) DO UPDATE SET output = true").format(
-        tmp=temp, rows=rows, cond=m.condition())
+    insert = sql.SQL(
+        "INSERT INTO {tmp} (model, pk, output) SELECT %s, t.id, true FROM {rows} WHERE {cond} "
+        "AND t.id NOT IN (SELECT e.pk FROM {tmp} e WHERE e.model = %s AND e.output) "
+        "ON CONFLICT (model, pk) DO UPDATE SET output = true"
+    ).format(tmp=temp, rows=rows, cond=m.condition())
     params = [m.spec.name, *rows_params, *m.params, m.spec.name]
-    self_ref = any(fk.model == m.spec.name and (m.spec.name, fk.field) not in NEVER_FILTERS
-                   for fk in m.spec.foreign_keys)
+    self_ref = any(
+        fk.model == m.spec.name and (m.spec.name, fk.field) not in NEVER_FILTERS for fk in m.spec.foreign_keys
+    )
     total = 0
     while True:
         added = conn.execute(insert, params).rowcount
@@ -369,13 +445,17 @@ def _record(conn: psycopg.Connection, m: _Model, temp: sql.Identifier) -> None:
 
 # -- writing ----------------------------------------------------------------------------------------
 
-def iter_json(rows: Iterable[dict], indent: int | None = 2, *, counts: dict[str, int] | None = None,
-              chunk_size: int = 1 << 16) -> Iterator[bytes]:
+
+def iter_json(
+    rows: Iterable[dict], indent: int | None = 2, *, counts: dict[str, int] | None = None, chunk_size: int = 1 << 16
+) -> Iterator[bytes]:
     """The export's JSON text (a list of rows, pretty-printed like ``sentry export`` when ``indent`` is
     set, compact when it is None), UTF-8, in chunks of about ``chunk_size`` bytes. ``counts`` (if given)
     receives the rows written per model."""
     if indent is None:
-        encode: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+        encode: Callable[[Any], str] = json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode
         head, sep, tail = "[", ",", "]\n"
     else:
         pad = " " * indent
@@ -383,6 +463,7 @@ def iter_json(rows: Iterable[dict], indent: int | None = 2, *, counts: dict[str,
 
         def indented(row: dict) -> str:
             return pad + pretty(row).replace("\n", "\n" + pad)
+
         encode = indented
         head, sep, tail = "[\n", ",\n", "\n]\n"
     buf = io.StringIO()
@@ -423,8 +504,9 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-def export_to(dest: str | os.PathLike[str], rows: Iterable[dict], *, indent: int | None = 2,
-              encryptor: Encryptor | None = None) -> dict[str, int]:
+def export_to(
+    dest: str | os.PathLike[str], rows: Iterable[dict], *, indent: int | None = 2, encryptor: Encryptor | None = None
+) -> dict[str, int]:
     """Write ``rows`` as export JSON to the file ``dest`` or to stdout (``"-"``); returns rows per model.
 
     With an ``encryptor`` the output is Sentry's encrypted export tarball: the JSON is generated straight
@@ -479,4 +561,3 @@ def _write_file(dest: Path, chunks: Iterator[bytes]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-

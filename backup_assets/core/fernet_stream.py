@@ -39,6 +39,7 @@ We are stricter than ``Fernet.decrypt`` about the base64 text: it silently skips
 alphabet (newlines, spaces...), we reject any of them with the byte offset of the first one.  Error messages
 never contain key material or plaintext.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,14 +54,19 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidSignature
-from pybase64 import b64decode as _b64decode
 from cryptography.hazmat.primitives import hashes, hmac, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from pybase64 import b64decode as _b64decode
 
 from .errors import DecryptionError, EncryptionError
 
 __all__ = [
-    "CHUNK_SIZE", "FernetDecryptingReader", "decrypt_to", "encrypt_to", "iter_encrypt", "token_length",
+    "CHUNK_SIZE",
+    "FernetDecryptingReader",
+    "decrypt_to",
+    "encrypt_to",
+    "iter_encrypt",
+    "token_length",
 ]
 
 CHUNK_SIZE = 1 << 20  #: bytes of token text read at a time (a multiple of 4, so chunks decode on their own)
@@ -100,6 +106,7 @@ def token_length(plaintext_length: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- decryption
+
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     """Read up to ``n`` bytes, looping over short reads; fewer only at EOF."""
@@ -185,7 +192,7 @@ def _split_at(chunk: bytes, pos: int, cut: int) -> tuple[bytes, bytes]:
         return chunk, b""
     if pos >= cut:
         return b"", chunk
-    return chunk[: cut - pos], chunk[cut - pos:]
+    return chunk[: cut - pos], chunk[cut - pos :]
 
 
 class _Token:
@@ -195,8 +202,16 @@ class _Token:
     without, it decrypts and authenticates in one pass (see the module's docstring).
     """
 
-    def __init__(self, f: BinaryIO, key: bytes | str, start: int | None, length: int | None,
-                 chunk_size: int, *, authenticate_first: bool = True) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        key: bytes | str,
+        start: int | None,
+        length: int | None,
+        chunk_size: int,
+        *,
+        authenticate_first: bool = True,
+    ) -> None:
         self._signing_key, self._encryption_key = _split_key(key)
         self.f = f
         self.start = f.tell() if start is None else start
@@ -289,8 +304,15 @@ class _Token:
             yield out
 
 
-def decrypt_to(src: BinaryIO, key: bytes | str, dst: _Writable, *, start: int | None = None,
-               length: int | None = None, chunk_size: int = CHUNK_SIZE) -> int:
+def decrypt_to(
+    src: BinaryIO,
+    key: bytes | str,
+    dst: _Writable,
+    *,
+    start: int | None = None,
+    length: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> int:
     """Authenticate the token in seekable ``src`` then decrypt it into ``dst``; returns the plaintext size.
 
     The token spans ``length`` bytes from ``start`` (defaults: from the current position to EOF).  Nothing is
@@ -319,8 +341,16 @@ class FernetDecryptingReader(io.RawIOBase):
     docstring).  Once a read raised :class:`DecryptionError`, every later read raises it again.
     """
 
-    def __init__(self, fileobj: BinaryIO, key: bytes | str, *, start: int | None = None,
-                 length: int | None = None, chunk_size: int = CHUNK_SIZE, authenticate_first: bool = True) -> None:
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        key: bytes | str,
+        *,
+        start: int | None = None,
+        length: int | None = None,
+        chunk_size: int = CHUNK_SIZE,
+        authenticate_first: bool = True,
+    ) -> None:
         super().__init__()
         self._token = _Token(fileobj, key, start, length, chunk_size, authenticate_first=authenticate_first)
         if authenticate_first:
@@ -374,14 +404,14 @@ class FernetDecryptingReader(io.RawIOBase):
         if self._pos == 0 and size >= len(self._buf):
             out, self._buf = self._buf, b""
             return out
-        out = self._buf[self._pos:self._pos + size]
+        out = self._buf[self._pos : self._pos + size]
         self._pos += len(out)
         return out
 
     def readall(self) -> bytes:
         parts = []
         while self._fill():
-            parts.append(self._buf[self._pos:] if self._pos else self._buf)
+            parts.append(self._buf[self._pos :] if self._pos else self._buf)
             self._buf, self._pos = b"", 0
         return b"".join(parts)
 
@@ -393,12 +423,19 @@ class FernetDecryptingReader(io.RawIOBase):
 
 # --------------------------------------------------------------------------------------------- encryption
 
+
 def _b64(data: bytes) -> bytes:
     return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE)
 
 
-def iter_encrypt(src: BinaryIO | Iterable[bytes], key: bytes | str, *, current_time: int | None = None,
-                 iv: bytes | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def iter_encrypt(
+    src: BinaryIO | Iterable[bytes],
+    key: bytes | str,
+    *,
+    current_time: int | None = None,
+    iv: bytes | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[bytes]:
     """Yield the Fernet token text of the plaintext read from ``src`` (a binary file or an iterable of bytes).
 
     With the same ``current_time`` and ``iv`` the concatenated output equals
@@ -453,8 +490,15 @@ def iter_encrypt(src: BinaryIO | Iterable[bytes], key: bytes | str, *, current_t
     yield emit(b"".join(pending), final=True)
 
 
-def encrypt_to(src: BinaryIO | Iterable[bytes], key: bytes | str, dst: _Writable, current_time: int | None = None,
-               iv: bytes | None = None, *, chunk_size: int = CHUNK_SIZE) -> int:
+def encrypt_to(
+    src: BinaryIO | Iterable[bytes],
+    key: bytes | str,
+    dst: _Writable,
+    current_time: int | None = None,
+    iv: bytes | None = None,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+) -> int:
     """Stream the Fernet token of ``src``'s plaintext into ``dst``; returns the token's length."""
     n = 0
     for out in iter_encrypt(src, key, current_time=current_time, iv=iv, chunk_size=chunk_size):

@@ -11,15 +11,16 @@ when the finding is about a whole model), ``left_pk``/``right_pk`` the primary k
 (``null`` when not applicable). The file is written with sorted keys, an indent of 2 and ASCII only
 (non-ASCII characters escaped), and holds ``[]`` when there is nothing to report.
 """
+
 from __future__ import annotations
 
 import enum
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TextIO
-from collections.abc import Iterable
 
 
 class ComparatorFindingKind(enum.Enum):
@@ -92,8 +93,14 @@ class Finding:
         return self.kind.name if isinstance(self.kind, enum.Enum) else str(self.kind)
 
     def to_json(self) -> dict:
-        return {"finding": self.finding_name, "kind": self.kind_name, "on": self.on.to_json(),
-                "left_pk": self.left_pk, "right_pk": self.right_pk, "reason": self.reason}
+        return {
+            "finding": self.finding_name,
+            "kind": self.kind_name,
+            "on": self.on.to_json(),
+            "left_pk": self.left_pk,
+            "right_pk": self.right_pk,
+            "reason": self.reason,
+        }
 
     def pretty(self) -> str:
         """A readable multi-line rendering for terminals."""

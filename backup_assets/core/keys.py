@@ -7,6 +7,7 @@
 
 Messages never contain key material.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,16 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from .errors import DecryptionError, EncryptionError
 
 __all__ = [
-    "DATA_KEY_LENGTH", "check_key_pub", "fingerprint", "generate_key_pair", "generate_private_key",
-    "load_private_key", "load_public_key", "private_key_pem", "public_key_pem", "unwrap_data_key",
+    "DATA_KEY_LENGTH",
+    "check_key_pub",
+    "fingerprint",
+    "generate_key_pair",
+    "generate_private_key",
+    "load_private_key",
+    "load_public_key",
+    "private_key_pem",
+    "public_key_pem",
+    "unwrap_data_key",
     "wrap_data_key",
 ]
 
@@ -45,8 +54,9 @@ def generate_private_key(bits: int = 2048) -> rsa.RSAPrivateKey:
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
     """``key`` as unencrypted PKCS8 PEM."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def public_key_pem(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
@@ -68,8 +78,9 @@ def load_private_key(pem: bytes, *, source: str = "the private key") -> rsa.RSAP
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
-        raise DecryptionError(f"{source} is encrypted (password-protected); "
-                              "Sentry's format needs an unencrypted PEM private key") from None
+        raise DecryptionError(
+            f"{source} is encrypted (password-protected); Sentry's format needs an unencrypted PEM private key"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise DecryptionError(f"Could not deserialize {source}: it is not a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
@@ -101,8 +112,9 @@ def unwrap_data_key(private_key: rsa.RSAPrivateKey, encrypted: bytes) -> bytes:
     try:
         data_key = private_key.decrypt(encrypted, _OAEP)
     except ValueError:
-        raise DecryptionError("could not decrypt data.key with this private key "
-                              "(wrong key, or data.key is corrupt)") from None
+        raise DecryptionError(
+            "could not decrypt data.key with this private key (wrong key, or data.key is corrupt)"
+        ) from None
     if len(data_key) != DATA_KEY_LENGTH:
         raise DecryptionError(f"data.key decrypted to {len(data_key)} bytes, not a {DATA_KEY_LENGTH}-byte Fernet key")
     return data_key

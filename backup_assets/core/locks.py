@@ -21,6 +21,7 @@ Lock keys are derived from constant names and the table's catalog name, never fr
 is bounded by the target's ``lock_timeout``; when it fires, :class:`LockWaitTimeout` says which lock it
 was and which import holds it (each import's live sessions are recorded in ``backup_assets.session``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,7 +58,8 @@ class GlobalImportUnfinished(TargetError):
             "and not finished, so no other import may run until it ends (if it failed, the database holds a partial "
             f"restore): finish it ({again}run that import again with the same import id: --import-id {import_id}), "
             f"or undo what it loaded with `backup-assets rollback {import_id}`, or replace it with a new global "
-            "import; then run this import again")
+            "import; then run this import again"
+        )
         self.import_id, self.run_id, self.began_at = import_id, run_id, began_at
 
 
@@ -66,8 +68,8 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"backup-assets:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-DATABASE = lock_key("database")   #: shared by every load, exclusive for DDL and a global wipe (per transaction)
-IMPORTS = lock_key("imports")     #: shared by every import, exclusive for a global one (per session)
+DATABASE = lock_key("database")  #: shared by every load, exclusive for DDL and a global wipe (per transaction)
+IMPORTS = lock_key("imports")  #: shared by every import, exclusive for a global one (per session)
 
 
 def table_key(schema: str, table: str) -> int:
@@ -77,20 +79,32 @@ def table_key(schema: str, table: str) -> int:
 def register_session(conn: psycopg.Connection, import_id: str) -> None:
     """Record that this session works for ``import_id``, so that a lock it holds can be put to its import;
     the rows of sessions that have ended go (the table holds about one row per live session)."""
-    conn.execute(sql.SQL(
-        "DELETE FROM {s} WHERE pid IN (SELECT pid FROM {s} s WHERE NOT EXISTS (SELECT FROM pg_stat_activity a "
-        "WHERE a.pid = s.pid AND (a.backend_start = s.backend_start OR a.backend_start IS NULL)) "
-        "FOR UPDATE SKIP LOCKED)").format(s=SESSION))  # IS NULL: another role's session, not ours to judge
-    conn.execute(sql.SQL(
-        "INSERT INTO {} (pid, backend_start, import_id) SELECT pid, backend_start, %s FROM pg_stat_activity "
-        "WHERE pid = pg_backend_pid() ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, "
-        "import_id = EXCLUDED.import_id").format(SESSION), (import_id,))
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM {s} WHERE pid IN (SELECT pid FROM {s} s WHERE NOT EXISTS (SELECT FROM pg_stat_activity a "
+            "WHERE a.pid = s.pid AND (a.backend_start = s.backend_start OR a.backend_start IS NULL)) "
+            "FOR UPDATE SKIP LOCKED)"
+        ).format(s=SESSION)
+    )  # IS NULL: another role's session, not ours to judge
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (pid, backend_start, import_id) SELECT pid, backend_start, %s FROM pg_stat_activity "
+            "WHERE pid = pg_backend_pid() ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, "
+            "import_id = EXCLUDED.import_id"
+        ).format(SESSION),
+        (import_id,),
+    )
 
 
 def lock_database(conn: psycopg.Connection, *, exclusive: bool) -> None:
     """Take the database-wide lock until the end of the current transaction."""
-    _acquire(conn, DATABASE, exclusive=exclusive, xact=True,
-             what="the database-wide import lock (create mode's DDL or a global import's wipe)")
+    _acquire(
+        conn,
+        DATABASE,
+        exclusive=exclusive,
+        xact=True,
+        what="the database-wide import lock (create mode's DDL or a global import's wipe)",
+    )
 
 
 def lock_table(conn: psycopg.Connection, schema: str, table: str) -> None:
@@ -110,8 +124,9 @@ _held_guard = threading.Lock()
 
 
 @contextmanager
-def hold_imports(connect: Callable[[], psycopg.Connection], import_id: str, run_id: str | None, *,
-                 exclusive: bool) -> Iterator[psycopg.Connection | None]:
+def hold_imports(
+    connect: Callable[[], psycopg.Connection], import_id: str, run_id: str | None, *, exclusive: bool
+) -> Iterator[psycopg.Connection | None]:
     """Hold the import lock for the block on a connection of its own (``connect()``, yielded), then admit
     the import (:func:`admit`). Blocks of one import nest in a process (the CLI holds it around its
     in-process run, whose steps hold it too): the inner ones share the outer one's session (None yielded)."""
@@ -136,8 +151,9 @@ def hold_imports(connect: Callable[[], psycopg.Connection], import_id: str, run_
             shared[0].close()
 
 
-def _lock_and_admit(conn: psycopg.Connection, import_id: str, run_id: str | None,
-                    exclusive: bool) -> psycopg.Connection:
+def _lock_and_admit(
+    conn: psycopg.Connection, import_id: str, run_id: str | None, exclusive: bool
+) -> psycopg.Connection:
     try:
         lock_imports(conn, exclusive=exclusive)
         admit(conn, import_id, run_id, exclusive=exclusive)
@@ -160,21 +176,36 @@ def admit(conn: psycopg.Connection, import_id: str, run_id: str | None, *, exclu
         if run_id and marker[1] != run_id:
             conn.execute(sql.SQL("UPDATE {} SET run_id = %s").format(GLOBAL_IMPORT), (run_id,))
         return
-    if exclusive and one_row(conn.execute(sql.SQL(
-            "SELECT EXISTS (SELECT FROM {} WHERE import_id = %s AND prepared_at IS NOT NULL AND finished_at IS NULL "
-            "AND (settings ->> 'scope') = 'global')").format(IMPORT), (import_id,)))[0]:
-        raise TargetError(f"global import {import_id} was ended after it emptied the database (rolled back, or "
-                          "replaced by a later global import), so it cannot be resumed: start a new global import "
-                          "(a new import id)")
+    if (
+        exclusive
+        and one_row(
+            conn.execute(
+                sql.SQL(
+                    "SELECT EXISTS (SELECT FROM {} WHERE import_id = %s AND prepared_at IS NOT NULL AND finished_at IS NULL "
+                    "AND (settings ->> 'scope') = 'global')"
+                ).format(IMPORT),
+                (import_id,),
+            )
+        )[0]
+    ):
+        raise TargetError(
+            f"global import {import_id} was ended after it emptied the database (rolled back, or "
+            "replaced by a later global import), so it cannot be resumed: start a new global import "
+            "(a new import id)"
+        )
 
 
 def mark_global(conn: psycopg.Connection, import_id: str, run_id: str | None) -> None:
     """Record, in the caller's transaction (the wipe's), that global import ``import_id`` runs: in place of
     an unfinished global import's marker, which :func:`admit` let this one replace."""
-    conn.execute(sql.SQL(
-        "INSERT INTO {t} AS g (import_id, run_id) VALUES (%s, %s) ON CONFLICT (singleton) DO UPDATE "
-        "SET run_id = EXCLUDED.run_id, import_id = EXCLUDED.import_id, began_at = CASE WHEN g.import_id = "
-        "EXCLUDED.import_id THEN g.began_at ELSE now() END").format(t=GLOBAL_IMPORT), (import_id, run_id))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} AS g (import_id, run_id) VALUES (%s, %s) ON CONFLICT (singleton) DO UPDATE "
+            "SET run_id = EXCLUDED.run_id, import_id = EXCLUDED.import_id, began_at = CASE WHEN g.import_id = "
+            "EXCLUDED.import_id THEN g.began_at ELSE now() END"
+        ).format(t=GLOBAL_IMPORT),
+        (import_id, run_id),
+    )
 
 
 def global_import(conn: psycopg.Connection) -> tuple[str, str | None, datetime] | None:
@@ -204,17 +235,23 @@ def _timeout(conn: psycopg.Connection, key: int, what: str) -> LockWaitTimeout:
     timeout = one_row(conn.execute("SELECT current_setting('lock_timeout')"))[0]
     holders = holders_of(conn, key)
     by = ", ".join(holders) if holders else "a session that has since released it"
-    return LockWaitTimeout(f"waited longer than the target's lock_timeout ({timeout}) for {what}, held by {by}; "
-                           "nothing of this step was written: retry when it is done, or raise lock_timeout", holders)
+    return LockWaitTimeout(
+        f"waited longer than the target's lock_timeout ({timeout}) for {what}, held by {by}; "
+        "nothing of this step was written: retry when it is done, or raise lock_timeout",
+        holders,
+    )
 
 
 def holders_of(conn: psycopg.Connection, key: int) -> list[str]:
     """Who holds the advisory lock ``key`` in this database: ``import <id> (pid N)`` per session."""
-    rows = conn.execute(sql.SQL(
-        "SELECT DISTINCT l.pid, s.import_id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "LEFT JOIN {} s ON s.pid = l.pid AND s.backend_start = a.backend_start "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid() "
-        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND l.classid::bigint = %s AND l.objid::bigint = %s ORDER BY l.pid").format(SESSION),
-        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT l.pid, s.import_id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "LEFT JOIN {} s ON s.pid = l.pid AND s.backend_start = a.backend_start "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid() "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid::bigint = %s AND l.objid::bigint = %s ORDER BY l.pid"
+        ).format(SESSION),
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchall()
     return [f"import {import_id} (pid {pid})" if import_id else f"pid {pid} (not an import)" for pid, import_id in rows]

@@ -7,15 +7,16 @@ release): a JSON object keyed by model name, each entry holding ``dangling``, ``
 manifest in that format (``backup_assets/manifests/builtin.json``: every relocatable model of a current
 Sentry, derived from its ``detailed.json``); a user may point at the file of their Sentry release instead.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 
 from .errors import ManifestError
 
@@ -30,16 +31,32 @@ IMPORT_SCOPES: Mapping[str, frozenset[str]] = {
     "global": frozenset({"User", "Organization", "Config", "Global"}),
 }
 
-FK_KINDS = frozenset({"FlexibleForeignKey", "DefaultForeignKey", "HybridCloudForeignKey",
-                      "OneToOneCascadeDeletes", "DefaultOneToOneField", "ImplicitForeignKey"})
+FK_KINDS = frozenset(
+    {
+        "FlexibleForeignKey",
+        "DefaultForeignKey",
+        "HybridCloudForeignKey",
+        "OneToOneCascadeDeletes",
+        "DefaultOneToOneField",
+        "ImplicitForeignKey",
+    }
+)
 
 #: What the manifest's names may look like: they reach SQL (as quoted identifiers and literals), so they
 #: are held to what Django produces. PostgreSQL keeps only 63 bytes of an identifier.
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-_KEYS = ("dangling", "foreign_keys", "model", "relocation_dependencies", "relocation_scope", "silos",
-         "table_name", "uniques")
+_KEYS = (
+    "dangling",
+    "foreign_keys",
+    "model",
+    "relocation_dependencies",
+    "relocation_scope",
+    "silos",
+    "table_name",
+    "uniques",
+)
 
 
 def column_name(field_name: str) -> str:
@@ -49,8 +66,8 @@ def column_name(field_name: str) -> str:
 
 @dataclass(frozen=True)
 class ForeignKey:
-    field: str        #: the field name as the export writes it (``organization``, ``user_id``)
-    model: str        #: the model it points at
+    field: str  #: the field name as the export writes it (``organization``, ``user_id``)
+    model: str  #: the model it points at
     nullable: bool
     kind: str
 
@@ -91,8 +108,10 @@ class ModelSpec:
         scopes = sorted(self.relocation_scopes, key=SCOPES.index)
         return {
             "dangling": self.dangling,
-            "foreign_keys": {fk.field: {"kind": fk.kind, "model": fk.model, "nullable": fk.nullable}
-                             for fk in sorted(self.foreign_keys, key=lambda f: f.field)},
+            "foreign_keys": {
+                fk.field: {"kind": fk.kind, "model": fk.model, "nullable": fk.nullable}
+                for fk in sorted(self.foreign_keys, key=lambda f: f.field)
+            },
             "model": self.name,
             "relocation_dependencies": sorted(self.relocation_dependencies),
             "relocation_scope": scopes[0] if len(scopes) == 1 else scopes,
@@ -127,21 +146,38 @@ def _spec_from_json(name: str, entry: object, source: str) -> ModelSpec:
     for fname, fk in sorted(fks_raw.items()):
         if not isinstance(fname, str) or not IDENTIFIER.match(fname):
             raise bad(f"foreign key field {_show(fname)} is not a plain identifier of at most 63 characters")
-        if not isinstance(fk, dict) or not isinstance(fk.get("model"), str) or not MODEL_NAME.match(fk["model"].lower()):
+        if (
+            not isinstance(fk, dict)
+            or not isinstance(fk.get("model"), str)
+            or not MODEL_NAME.match(fk["model"].lower())
+        ):
             raise bad(f"foreign key {fname!r} must be an object with a 'model' name like 'sentry.user'")
-        fks.append(ForeignKey(field=fname, model=fk["model"].lower(), nullable=bool(fk.get("nullable", True)),
-                              kind=str(fk.get("kind", "FlexibleForeignKey"))))
+        fks.append(
+            ForeignKey(
+                field=fname,
+                model=fk["model"].lower(),
+                nullable=bool(fk.get("nullable", True)),
+                kind=str(fk.get("kind", "FlexibleForeignKey")),
+            )
+        )
     deps = entry.get("relocation_dependencies", [])
     uniques = entry.get("uniques", [])
     if not isinstance(deps, list) or not all(isinstance(d, str) and MODEL_NAME.match(d.lower()) for d in deps):
         raise bad("'relocation_dependencies' must be a list of model names")
-    if not isinstance(uniques, list) or not all(isinstance(u, list) and all(isinstance(f, str) for f in u)
-                                                for u in uniques):
+    if not isinstance(uniques, list) or not all(
+        isinstance(u, list) and all(isinstance(f, str) for f in u) for u in uniques
+    ):
         raise bad("'uniques' must be a list of lists of field names")
     return ModelSpec(
-        name=name, table_name=table, foreign_keys=tuple(fks), relocation_scopes=frozenset(scopes),
-        relocation_dependencies=tuple(d.lower() for d in deps), uniques=tuple(tuple(u) for u in uniques if u),
-        silos=tuple(entry.get("silos", [])), dangling=bool(entry.get("dangling", False)))
+        name=name,
+        table_name=table,
+        foreign_keys=tuple(fks),
+        relocation_scopes=frozenset(scopes),
+        relocation_dependencies=tuple(d.lower() for d in deps),
+        uniques=tuple(tuple(u) for u in uniques if u),
+        silos=tuple(entry.get("silos", [])),
+        dangling=bool(entry.get("dangling", False)),
+    )
 
 
 @dataclass(frozen=True)
@@ -194,8 +230,9 @@ class Manifest:
         names = folder.joinpath(f"{subset}.txt").read_text().split()
         unknown = sorted(set(names) - set(full.models))
         if unknown:
-            raise ManifestError(f"built-in subset {subset!r} names models the built-in manifest lacks: "
-                                f"{', '.join(unknown)}")
+            raise ManifestError(
+                f"built-in subset {subset!r} names models the built-in manifest lacks: {', '.join(unknown)}"
+            )
         return Manifest(models={n: full.models[n] for n in names}, source=f"built-in manifest ({subset})")
 
     def to_json(self) -> dict:
@@ -265,4 +302,4 @@ def _find_cycle(candidates: list[str], deps: Mapping[str, set[str]]) -> list[str
         seen[node] = len(path)
         path.append(node)
         node = min(d for d in deps[node] if d in cand)
-    return path[seen[node]:] + [node]
+    return path[seen[node] :] + [node]

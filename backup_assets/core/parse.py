@@ -4,13 +4,14 @@ Memory does not grow with the export: one row is alive at a time, and rows go to
 single ``COPY`` into the import's staging table. The caller runs this inside a transaction, so a
 malformed row, a JSON error or a bad MAC found at the end of an encrypted stream leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import time
-from typing import BinaryIO
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import ijson
 import orjson
@@ -20,18 +21,26 @@ from psycopg import sql
 from .compat import deleted_fields, removed_models
 from .errors import ExportParseError
 from .manifest import MODEL_NAME, Manifest
+from .query import one_row
 from .results import StageResult
 from .schema import BOOL, DATETIME, DATETIME_RE, INT, JSON, NULL, NUMBER, TEXT, describe_name, type_for
 from .staging import analyze_staging, create_staging, index_staging
-from .query import one_row
 
-_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
 _BOM = b"\xef\xbb\xbf"
 #: the datetimes Sentry writes, ASCII digits as 0: a string that is one of these once its digits are zeroed is
 #: matched by DATETIME_RE (a test checks each), and is told so without the regex (several times cheaper)
-_DATETIME_FORMS = frozenset({b"0000-00-00T00:00:00.000Z", b"0000-00-00T00:00:00Z", b"0000-00-00T00:00:00.000000Z",
-                             b"0000-00-00T00:00:00.000+00:00", b"0000-00-00T00:00:00+00:00",
-                             b"0000-00-00 00:00:00.000000+00:00", b"0000-00-00 00:00:00+00:00"})
+_DATETIME_FORMS = frozenset(
+    {
+        b"0000-00-00T00:00:00.000Z",
+        b"0000-00-00T00:00:00Z",
+        b"0000-00-00T00:00:00.000000Z",
+        b"0000-00-00T00:00:00.000+00:00",
+        b"0000-00-00T00:00:00+00:00",
+        b"0000-00-00 00:00:00.000000+00:00",
+        b"0000-00-00 00:00:00+00:00",
+    }
+)
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 #: Deepest nesting of arrays/objects accepted (Sentry's rows nest a few levels). ijson's item builder keeps a
 #: prefix string per open level, so its memory grows with the square of the depth: 20,000 levels take 1 GB.
@@ -40,12 +49,12 @@ MAX_DEPTH = 512
 _IJSON = ijson.get_backend("yajl2_c")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _dumps = orjson.dumps
-_BATCH = 2000   # rows per write to the COPY stream
+_BATCH = 2000  # rows per write to the COPY stream
 _BIG = 1 << 18  # bytes of one row's fields beyond which it is written on its own
 _SHAPES = 10_000  # row shapes remembered (beyond, new shapes take the long way: memory stays bounded)
 _SHAPE_FIELDS = 256  # fields of a row beyond which its shape is not remembered
 
-ProgressFn = Callable[[int, int], None]   # (plaintext bytes read, rows parsed)
+ProgressFn = Callable[[int, int], None]  # (plaintext bytes read, rows parsed)
 
 
 _ESCAPE = re.compile(rb"\\.", re.S)  # a backslash and the byte it escapes
@@ -126,7 +135,7 @@ class _SurrogateGuard:
             if pending is not None and m.start() != pending.end():
                 return base + pending.start()  # a high half not followed by anything
             if not final and m.start() >= limit:
-                self._carry = buf[(pending or m).start():]
+                self._carry = buf[(pending or m).start() :]
                 return None
             last_end = m.end()
             code = int(m.group(1), 16) if m.group(1) else None
@@ -140,9 +149,9 @@ class _SurrogateGuard:
             elif code is not None and 0xDC00 <= code <= 0xDFFF:
                 return base + m.start()  # a low half alone
         if pending is not None:
-            if final or len(buf) - pending.end() > 1 or buf[pending.end():] not in (b"", b"\\"):
+            if final or len(buf) - pending.end() > 1 or buf[pending.end() :] not in (b"", b"\\"):
                 return base + pending.start()
-            self._carry = buf[pending.start():]  # the low half may start the next chunk
+            self._carry = buf[pending.start() :]  # the low half may start the next chunk
             return None
         if not final and last_end < len(buf) and buf.endswith(b"\\"):
             self._carry = b"\\"  # an escape cut right after its backslash
@@ -185,12 +194,17 @@ class _CountingReader:
         else:
             data = self._raw.read(n)
         if not self._depth.feed(data):
-            raise ExportParseError(f"arrays or objects are nested more than {self._depth.limit} levels deep "
-                                   "(a Sentry export nests a few)", offset=self.pos)
+            raise ExportParseError(
+                f"arrays or objects are nested more than {self._depth.limit} levels deep (a Sentry export nests a few)",
+                offset=self.pos,
+            )
         lone = self._surrogates.feed(data) if self._surrogates is not None else None
         if lone is not None:
-            raise ExportParseError("a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is not a "
-                                   "character; the parser would alter the value", offset=lone)
+            raise ExportParseError(
+                "a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is not a "
+                "character; the parser would alter the value",
+                offset=lone,
+            )
         self.pos += len(data)
         return data
 
@@ -199,11 +213,19 @@ def _check_foreign_keys(fields: dict, fk_fields: tuple[str, ...], index: int, of
     for f in fk_fields:
         v = fields.get(f)
         if v is not None and (type(v) is not int or not _INT64[0] <= v <= _INT64[1]):
-            natural = (" Older Sentry exports wrote natural keys (use_natural_foreign_keys); neither "
-                       "Sentry's importer nor this one reads them: re-export with a current Sentry."
-                       if isinstance(v, (str, list)) else "")
-            raise ExportParseError(f"a foreign key must be an integer pk or null, not {_kind(v)}.{natural}",
-                                   row=index, offset=offset, model=model, field=f)
+            natural = (
+                " Older Sentry exports wrote natural keys (use_natural_foreign_keys); neither "
+                "Sentry's importer nor this one reads them: re-export with a current Sentry."
+                if isinstance(v, (str, list))
+                else ""
+            )
+            raise ExportParseError(
+                f"a foreign key must be an integer pk or null, not {_kind(v)}.{natural}",
+                row=index,
+                offset=offset,
+                model=model,
+                field=f,
+            )
 
 
 def _note_types(seen: dict[str, int], fields: dict) -> None:
@@ -240,13 +262,27 @@ def _is_datetime(v: str) -> bool:
 
 
 def _kind(v: object) -> str:
-    return {str: "a string", list: "a list", dict: "an object", float: "a number with a fraction",
-            bool: "a boolean", int: "an integer", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        float: "a number with a fraction",
+        bool: "a boolean",
+        int: "an integer",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
-def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest: Manifest, *,
-                 unlogged: bool = True, progress: ProgressFn | None = None,
-                 reopen: Callable[[], BinaryIO] | None = None) -> StageResult:
+def stage_export(
+    conn: psycopg.Connection,
+    import_id: str,
+    stream: BinaryIO,
+    manifest: Manifest,
+    *,
+    unlogged: bool = True,
+    progress: ProgressFn | None = None,
+    reopen: Callable[[], BinaryIO] | None = None,
+) -> StageResult:
     """Parse ``stream`` (export JSON bytes) and stage the rows of the manifest's relocatable models.
 
     Must run inside a transaction of ``conn``; raises :class:`ExportParseError` naming the row index,
@@ -265,6 +301,7 @@ def stage_export(conn: psycopg.Connection, import_id: str, stream: BinaryIO, man
         def reopen() -> BinaryIO:
             stream.seek(start)
             return stream
+
     if reopen is not None:
         try:
             with conn.transaction():  # a savepoint: the fast attempt leaves nothing behind when it gives up
@@ -340,13 +377,13 @@ def _fast_rows(reader: _CountingReader) -> Iterator[object]:
     if _long_number_in(buf, 0):
         raise _Doubt
     start = len(buf) - len(buf.lstrip(_JSON_SPACE))
-    if buf[start:start + 1] != b"[":  # more whitespace than a block: ijson decides
+    if buf[start : start + 1] != b"[":  # more whitespace than a block: ijson decides
         raise _Doubt
-    buf = buf[start + 1:]
+    buf = buf[start + 1 :]
     while True:
         cut = _last_cut(buf)
         if cut is not None:
-            rows_text, buf = buf[:cut.start() + 1], buf[cut.end() - 1:]
+            rows_text, buf = buf[: cut.start() + 1], buf[cut.end() - 1 :]
             yield from _batch(rows_text)
         elif len(buf) > _BIG_ROW:  # a huge row: ijson's path holds it with less memory
             raise _Doubt
@@ -365,8 +402,15 @@ def _fast_rows(reader: _CountingReader) -> Iterator[object]:
     yield from rows
 
 
-def _stage(conn: psycopg.Connection, import_id: str, stream: BinaryIO, manifest: Manifest, fast: bool,
-           unlogged: bool, progress: ProgressFn | None) -> StageResult:
+def _stage(
+    conn: psycopg.Connection,
+    import_id: str,
+    stream: BinaryIO,
+    manifest: Manifest,
+    fast: bool,
+    unlogged: bool,
+    progress: ProgressFn | None,
+) -> StageResult:
     started = time.monotonic()
     result = StageResult(import_id=import_id)
     reader = _CountingReader(stream, surrogates=not fast)
@@ -393,12 +437,17 @@ def _check_start(reader: _CountingReader) -> None:
     if first is None:
         raise ExportParseError("the export is empty; a Sentry export is a JSON list of rows", offset=0)
     if first != ord("["):
-        raise ExportParseError(f"the export must be a JSON list of rows, but it starts with {chr(first)!r}",
-                               offset=0)
+        raise ExportParseError(f"the export must be a JSON list of rows, but it starts with {chr(first)!r}", offset=0)
 
 
-def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _CountingReader, seen: _Seen, fast: bool,
-               progress: ProgressFn | None) -> int:
+def _copy_rows(
+    conn: psycopg.Connection,
+    ident: sql.Composable,
+    reader: _CountingReader,
+    seen: _Seen,
+    fast: bool,
+    progress: ProgressFn | None,
+) -> int:
     """Parse the rows (orjson's fast path, or ijson), check them and ``COPY`` the staged ones into ``ident``,
     :data:`_BATCH` lines of COPY's text format a write; the rows parsed. The loop is the hot path: what
     it does for every row stays inline, what it does once (a new row shape, an error) is a call."""
@@ -406,8 +455,10 @@ def _copy_rows(conn: psycopg.Connection, ident: sql.Composable, reader: _Countin
     lines: list[bytes] = []
     model_bytes, last_pos, index = seen.model_bytes, 0, -1
     try:
-        with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy,
+        ):
             rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
             for index, row in enumerate(rows):
                 model = row.get("model") if type(row) is dict else None
@@ -466,8 +517,11 @@ class _Seen:
     """
 
     def __init__(self, manifest: Manifest, result: StageResult) -> None:
-        self.known = {name: tuple(fk.field for fk in spec.foreign_keys)
-                      for name, spec in manifest.models.items() if spec.relocatable}
+        self.known = {
+            name: tuple(fk.field for fk in spec.foreign_keys)
+            for name, spec in manifest.models.items()
+            if spec.relocatable
+        }
         self.excluded = {name for name, spec in manifest.models.items() if not spec.relocatable}
         self.removed, self.deleted = removed_models(manifest), deleted_fields(manifest)
         self.model_bytes = {name: name.encode() for name in self.known}  # manifest names: no tab, newline or backslash
@@ -476,8 +530,9 @@ class _Seen:
         self.stats: dict[str, dict[str, int]] = {}
         self.shapes: dict[tuple, tuple[str, ...]] = {}  # row shape -> its string fields that so far held only datetimes
 
-    def learn(self, model: str, fields: dict, fk_fields: tuple[str, ...], shape: tuple, index: int,
-              offset: int) -> None:
+    def learn(
+        self, model: str, fields: dict, fk_fields: tuple[str, ...], shape: tuple, index: int, offset: int
+    ) -> None:
         """A row of a shape not seen before: check its foreign keys, note its fields' types, and remember
         the shape (while fewer than :data:`_SHAPES` are, of rows of at most :data:`_SHAPE_FIELDS` fields)."""
         _check_foreign_keys(fields, fk_fields, index, offset, model)
@@ -491,33 +546,50 @@ class _Seen:
     def count_unstaged(self, model: str) -> None:
         """Count a row of a model the manifest excludes, Sentry has removed, or nobody knows."""
         result = self.result
-        bucket = (result.excluded_models if model in self.excluded else
-                  result.removed_models if model in self.removed else result.unknown_models)
+        bucket = (
+            result.excluded_models
+            if model in self.excluded
+            else result.removed_models
+            if model in self.removed
+            else result.unknown_models
+        )
         name = model if MODEL_NAME.match(model) else f"<unusual model name of {len(model)} characters>"
         bucket[name] = bucket.get(name, 0) + 1
 
     def field_types(self) -> dict[str, dict[str, str]]:
-        return {model: {describe_name(k): type_for(bits) for k, bits in seen.items()}
-                for model, seen in self.stats.items()}
+        return {
+            model: {describe_name(k): type_for(bits) for k, bits in seen.items()} for model, seen in self.stats.items()
+        }
 
 
 def _row_error(row: object, index: int, offset: int) -> ExportParseError:
     if type(row) is not dict:
         return ExportParseError(f"a row must be an object, not {_kind(row)}", row=index, offset=offset)
     model = row.get("model")
-    return ExportParseError(f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}",
-                            row=index, offset=offset)
+    return ExportParseError(
+        f"'model' must be a string, not {_kind(model) if 'model' in row else 'missing'}", row=index, offset=offset
+    )
 
 
 def _pk_or_fields_error(row: dict, index: int, offset: int, model: str) -> ExportParseError:
     pk = row.get("pk")
     if type(pk) is not int or not _INT64[0] <= pk <= _INT64[1]:
-        hint = " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
-        return ExportParseError(f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
-                                row=index, offset=offset, model=model)
+        hint = (
+            " (natural keys are not supported: re-export with a current Sentry)" if isinstance(pk, (str, list)) else ""
+        )
+        return ExportParseError(
+            f"'pk' must be a 64-bit integer, not {_kind(pk) if 'pk' in row else 'missing'}{hint}",
+            row=index,
+            offset=offset,
+            model=model,
+        )
     fields = row.get("fields")
-    return ExportParseError(f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
-                            row=index, offset=offset, model=model)
+    return ExportParseError(
+        f"'fields' must be an object, not {_kind(fields) if 'fields' in row else 'missing'}",
+        row=index,
+        offset=offset,
+        model=model,
+    )
 
 
 def _parse_error(e: Exception, row: int, offset: int) -> Exception:
@@ -565,11 +637,19 @@ def _index_or_name_duplicate(conn: psycopg.Connection, import_id: str, ident: sq
         with conn.transaction():
             index_staging(conn, import_id)
     except psycopg.errors.UniqueViolation:
-        model, pk, rows = one_row(conn.execute(sql.SQL(
-            "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
-            "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1").format(ident)))
-        raise ExportParseError(f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
-                               row=rows[1], model=model) from None
+        model, pk, rows = one_row(
+            conn.execute(
+                sql.SQL(
+                    "SELECT model, pk, array_agg(row_index ORDER BY row_index) FROM {} GROUP BY model, pk "
+                    "HAVING count(*) > 1 ORDER BY min(row_index) LIMIT 1"
+                ).format(ident)
+            )
+        )
+        raise ExportParseError(
+            f"pk {pk} appears more than once for this model (rows {', '.join(map(str, rows[:5]))})",
+            row=rows[1],
+            model=model,
+        ) from None
 
 
 def _strip(fields: dict, model: str, gone: frozenset[str], counts: dict[str, int]) -> dict:

@@ -6,6 +6,7 @@ which ``initdb`` requires). It listens on loopback only, in a data directory of 
 running between commands so that Dagster's run workers, ``psql`` and later commands can reach the
 restored data; ``backup-assets embedded stop`` stops it.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,10 @@ def _bin_dir() -> Path:
             warnings.simplefilter("ignore")
             from pgserver._commands import POSTGRES_BIN_PATH
     except ImportError:  # pragma: no cover - pgserver is a dependency
-        raise ConfigurationError("no DSN configured and the 'pgserver' package (embedded PostgreSQL) is not installed; "
-                                 f"set {DSN_ENV} or pass --dsn") from None
+        raise ConfigurationError(
+            "no DSN configured and the 'pgserver' package (embedded PostgreSQL) is not installed; "
+            f"set {DSN_ENV} or pass --dsn"
+        ) from None
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -67,7 +70,7 @@ class EmbeddedPostgres:
     port: int = 0
     durable: bool = True
     user: str = "postgres"
-    fixed_port: bool = False   #: fail rather than move to a free port when ``port`` is taken
+    fixed_port: bool = False  #: fail rather than move to a free port when ``port`` is taken
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -79,8 +82,16 @@ class EmbeddedPostgres:
         cmd = [str(_bin_dir() / exe), *args]
         # Files, not pipes: a server started by pg_ctl inherits them and would keep a pipe open forever.
         with tempfile.TemporaryFile("w+") as out:
-            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               timeout=timeout, user=self._system_user, cwd="/")
+            r = subprocess.run(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                timeout=timeout,
+                user=self._system_user,
+                cwd="/",
+            )
             out.seek(0)
             text = out.read()
         if r.returncode:
@@ -91,9 +102,11 @@ class EmbeddedPostgres:
         if self._system_user is None:  # not root: the server runs as we do
             return
         _bin_dir()  # imports pgserver quietly
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
         import pwd
         import stat
+
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
         ensure_user_exists(self._system_user)
         bins = _bin_dir()
         ensure_prefix_permissions(self.data_dir)
@@ -129,15 +142,27 @@ class EmbeddedPostgres:
             return self
         self._prepare_permissions()
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C",
-                      "-U", self.user)
+            self._run(
+                "initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", self.user
+            )
         if not self.port or (not self.fixed_port and not _port_free(self.port)):
             self.port = _free_port()  # the preferred port is taken (another server): any free one
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=200"
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"), "-w", "-t", "60",
-                  "-o", opts, "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+        )
         self._wait_ready()
         return self
 
@@ -149,7 +174,9 @@ class EmbeddedPostgres:
                     return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise ConfigurationError(f"embedded PostgreSQL did not accept connections on port {self.port}") from None
+                    raise ConfigurationError(
+                        f"embedded PostgreSQL did not accept connections on port {self.port}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self, mode: str = "fast") -> None:
@@ -158,8 +185,19 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """Restart the server (``pg_ctl restart``): every open connection is cut."""
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"), "-m", "fast", "-w",
-                  "-t", "60", "restart")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        )
         self._wait_ready()
 
     def destroy(self) -> None:

@@ -4,20 +4,21 @@ The engine reports what it is doing through :func:`emit`; with no listener (a Da
 test) that costs a list check. Listeners are process-wide because the CLI runs the asset graph
 in-process, where the engine is called from inside Dagster steps and cannot be handed a callback.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    stage: str             #: "parse", "plan" (rows staged for the plan's models: ``total``) or "load"
-    name: str              #: "export" for parse, the model for load
-    done: int              #: bytes parsed, or rows of the model handled
-    total: int | None      #: bytes of the export, or rows staged for the model
+    stage: str  #: "parse", "plan" (rows staged for the plan's models: ``total``) or "load"
+    name: str  #: "export" for parse, the model for load
+    done: int  #: bytes parsed, or rows of the model handled
+    total: int | None  #: bytes of the export, or rows staged for the model
     finished: bool = False
 
 

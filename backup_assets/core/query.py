@@ -1,4 +1,5 @@
 """Reading the one row of an aggregate query, typed: psycopg's ``fetchone()`` may return None."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -11,6 +11,7 @@ pipe's buffer bounds what is in flight; the child waits while the comparison is 
 child is raised again here, as it was raised there; a child that dies says so with its exit status.
 Each call starts a new child (and so a new snapshot); closing the iterator early ends the child.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,23 +51,37 @@ class ReexportRequest:
     reset: Mapping[str, frozenset[str]]
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"dsn": self.dsn, "manifest": self.manifest.to_json(), "scope": self.scope,
-                           "import_id": self.import_id,
-                           "reset": {model: sorted(fields) for model, fields in self.reset.items()}}).encode()
+        return json.dumps(
+            {
+                "dsn": self.dsn,
+                "manifest": self.manifest.to_json(),
+                "scope": self.scope,
+                "import_id": self.import_id,
+                "reset": {model: sorted(fields) for model, fields in self.reset.items()},
+            }
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReexportRequest:
         raw = json.loads(data)
-        return cls(raw["dsn"], Manifest.from_json(raw["manifest"], "<re-export request>"), raw["scope"],
-                   raw["import_id"], {model: frozenset(fields) for model, fields in raw["reset"].items()})
+        return cls(
+            raw["dsn"],
+            Manifest.from_json(raw["manifest"], "<re-export request>"),
+            raw["scope"],
+            raw["import_id"],
+            {model: frozenset(fields) for model, fields in raw["reset"].items()},
+        )
 
 
 def reexport_rows(request: ReexportRequest) -> Iterator[Any]:
     """The re-exported rows, made by a child process (see the module docstring)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         _grow_pipe(proc.stdout.fileno())
@@ -86,6 +101,7 @@ def reexport_rows(request: ReexportRequest) -> Iterator[Any]:
 def _grow_pipe(fd: int) -> None:
     try:
         import fcntl
+
         fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
     except (ImportError, OSError):
         pass  # a smaller buffer only means less overlap
@@ -105,8 +121,9 @@ def _read_frames(proc: subprocess.Popen) -> Iterator[Any]:
         elif tag == _DONE:
             return
         else:
-            raise TargetError(f"the re-export process ended before it was done (exit status {proc.wait()}; "
-                              "its error output says why)")
+            raise TargetError(
+                f"the re-export process ended before it was done (exit status {proc.wait()}; its error output says why)"
+            )
 
 
 def _error_from(payload: bytes) -> BaseException:

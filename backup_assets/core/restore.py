@@ -13,41 +13,51 @@ step each); what they share lives in the target database (schema ``backup_assets
 depend on each other may load at the same time: :func:`run_restore` loads two at once (each load is one
 server backend at work, so the second core does the second load).
 """
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from typing import BinaryIO
-from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import constraints, load as loader, locks
+from . import constraints, locks
+from . import load as loader
 from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError, UnknownModelsError
 from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
+from .query import one_row
 from .results import CheckOutcome, LoadResult, RestoreResult, StageResult
 from .retry import QUICK_RETRIES
 from .scheduler import ModelOutcome, load_models
 from .schema import ensure_tables, find_table, tables_to_change
 from .semantics import rules_for
 from .settings import ImportSettings, check_import_id, new_import_id
+from .source import Backup
 from .staging import drop_staging, staging_exists, staging_ident
 from .state import IMPORT, ensure_state, lock_import
 from .verify import verify_model
 from .wipe import replace_existing_data
-from .query import one_row
-from .source import Backup
 
 
 class Restore:
-    def __init__(self, dsn: str, manifest: Manifest, import_id: str, settings: ImportSettings | None = None, *,
-                 unlogged_staging: bool = True, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        manifest: Manifest,
+        import_id: str,
+        settings: ImportSettings | None = None,
+        *,
+        unlogged_staging: bool = True,
+        run_id: str | None = None,
+    ) -> None:
         self.dsn = dsn
         self.run_id = run_id  #: the Dagster run driving this import, if any (named to other imports)
         self.manifest = manifest
@@ -83,8 +93,12 @@ class Restore:
         which is also this thread's session connection (:meth:`session`) in the block: a global import runs
         alone, waiting for the imports running and making the later ones wait; while a global import's
         marker stands, any other import is refused (:class:`.locks.GlobalImportUnfinished`)."""
-        with locks.hold_imports(self.open_connection, self.import_id, self.run_id,
-                                exclusive=self.settings.scope == "global") as conn, self._bound(conn):
+        with (
+            locks.hold_imports(
+                self.open_connection, self.import_id, self.run_id, exclusive=self.settings.scope == "global"
+            ) as conn,
+            self._bound(conn),
+        ):
             yield
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -144,8 +158,9 @@ class Restore:
         if not staging_exists(conn, self.import_id):
             return False
         if any(self._stage_info(conn)[0].values()):
-            return one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-                staging_ident(self.import_id))))[0]
+            return one_row(
+                conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(staging_ident(self.import_id)))
+            )[0]
         return True
 
     # -- steps --------------------------------------------------------------------------------------
@@ -180,8 +195,15 @@ class Restore:
                     return streams[-1]
 
                 try:
-                    result = stage_export(conn, self.import_id, reopen(), self.manifest,
-                                          unlogged=self.unlogged_staging, progress=report, reopen=reopen)
+                    result = stage_export(
+                        conn,
+                        self.import_id,
+                        reopen(),
+                        self.manifest,
+                        unlogged=self.unlogged_staging,
+                        progress=report,
+                        reopen=reopen,
+                    )
                 except DecryptionError:
                     raise
                 except Exception:
@@ -196,20 +218,30 @@ class Restore:
             emit("parse", "export", result.bytes, result.bytes, finished=True)
             plan = self.plan()
             emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
-                "DO UPDATE SET stage = EXCLUDED.stage").format(IMPORT),
-                (self.import_id, Jsonb(self.settings.to_json()),
-                 Jsonb({m: self.manifest[m].table_name for m in plan}), Jsonb(result.to_json())))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
+                    "DO UPDATE SET stage = EXCLUDED.stage"
+                ).format(IMPORT),
+                (
+                    self.import_id,
+                    Jsonb(self.settings.to_json()),
+                    Jsonb({m: self.manifest[m].table_name for m in plan}),
+                    Jsonb(result.to_json()),
+                ),
+            )
             self._check_settings(conn)
         return result
 
     def _check_settings(self, conn: psycopg.Connection) -> None:
-        row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT),
-                           (self.import_id,)).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT), (self.import_id,)
+        ).fetchone()
         if row and row[0] != json.loads(json.dumps(self.settings.to_json())):
-            raise ConfigurationError(f"import {self.import_id} was started with other settings ({row[0]}); "
-                                     "use a new import id for different settings")
+            raise ConfigurationError(
+                f"import {self.import_id} was started with other settings ({row[0]}); "
+                "use a new import id for different settings"
+            )
 
     def staged_result(self) -> StageResult | None:
         """What the staging of this import recorded (None before it is staged)."""
@@ -217,8 +249,9 @@ class Restore:
             return self._read_stage(conn)
 
     def _read_stage(self, conn: psycopg.Connection) -> StageResult | None:
-        row = conn.execute(sql.SQL("SELECT stage FROM {} WHERE import_id = %s").format(IMPORT),
-                           (self.import_id,)).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT stage FROM {} WHERE import_id = %s").format(IMPORT), (self.import_id,)
+        ).fetchone()
         return StageResult(**row[0]) if row and row[0] else None
 
     def prepare(self) -> None:
@@ -229,8 +262,9 @@ class Restore:
         with self.connect() as conn, conn.transaction():
             lock_import(conn, self.import_id)
             self._check_settings(conn)
-            row = conn.execute(sql.SQL("SELECT prepared_at FROM {} WHERE import_id = %s").format(IMPORT),
-                               (self.import_id,)).fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT prepared_at FROM {} WHERE import_id = %s").format(IMPORT), (self.import_id,)
+            ).fetchone()
             if row is None or not staging_exists(conn, self.import_id):
                 raise StagingMissingError(f"import {self.import_id} is not staged; stage the backup first")
             if row[0] is not None:
@@ -240,29 +274,45 @@ class Restore:
             self._counts = None
             counts, fields = self._stage_info(conn)
             # DDL and a wipe wait for every other import's running load, and the loads starting meanwhile wait
-            locks.lock_database(conn, exclusive=self.settings.scope == "global" or (
-                self.settings.create_schema and tables_to_change(conn, self.manifest, plan, fields)))
+            locks.lock_database(
+                conn,
+                exclusive=self.settings.scope == "global"
+                or (self.settings.create_schema and tables_to_change(conn, self.manifest, plan, fields)),
+            )
             if self.settings.scope == "global":
                 replace_existing_data(conn, self.manifest, confirmed=self.settings.replace_existing)
                 locks.mark_global(conn, self.import_id, self.run_id)  # cleared by finish()
             if self.settings.create_schema:
                 self._create_tables(conn, plan, staging, counts, fields)
             self._check_kept_keys(conn, plan, staging)
-            conn.execute(sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT),
-                         (self.import_id,))
+            conn.execute(
+                sql.SQL("UPDATE {} SET prepared_at = now() WHERE import_id = %s").format(IMPORT), (self.import_id,)
+            )
 
-    def _create_tables(self, conn: psycopg.Connection, plan: list[str], staging: sql.Composable,
-                       counts: dict[str, int], fields: dict[str, dict[str, str]] | None) -> None:
+    def _create_tables(
+        self,
+        conn: psycopg.Connection,
+        plan: list[str],
+        staging: sql.Composable,
+        counts: dict[str, int],
+        fields: dict[str, dict[str, str]] | None,
+    ) -> None:
         """Create mode: the missing tables and columns, the constraints of the big tables left for their loads."""
         big = {m for m in plan if counts.get(m, 0) >= DEFER_CONSTRAINTS_AT}
         try:
             with conn.transaction():
                 for table, wanted in ensure_tables(conn, self.manifest, plan, staging, fields, defer=big).values():
                     constraints.defer(conn, table.schema, table.name, wanted)  # built by the model's load
-        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateColumn, psycopg.errors.DuplicateObject,
-                psycopg.errors.UniqueViolation) as e:  # a session that takes no lock of ours made them meanwhile
-            raise TargetError(f"create mode: another session created the same table or column at the same time "
-                              f"({_first_line(e)}); nothing was created: run the import again") from None
+        except (
+            psycopg.errors.DuplicateTable,
+            psycopg.errors.DuplicateColumn,
+            psycopg.errors.DuplicateObject,
+            psycopg.errors.UniqueViolation,
+        ) as e:  # a session that takes no lock of ours made them meanwhile
+            raise TargetError(
+                f"create mode: another session created the same table or column at the same time "
+                f"({_first_line(e)}); nothing was created: run the import again"
+            ) from None
 
     def _check_kept_keys(self, conn: psycopg.Connection, plan: list[str], staging: sql.Composable) -> None:
         """Where keys are kept (--preserve-pks, project ids in a global import), none may be taken already."""
@@ -273,13 +323,21 @@ class Restore:
             table = find_table(conn, spec.table_name)
             if table is None:
                 continue
-            taken = [r[0] for r in conn.execute(sql.SQL(
-                "SELECT t.id FROM {t} t JOIN {s} s ON s.model = %s AND s.pk = t.id ORDER BY t.id LIMIT 5").format(
-                t=table.ident, s=staging), (model,))]
+            taken = [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL(
+                        "SELECT t.id FROM {t} t JOIN {s} s ON s.model = %s AND s.pk = t.id ORDER BY t.id LIMIT 5"
+                    ).format(t=table.ident, s=staging),
+                    (model,),
+                )
+            ]
             if taken:
-                raise TargetError(f"{model}: primary keys {', '.join(map(str, taken))} are already taken in "
-                                  f"{spec.table_name}; keys are kept in this import, so it cannot proceed "
-                                  "(restore into an empty database, or without --preserve-pks)")
+                raise TargetError(
+                    f"{model}: primary keys {', '.join(map(str, taken))} are already taken in "
+                    f"{spec.table_name}; keys are kept in this import, so it cannot proceed "
+                    "(restore into an empty database, or without --preserve-pks)"
+                )
 
     def load_model(self, model: str) -> LoadResult:
         spec = self.manifest[model]
@@ -290,9 +348,11 @@ class Restore:
                 done.already_loaded = True
                 return done
             if not self._staging_usable(conn):
-                raise StagingMissingError(f"{model}: the staged rows of import {self.import_id} are gone (the "
-                                          "restore finished or failed, or a server crash emptied them); stage "
-                                          "the backup again")
+                raise StagingMissingError(
+                    f"{model}: the staged rows of import {self.import_id} are gone (the "
+                    "restore finished or failed, or a server crash emptied them); stage "
+                    "the backup again"
+                )
             counts, fields = self._stage_info(conn)
             staged = counts.get(model, 0)
             if fields is not None:
@@ -306,8 +366,12 @@ class Restore:
     def _stage_info(self, conn: psycopg.Connection) -> tuple[dict[str, int], dict[str, dict[str, str]] | None]:
         """Rows staged per model, and per model the fields (and their value types) the parse saw."""
         if self._counts is None:
-            row = conn.execute(sql.SQL("SELECT stage -> 'rows_per_model', stage -> 'fields' FROM {} "
-                                       "WHERE import_id = %s").format(IMPORT), (self.import_id,)).fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT stage -> 'rows_per_model', stage -> 'fields' FROM {} WHERE import_id = %s").format(
+                    IMPORT
+                ),
+                (self.import_id,),
+            ).fetchone()
             self._counts = (row[0] if row else None) or {}
             self._fields = row[1] if row else None
         return self._counts, self._fields
@@ -334,8 +398,9 @@ class Restore:
         with self.connect() as conn, conn.transaction():
             if not keep_staging:
                 drop_staging(conn, self.import_id)
-            conn.execute(sql.SQL("UPDATE {} SET finished_at = now() WHERE import_id = %s").format(IMPORT),
-                         (self.import_id,))
+            conn.execute(
+                sql.SQL("UPDATE {} SET finished_at = now() WHERE import_id = %s").format(IMPORT), (self.import_id,)
+            )
             locks.end_global(conn, self.import_id)
 
     def discard_staging(self) -> None:
@@ -373,9 +438,16 @@ LoadHook = Callable[[str, LoadResult], None]
 DEFER_CONSTRAINTS_AT = 1000
 
 
-def run_restore(dsn: str, backup: Backup, manifest: Manifest, settings: ImportSettings | None = None,
-                import_id: str | None = None, progress: ProgressFn | None = None,
-                on_load: LoadHook | None = None, workers: int | None = None) -> RestoreResult:
+def run_restore(
+    dsn: str,
+    backup: Backup,
+    manifest: Manifest,
+    settings: ImportSettings | None = None,
+    import_id: str | None = None,
+    progress: ProgressFn | None = None,
+    on_load: LoadHook | None = None,
+    workers: int | None = None,
+) -> RestoreResult:
     """Stage, prepare, load and verify every model of the plan; the staging area is dropped at the end,
     whether the restore succeeded or failed. The models load through :func:`~backup_assets.core.scheduler.
     load_models`: up to ``workers`` at once (default :func:`~backup_assets.core.scheduler.default_workers`),
@@ -391,8 +463,9 @@ def run_restore(dsn: str, backup: Backup, manifest: Manifest, settings: ImportSe
         raise
 
 
-def _run(restore: Restore, backup: Backup, progress: ProgressFn | None, on_load: LoadHook | None,
-         workers: int | None) -> RestoreResult:
+def _run(
+    restore: Restore, backup: Backup, progress: ProgressFn | None, on_load: LoadHook | None, workers: int | None
+) -> RestoreResult:
     stage = restore.stage(backup, progress=progress)
     restore.prepare()
     out = RestoreResult(import_id=restore.import_id, stage=stage)

@@ -1,4 +1,5 @@
 """What a restore reports: the parse's staging, each model's load and checks, and the whole restore."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -10,13 +11,13 @@ class StageResult:
     """What the parse staged."""
 
     import_id: str
-    rows: int = 0                                                 #: rows in the export
+    rows: int = 0  #: rows in the export
     rows_per_model: dict[str, int] = field(default_factory=dict)  #: staged rows of known models
     unknown_models: dict[str, int] = field(default_factory=dict)  #: rows skipped: models the manifest does not know
-    excluded_models: dict[str, int] = field(default_factory=dict) #: rows skipped: models whose scope is Excluded
+    excluded_models: dict[str, int] = field(default_factory=dict)  #: rows skipped: models whose scope is Excluded
     removed_models: dict[str, int] = field(default_factory=dict)  #: rows dropped: models Sentry has removed
     deleted_fields: dict[str, int] = field(default_factory=dict)  #: "model.field" -> rows it was dropped from
-    bytes: int = 0                                                #: plaintext bytes parsed
+    bytes: int = 0  #: plaintext bytes parsed
     seconds: float = 0.0
     #: model -> field -> the SQL type its values call for (see ``schema.type_for``); fields whose names
     #: cannot be columns appear under a description, never verbatim
@@ -33,19 +34,19 @@ class LoadResult:
     model: str
     table: str
     rows_read: int = 0
-    rows_written: int = 0            #: inserted (kind Inserted) plus overwritten in place (kind Overwrite)
-    rows_overwritten: int = 0        #: of rows_written, those that overwrote an existing row keeping its id
-    rows_merged: int = 0             #: mapped onto an existing row without writing (kind Existing)
-    dropped: dict[str, int] = field(default_factory=dict)       #: reason -> count
-    dropped_by_filter: int = 0       #: of the dropped rows, those a filter or the scope removed (expected)
+    rows_written: int = 0  #: inserted (kind Inserted) plus overwritten in place (kind Overwrite)
+    rows_overwritten: int = 0  #: of rows_written, those that overwrote an existing row keeping its id
+    rows_merged: int = 0  #: mapped onto an existing row without writing (kind Existing)
+    dropped: dict[str, int] = field(default_factory=dict)  #: reason -> count
+    dropped_by_filter: int = 0  #: of the dropped rows, those a filter or the scope removed (expected)
     dropped_sample: list[dict[str, Any]] = field(default_factory=list)  #: a few dropped rows: pk, reason
     renamed: list[dict[str, Any]] = field(default_factory=list)  #: collisions renamed: pk, field, old, new
-    resets: dict[str, int] = field(default_factory=dict)         #: field -> rows whose value was reset
-    skipped_fields: list[str] = field(default_factory=list)     #: export fields with no column in the table
+    resets: dict[str, int] = field(default_factory=dict)  #: field -> rows whose value was reset
+    skipped_fields: list[str] = field(default_factory=list)  #: export fields with no column in the table
     new_id_min: int | None = None
     new_id_max: int | None = None
     seconds: float = 0.0
-    already_loaded: bool = False     #: this model was loaded for this import before; nothing was changed
+    already_loaded: bool = False  #: this model was loaded for this import before; nothing was changed
 
     @property
     def rows_dropped(self) -> int:
@@ -69,7 +70,7 @@ class CheckOutcome:
     name: str
     passed: bool
     description: str
-    severity: str = "ERROR"          #: ERROR or WARN
+    severity: str = "ERROR"  #: ERROR or WARN
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

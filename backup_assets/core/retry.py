@@ -8,6 +8,7 @@ and the Dagster layer (:mod:`backup_assets.execution`, which words the failures)
 * exhausted (:data:`EXHAUSTED`: disk full, out of memory, a configured or program limit): an operational
   error too, but one that another attempt would hit the same way, so never retried.
 """
+
 from __future__ import annotations
 
 import random

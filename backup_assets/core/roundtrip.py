@@ -15,12 +15,13 @@ format exports use today (UTC, three millisecond digits, ``Z``). Exports made be
 write ``...:00Z`` without milliseconds; the database cannot keep that spelling, so without this every
 such value would be reported although the instant is the same.
 """
+
 from __future__ import annotations
 
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -36,10 +37,17 @@ from .reexport import ReexportRequest, reexport_rows
 from .schema import INTERNAL_SCHEMA
 from .semantics import rules_for
 from .settings import ImportSettings
-from .state import IMPORT, PK_MAP
 from .source import Backup
+from .state import IMPORT, PK_MAP
 
-__all__ = ["verify_round_trip", "reexported", "relocatable_rows", "canonical_datetimes", "import_settings", "reset_fields"]
+__all__ = [
+    "verify_round_trip",
+    "reexported",
+    "relocatable_rows",
+    "canonical_datetimes",
+    "import_settings",
+    "reset_fields",
+]
 
 _ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$")
 
@@ -66,8 +74,12 @@ def relocatable_rows(rows: Iterable[Any], manifest: Manifest, scope: str = "glob
 def _maybe_old_datetime(value: Any) -> bool:
     """False only for values :func:`_canonical` returns unchanged: not a string shaped like a datetime, or
     one already in today's format (a cheap test, before the pattern)."""
-    return (type(value) is str and len(value) >= 20 and value[10] == "T"
-            and not (len(value) == 24 and value[19] == "." and value[23] == "Z"))
+    return (
+        type(value) is str
+        and len(value) >= 20
+        and value[10] == "T"
+        and not (len(value) == 24 and value[19] == "." and value[23] == "Z")
+    )
 
 
 def _canonical(value: Any) -> Any:
@@ -84,8 +96,11 @@ def canonical_datetimes(rows: Iterable[Any]) -> Iterator[Any]:
     for row in rows:
         fields = row.get("fields") if isinstance(row, dict) else None
         if isinstance(fields, dict):
-            changed = {k: new for k, v in fields.items()
-                       if type(v) is str and len(v) >= 20 and _maybe_old_datetime(v) and (new := _canonical(v)) is not v}
+            changed = {
+                k: new
+                for k, v in fields.items()
+                if type(v) is str and len(v) >= 20 and _maybe_old_datetime(v) and (new := _canonical(v)) is not v
+            }
             if changed:
                 row = {**row, "fields": {**fields, **changed}}
         yield row
@@ -95,8 +110,7 @@ def import_settings(conn: psycopg.Connection, import_id: str) -> ImportSettings:
     """The settings an import ran with, as recorded in the target."""
     if one_row(conn.execute("SELECT to_regclass(%s) IS NULL", (f"{INTERNAL_SCHEMA}.import",)))[0]:
         raise TargetError(f"import {import_id}: no import was ever recorded in this database")
-    row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT),
-                       (import_id,)).fetchone()
+    row = conn.execute(sql.SQL("SELECT settings FROM {} WHERE import_id = %s").format(IMPORT), (import_id,)).fetchone()
     if row is None:
         raise TargetError(f"import {import_id} is not recorded in this database")
     return ImportSettings.from_json(row[0])
@@ -129,9 +143,13 @@ def _without(rows: Iterable[Any], fields: Mapping[str, frozenset[str]]) -> Itera
 
 def _not_written(conn: psycopg.Connection, import_id: str) -> set[tuple[str, int]]:
     """(model, old pk) of the backup's rows this import did not write (dropped, filtered or merged)."""
-    return {(m, pk) for m, pk in conn.execute(sql.SQL(
-        "SELECT model, old_pk FROM {} WHERE import_id = %s AND kind IN ('D', 'F', 'E')").format(PK_MAP),
-        (import_id,))}
+    return {
+        (m, pk)
+        for m, pk in conn.execute(
+            sql.SQL("SELECT model, old_pk FROM {} WHERE import_id = %s AND kind IN ('D', 'F', 'E')").format(PK_MAP),
+            (import_id,),
+        )
+    }
 
 
 def _connect(dsn: str) -> psycopg.Connection:
@@ -149,8 +167,9 @@ def reexported(request: ReexportRequest) -> Iterator[Any]:
         yield from _without(canonical_datetimes(rows), request.reset)
 
 
-def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: str, *,
-                      separate_process: bool = True) -> list[Finding]:
+def verify_round_trip(
+    dsn: str, backup: Backup, manifest: Manifest, import_id: str, *, separate_process: bool = True
+) -> list[Finding]:
     """Compare the backup (a :class:`backup_assets.core.source.Backup`) with a re-export of what import
     ``import_id`` wrote into the database at ``dsn``; an empty list means the round trip is exact.
 
@@ -167,13 +186,18 @@ def verify_round_trip(dsn: str, backup: Backup, manifest: Manifest, import_id: s
 
     def left() -> Iterator[Any]:
         rows = relocatable_rows(iter_rows(backup.open_plaintext, str(backup.path)), manifest, settings.scope)
-        kept = rows if not skipped else (
-            row for row in rows
-            if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped))
+        kept = (
+            rows
+            if not skipped
+            else (
+                row
+                for row in rows
+                if not (isinstance(row, dict) and (str(row.get("model")).lower(), row.get("pk")) in skipped)
+            )
+        )
         return _without(canonical_datetimes(kept), reset)
 
     def right() -> Iterator[Any]:
         return reexport_rows(request) if separate_process and sys.executable else reexported(request)
 
-    return list(compare_sources(left, right, manifest,
-                                names=(str(backup.path), f"re-export of import {import_id}")))
+    return list(compare_sources(left, right, manifest, names=(str(backup.path), f"re-export of import {import_id}")))

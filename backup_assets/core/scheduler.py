@@ -20,6 +20,7 @@ Outcomes come in the order models finish, in the caller's thread, while the othe
 Models of the set whose parents lie outside it load through the parents' persisted primary-key maps
 (the loader refuses, naming them, when those parents were never loaded).
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,9 @@ class ModelOutcome:
 class _Worker:
     """The load of one model on the calling thread's connection, retried as the plan says."""
 
-    def __init__(self, restore: Restore, retry: RetryPlan, restage: Callable[[str], None] | None,
-                 on_retry: RetryHook | None) -> None:
+    def __init__(
+        self, restore: Restore, retry: RetryPlan, restage: Callable[[str], None] | None, on_retry: RetryHook | None
+    ) -> None:
         self.restore, self.retry, self.restage, self.on_retry = restore, retry, restage, on_retry
         self.connections: list[psycopg.Connection] = []
         self._restage_lock = threading.Lock()
@@ -136,9 +138,15 @@ def dependents(restore: Restore, models: Iterable[str], failed: str) -> list[str
     return [m for m in models if m in hit and m != failed]
 
 
-def load_models(restore: Restore, models: Iterable[str], *, workers: int | None = None,
-                retry: RetryPlan = QUICK_RETRIES, restage: Callable[[str], None] | None = None,
-                on_retry: RetryHook | None = None) -> Iterator[ModelOutcome]:
+def load_models(
+    restore: Restore,
+    models: Iterable[str],
+    *,
+    workers: int | None = None,
+    retry: RetryPlan = QUICK_RETRIES,
+    restage: Callable[[str], None] | None = None,
+    on_retry: RetryHook | None = None,
+) -> Iterator[ModelOutcome]:
     """Load and verify ``models`` (see the module doc); yields one :class:`ModelOutcome` per model."""
     models = list(dict.fromkeys(models))
     waits_for = {m: {d for d in restore.manifest[m].dependencies if d in models and d != m} for m in models}

@@ -5,6 +5,7 @@ validated when the manifest is read) and the database catalog (column and sequen
 mode a column is named after an export field only when that name is a plain lower-case identifier of
 at most 63 characters, as every Django field name is; any other field is reported and skipped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,9 +40,9 @@ _DESCRIBED = re.compile(r"^<unusual field name of \d+ characters, sha256 [0-9a-f
 @dataclass(frozen=True)
 class Column:
     name: str
-    type_sql: str       #: format_type() of the column, e.g. "timestamp with time zone", "character varying(128)"
-    type_name: str      #: pg_type.typname, e.g. "timestamptz", "varchar", "_text" for text[]
-    category: str       #: pg_type.typcategory: A array, B boolean, D datetime, N numeric, S string, U user (json...)
+    type_sql: str  #: format_type() of the column, e.g. "timestamp with time zone", "character varying(128)"
+    type_name: str  #: pg_type.typname, e.g. "timestamptz", "varchar", "_text" for text[]
+    category: str  #: pg_type.typcategory: A array, B boolean, D datetime, N numeric, S string, U user (json...)
     max_length: int | None  #: for character varying(n)
 
     @property
@@ -54,7 +55,7 @@ class TableInfo:
     schema: str
     name: str
     columns: dict[str, Column]
-    sequence: str | None      #: quoted qualified name of the sequence behind ``id`` (for regclass), if any
+    sequence: str | None  #: quoted qualified name of the sequence behind ``id`` (for regclass), if any
     sequence_parts: tuple[str, str] | None = None
 
     @property
@@ -71,15 +72,19 @@ def find_table(conn: psycopg.Connection, table: str) -> TableInfo | None:
     row = conn.execute(
         """SELECT c.oid, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false))
-           ORDER BY array_position(current_schemas(false), n.nspname::text) LIMIT 1""", (table,)).fetchone()
+           ORDER BY array_position(current_schemas(false), n.nspname::text) LIMIT 1""",
+        (table,),
+    ).fetchone()
     if row is None:
         return None
     oid, schema = row
     cols = {}
     for name, type_sql, typname, cat, typmod in conn.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.atttypmod
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.atttypmod
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-               WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,)):
+               WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
+        (oid,),
+    ):
         max_len = typmod - 4 if typname in ("varchar", "bpchar") and typmod > 4 else None
         cols[name] = Column(name, type_sql, typname, cat, max_len)
     seq = conn.execute(
@@ -87,16 +92,25 @@ def find_table(conn: psycopg.Connection, table: str) -> TableInfo | None:
            JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
            JOIN pg_namespace sn ON sn.oid = s.relnamespace
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-           WHERE d.refobjid = %s AND a.attname = 'id' AND d.deptype IN ('a', 'i') LIMIT 1""", (oid,)).fetchone()
-    return TableInfo(schema=schema, name=table, columns=cols, sequence=seq[2] if seq else None,
-                     sequence_parts=(seq[0], seq[1]) if seq else None)
+           WHERE d.refobjid = %s AND a.attname = 'id' AND d.deptype IN ('a', 'i') LIMIT 1""",
+        (oid,),
+    ).fetchone()
+    return TableInfo(
+        schema=schema,
+        name=table,
+        columns=cols,
+        sequence=seq[2] if seq else None,
+        sequence_parts=(seq[0], seq[1]) if seq else None,
+    )
 
 
 def require_table(conn: psycopg.Connection, spec: ModelSpec) -> TableInfo:
     info = find_table(conn, spec.table_name)
     if info is None:
-        raise TargetError(f"{spec.name}: table {spec.table_name!r} does not exist in the target database "
-                          "(restore into a Sentry database, or pass --create-schema for an empty one)")
+        raise TargetError(
+            f"{spec.name}: table {spec.table_name!r} does not exist in the target database "
+            "(restore into a Sentry database, or pass --create-schema for an empty one)"
+        )
     if "id" not in info.columns:
         raise TargetError(f"{spec.name}: table {spec.table_name!r} has no 'id' column")
     return info
@@ -112,8 +126,11 @@ DATETIME_RE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\
 def type_for(seen: int) -> str:
     """The column type for a field whose values had the kinds in ``seen`` (bits above), as
     :func:`infer_field_types` decides it: one JSON kind -> its SQL type, several (or objects) -> jsonb."""
-    kinds = [k for k, bits in (("number", INT | NUMBER), ("boolean", BOOL), ("string", TEXT | DATETIME),
-                               ("json", JSON)) if seen & bits]
+    kinds = [
+        k
+        for k, bits in (("number", INT | NUMBER), ("boolean", BOOL), ("string", TEXT | DATETIME), ("json", JSON))
+        if seen & bits
+    ]
     if not kinds:
         return "text"
     if len(kinds) > 1 or kinds == ["json"]:
@@ -159,7 +176,8 @@ def infer_field_types(conn: psycopg.Connection, staging: sql.Composable, model: 
 @dataclass(frozen=True)
 class Constraint:
     """A unique or foreign-key constraint that create mode gives a table (see :mod:`.constraints`)."""
-    kind: str                      #: "u" UNIQUE (columns), "f" FOREIGN KEY (columns) REFERENCES ref_table (id)
+
+    kind: str  #: "u" UNIQUE (columns), "f" FOREIGN KEY (columns) REFERENCES ref_table (id)
     columns: tuple[str, ...]
     ref_table: str | None = None
     where: tuple[str, bool | str] | None = None  #: a unique only where column = value: a partial unique index
@@ -182,7 +200,8 @@ class Constraint:
         assert self.where is not None, "only a partial unique has no table-constraint clause"
         column, value = self.where
         return sql.SQL("CREATE UNIQUE INDEX ON {} ({}) WHERE {} = {}").format(
-            table, sql.SQL(", ").join(map(sql.Identifier, self.columns)), sql.Identifier(column), sql.Literal(value))
+            table, sql.SQL(", ").join(map(sql.Identifier, self.columns)), sql.Identifier(column), sql.Literal(value)
+        )
 
 
 #: Uniques that Sentry declares with a condition (a partial unique index) and the manifest's ``uniques``
@@ -194,8 +213,14 @@ CONDITIONAL_UNIQUES: dict[tuple[str, tuple[str, ...]], tuple[str, bool | str]] =
 }
 
 
-def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[str, str],
-                 parent_tables: dict[str, str], *, defer: bool = False) -> list[Constraint]:
+def create_table(
+    conn: psycopg.Connection,
+    spec: ModelSpec,
+    field_types: dict[str, str],
+    parent_tables: dict[str, str],
+    *,
+    defer: bool = False,
+) -> list[Constraint]:
     """Create ``spec``'s table: ``id`` identity primary key, one column per safe field name (other fields are
     skipped, and the load reports them) and one per foreign key, then its constraints: the manifest's
     uniques, and a foreign key per FK column whose parent table exists (``parent_tables``: model -> table).
@@ -235,13 +260,24 @@ def create_table(conn: psycopg.Connection, spec: ModelSpec, field_types: dict[st
     return constraints if defer else []
 
 
-_TYPES = {"text": "text", "jsonb": "jsonb", "bigint": "bigint", "numeric": "numeric", "boolean": "boolean",
-          "timestamptz": "timestamp with time zone"}
+_TYPES = {
+    "text": "text",
+    "jsonb": "jsonb",
+    "bigint": "bigint",
+    "numeric": "numeric",
+    "boolean": "boolean",
+    "timestamptz": "timestamp with time zone",
+}
 
 
-def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str], staging: sql.Composable,
-                  field_types: dict[str, dict[str, str]] | None = None,
-                  defer: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[TableInfo, list[Constraint]]]:
+def ensure_tables(
+    conn: psycopg.Connection,
+    manifest: Manifest,
+    models: list[str],
+    staging: sql.Composable,
+    field_types: dict[str, dict[str, str]] | None = None,
+    defer: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, tuple[TableInfo, list[Constraint]]]:
     """Create mode: create every missing table of ``models`` (in dependency order) from the staged rows.
 
     ``field_types`` (model -> field -> type) is what the parse saw; without it the staged rows are read.
@@ -254,8 +290,9 @@ def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str
         existing = find_table(conn, spec.table_name)
         if field_types is not None:
             types = field_types.get(model, {})
-        elif one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging),
-                          (model,)))[0]:
+        elif one_row(
+            conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} s WHERE s.model = %s)").format(staging), (model,))
+        )[0]:
             types = infer_field_types(conn, staging, model)
         else:
             types = {}
@@ -269,8 +306,9 @@ def ensure_tables(conn: psycopg.Connection, manifest: Manifest, models: list[str
     return out
 
 
-def tables_to_change(conn: psycopg.Connection, manifest: Manifest, models: list[str],
-                     field_types: dict[str, dict[str, str]] | None) -> bool:
+def tables_to_change(
+    conn: psycopg.Connection, manifest: Manifest, models: list[str], field_types: dict[str, dict[str, str]] | None
+) -> bool:
     """Whether :func:`ensure_tables` would create a table or add a column (without ``field_types``, an
     existing table may need columns: true, to be safe)."""
     for model in models:
@@ -285,15 +323,21 @@ def tables_to_change(conn: psycopg.Connection, manifest: Manifest, models: list[
 
 def _new_columns(spec: ModelSpec, table: TableInfo, field_types: dict[str, str]) -> list[str]:
     """The safe field names of ``field_types`` that ``table`` has no column for, sorted."""
-    return [name for name in sorted(field_types) if name not in table.columns and name not in spec.fk_by_field
-            and SAFE_NAME.match(name)]
+    return [
+        name
+        for name in sorted(field_types)
+        if name not in table.columns and name not in spec.fk_by_field and SAFE_NAME.match(name)
+    ]
 
 
 def add_columns(conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, field_types: dict[str, str]) -> None:
     """Create mode on an existing table: add a column for each safe field name it does not have."""
     for name in _new_columns(spec, table, field_types):
-        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-            table.ident, sql.Identifier(name), sql.SQL(_TYPES[field_types[name]])))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                table.ident, sql.Identifier(name), sql.SQL(_TYPES[field_types[name]])
+            )
+        )
 
 
 def value_sql(col: Column, fields: sql.Composable, key: str) -> sql.Composable:
@@ -310,7 +354,8 @@ def value_sql(col: Column, fields: sql.Composable, key: str) -> sql.Composable:
     if col.category == "S":
         return text
     if col.category == "A":
-        return sql.SQL("CASE jsonb_typeof({f} -> {k}) WHEN 'array' THEN "
-                       "ARRAY(SELECT jsonb_array_elements_text({f} -> {k}))::{t} ELSE {x}::{t} END").format(
-            f=fields, k=k, t=sql.SQL(col.type_sql), x=text)
+        return sql.SQL(
+            "CASE jsonb_typeof({f} -> {k}) WHEN 'array' THEN "
+            "ARRAY(SELECT jsonb_array_elements_text({f} -> {k}))::{t} ELSE {x}::{t} END"
+        ).format(f=fields, k=k, t=sql.SQL(col.type_sql), x=text)
     return sql.SQL("{x}::{t}").format(x=text, t=sql.SQL(col.type_sql))

@@ -28,17 +28,18 @@ What each scope, filter and flag does (Sentry's ``ImportScope``, filters and ``I
 * Outside global scope: staff/superuser/managed flags off (not in config scope), users unclaimed with an
   unusable password, user emails unverified with a new validation hash dated now.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from psycopg import sql
 
 from .manifest import IMPORT_SCOPES, Manifest, ModelSpec
+from .pk_kind import PkKind
 from .settings import ImportSettings
 from .state import PK_MAP
-from .pk_kind import PkKind
 
 #: Foreign keys Sentry sets to NULL (keeping the row) when their target was not imported.
 NULL_IF_MISSING = {("sentry.organizationmember", "inviter_id")}
@@ -46,8 +47,14 @@ NULL_IF_MISSING = {("sentry.organizationmember", "inviter_id")}
 #: Models whose rows hanging from a merged (existing) user are not imported: the existing user's own
 #: data is left as it is (Sentry drops the incoming UserEmail and UserPermission rows of a merged user;
 #: we drop the rest of the user's personal rows too, so a merge never grants roles or adds 2FA devices).
-MERGED_USER_DATA = ("sentry.useremail", "sentry.userpermission", "sentry.useroption", "sentry.userip",
-                    "sentry.authenticator", "sentry.userroleuser")
+MERGED_USER_DATA = (
+    "sentry.useremail",
+    "sentry.userpermission",
+    "sentry.useroption",
+    "sentry.userip",
+    "sentry.authenticator",
+    "sentry.userroleuser",
+)
 
 #: Per-row relocation scope: model -> the fields that make a row Global when any is set (else its other scope).
 ROW_SCOPE = {
@@ -60,8 +67,9 @@ ROW_SCOPE = {
 SENTRY_MAX_LENGTH = {("sentry.user", "username"): 128, ("sentry.organization", "slug"): 50}
 
 #: Django's marker for an unusable password is a string starting with "!".
-UNUSABLE_PASSWORD = sql.SQL("'!' || replace(gen_random_uuid()::text, '-', '') || "
-                            "left(replace(gen_random_uuid()::text, '-', ''), 8)")
+UNUSABLE_PASSWORD = sql.SQL(
+    "'!' || replace(gen_random_uuid()::text, '-', '') || left(replace(gen_random_uuid()::text, '-', ''), 8)"
+)
 RANDOM_HEX32 = sql.SQL("replace(gen_random_uuid()::text, '-', '')")
 RANDOM_HEX64 = sql.SQL("replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')")
 SUFFIX = sql.SQL("left(md5(random()::text || clock_timestamp()::text), 4)")
@@ -77,9 +85,10 @@ class Where:
 
     def kept(self, model: str, old_pk: sql.Composable) -> sql.Composable:
         """True when ``old_pk`` of ``model`` was imported (inserted, merged or overwritten) by this import."""
-        return sql.SQL("EXISTS (SELECT 1 FROM {pk} m WHERE m.import_id = {id} AND m.model = {model} "
-                       "AND m.old_pk = {old} AND m.kind IN ('I', 'E', 'O'))").format(
-            pk=PK_MAP, id=sql.Literal(self.import_id), model=sql.Literal(model), old=old_pk)
+        return sql.SQL(
+            "EXISTS (SELECT 1 FROM {pk} m WHERE m.import_id = {id} AND m.model = {model} "
+            "AND m.old_pk = {old} AND m.kind IN ('I', 'E', 'O'))"
+        ).format(pk=PK_MAP, id=sql.Literal(self.import_id), model=sql.Literal(model), old=old_pk)
 
 
 SqlFn = Callable[[Where], sql.Composable]
@@ -90,7 +99,7 @@ Fresh = Callable[[sql.Composable, int | None], sql.Composable]  # (old text valu
 class Drop:
     condition: sql.Composable | SqlFn  #: over ``s`` and ``c`` (or a function of :class:`Where`); true -> drop
     reason: str
-    expected: bool = True          #: caused by a filter or the scope (a warning, not an error, in checks)
+    expected: bool = True  #: caused by a filter or the scope (a warning, not an error, in checks)
 
     def sql(self, where: Where) -> sql.Composable:
         return self.condition(where) if callable(self.condition) else self.condition
@@ -105,20 +114,20 @@ class Rewrite:
     fresh: Fresh
     derived: dict[str, Callable[[sql.Composable], sql.Composable]] = field(default_factory=dict)
     max_length: int | None = None
-    record: bool = True            #: list each rewrite in ``LoadResult.renamed`` (secrets are only counted)
+    record: bool = True  #: list each rewrite in ``LoadResult.renamed`` (secrets are only counted)
 
 
 @dataclass
 class ModelRules:
     drops: list[Drop] = field(default_factory=list)
-    null_if_missing: frozenset[str] = frozenset()               #: FK fields set NULL when their target is missing
+    null_if_missing: frozenset[str] = frozenset()  #: FK fields set NULL when their target is missing
     drop_if_parent_kind: dict[str, tuple[PkKind, str]] = field(default_factory=dict)  #: fk field -> (kind, reason)
     overrides: dict[str, sql.Composable] = field(default_factory=dict)  #: column -> value expression (resets)
-    match_columns: tuple[str, ...] = ()       #: unique key (columns) matched against existing rows (kind E, or O)
-    overwrite: bool = False                   #: matched rows are overwritten in place, keeping their id
-    dedupe: bool = False                      #: a row repeating an earlier row's match key maps onto it (E)
+    match_columns: tuple[str, ...] = ()  #: unique key (columns) matched against existing rows (kind E, or O)
+    overwrite: bool = False  #: matched rows are overwritten in place, keeping their id
+    dedupe: bool = False  #: a row repeating an earlier row's match key maps onto it (E)
     rewrites: list[Rewrite] = field(default_factory=list)
-    keep_pks: bool = False                    #: new id = old pk
+    keep_pks: bool = False  #: new id = old pk
 
 
 def _has(f: str) -> sql.Composable:
@@ -127,7 +136,8 @@ def _has(f: str) -> sql.Composable:
 
 def _text_in(f: str, values: frozenset[str]) -> sql.Composable:
     return sql.SQL("COALESCE(s.fields ->> {f} = ANY ({v}::text[]), false)").format(
-        f=sql.Literal(f), v=sql.Literal(sorted(values)))
+        f=sql.Literal(f), v=sql.Literal(sorted(values))
+    )
 
 
 def _suffixed(old: sql.Composable, max_length: int | None) -> sql.Composable:
@@ -154,14 +164,27 @@ def _right4(v: sql.Composable) -> sql.Composable:
 
 #: Unique secrets regenerated (or cleared) when they collide; the existing row always keeps its value.
 SECRETS: dict[str, list[Rewrite]] = {
-    "sentry.projectkey": [Rewrite("public_key", _regenerated(RANDOM_HEX32), record=False),
-                          Rewrite("secret_key", _regenerated(RANDOM_HEX32), record=False)],
-    "sentry.apitoken": [Rewrite("token", _regenerated(RANDOM_HEX64), record=False,
-                                derived={"hashed_token": _sha256, "token_last_characters": _right4}),
-                        Rewrite("refresh_token", _regenerated(RANDOM_HEX64), record=False,
-                                derived={"hashed_refresh_token": _sha256})],
-    "sentry.orgauthtoken": [Rewrite("token_hashed", _regenerated(_sha256(RANDOM_HEX64)), record=False,
-                                    derived={"token_last_characters": _right4})],
+    "sentry.projectkey": [
+        Rewrite("public_key", _regenerated(RANDOM_HEX32), record=False),
+        Rewrite("secret_key", _regenerated(RANDOM_HEX32), record=False),
+    ],
+    "sentry.apitoken": [
+        Rewrite(
+            "token",
+            _regenerated(RANDOM_HEX64),
+            record=False,
+            derived={"hashed_token": _sha256, "token_last_characters": _right4},
+        ),
+        Rewrite("refresh_token", _regenerated(RANDOM_HEX64), record=False, derived={"hashed_refresh_token": _sha256}),
+    ],
+    "sentry.orgauthtoken": [
+        Rewrite(
+            "token_hashed",
+            _regenerated(_sha256(RANDOM_HEX64)),
+            record=False,
+            derived={"token_last_characters": _right4},
+        )
+    ],
     "sentry.organizationmember": [Rewrite("token", _null, record=False)],
 }
 
@@ -171,20 +194,36 @@ def _scope_drops(spec: ModelSpec, settings: ImportSettings, manifest: Manifest |
     drops = []
     if spec.name in ROW_SCOPE and "Global" not in allowed:
         fields = ROW_SCOPE[spec.name]
-        drops.append(Drop(sql.SQL(" OR ").join(_has(f) for f in fields),
-                          f"filtered: scope: rows with {' or '.join(fields)} set are Global, "
-                          f"outside the {settings.scope} scope"))
+        drops.append(
+            Drop(
+                sql.SQL(" OR ").join(_has(f) for f in fields),
+                f"filtered: scope: rows with {' or '.join(fields)} set are Global, outside the {settings.scope} scope",
+            )
+        )
     if spec.name == "sentry.savedsearch" and "Global" not in allowed:
-        drops.append(Drop(sql.SQL("s.fields -> 'is_global' = 'true'::jsonb"),
-                          f"filtered: scope: global saved searches are Global, outside the {settings.scope} scope"))
+        drops.append(
+            Drop(
+                sql.SQL("s.fields -> 'is_global' = 'true'::jsonb"),
+                f"filtered: scope: global saved searches are Global, outside the {settings.scope} scope",
+            )
+        )
     if manifest is not None:
         for fk in spec.foreign_keys:
             parent = manifest.models.get(fk.model)
-            if (fk.model == spec.name or parent is None or not parent.relocatable or parent.in_scope(settings.scope)
-                    or (spec.name, fk.field) in NULL_IF_MISSING):
+            if (
+                fk.model == spec.name
+                or parent is None
+                or not parent.relocatable
+                or parent.in_scope(settings.scope)
+                or (spec.name, fk.field) in NULL_IF_MISSING
+            ):
                 continue
-            drops.append(Drop(_has(fk.field), f"filtered: scope: parent {fk.model} ({fk.field}) is outside the "
-                                              f"{settings.scope} scope"))
+            drops.append(
+                Drop(
+                    _has(fk.field),
+                    f"filtered: scope: parent {fk.model} ({fk.field}) is outside the {settings.scope} scope",
+                )
+            )
     return drops
 
 
@@ -192,29 +231,39 @@ def _filter_drops(spec: ModelSpec, settings: ImportSettings) -> list[Drop]:
     users, orgs = settings.filter_usernames, settings.filter_org_slugs
     drops = []
     if spec.name == "sentry.user" and users is not None:
-        drops.append(Drop(sql.SQL("NOT {}").format(_text_in("username", users)),
-                          "filtered: username not in the username filter"))
+        drops.append(
+            Drop(sql.SQL("NOT {}").format(_text_in("username", users)), "filtered: username not in the username filter")
+        )
     if spec.name == "sentry.user" and orgs is not None:
+
         def not_member(w: Where) -> sql.Composable:
             return sql.SQL(
                 "NOT EXISTS (SELECT 1 FROM {st} m JOIN {st} o ON o.model = 'sentry.organization' "
                 "AND o.pk = (m.fields ->> 'organization')::bigint WHERE m.model = 'sentry.organizationmember' "
                 "AND jsonb_typeof(m.fields -> 'user_id') = 'number' AND (m.fields ->> 'user_id')::bigint = s.pk "
-                "AND o.fields ->> 'slug' = ANY ({slugs}::text[]))").format(st=w.staging, slugs=sql.Literal(sorted(orgs)))
+                "AND o.fields ->> 'slug' = ANY ({slugs}::text[]))"
+            ).format(st=w.staging, slugs=sql.Literal(sorted(orgs)))
+
         drops.append(Drop(not_member, "filtered: not a member of an organization in the slug filter"))
     if spec.name == "sentry.organization" and orgs is not None:
-        drops.append(Drop(sql.SQL("NOT {}").format(_text_in("slug", orgs)),
-                          "filtered: organization slug not in the slug filter"))
+        drops.append(
+            Drop(sql.SQL("NOT {}").format(_text_in("slug", orgs)), "filtered: organization slug not in the slug filter")
+        )
     if spec.name == "sentry.email" and (users is not None or orgs is not None):
+
         def not_of_kept_user(w: Where) -> sql.Composable:
             return sql.SQL(
                 "NOT EXISTS (SELECT 1 FROM {st} u WHERE u.model = 'sentry.user' "
                 "AND u.fields ->> 'email' = s.fields ->> 'email' AND {kept_u}) "
                 "AND NOT EXISTS (SELECT 1 FROM {st} e WHERE e.model = 'sentry.useremail' "
                 "AND e.fields ->> 'email' = s.fields ->> 'email' AND jsonb_typeof(e.fields -> 'user') = 'number' "
-                "AND {kept_e})").format(
-                st=w.staging, kept_u=w.kept("sentry.user", sql.SQL("u.pk")),
-                kept_e=w.kept("sentry.user", sql.SQL("(e.fields ->> 'user')::bigint")))
+                "AND {kept_e})"
+            ).format(
+                st=w.staging,
+                kept_u=w.kept("sentry.user", sql.SQL("u.pk")),
+                kept_e=w.kept("sentry.user", sql.SQL("(e.fields ->> 'user')::bigint")),
+            )
+
         drops.append(Drop(not_of_kept_user, "filtered: email address of no imported user"))
     return drops
 
@@ -242,8 +291,14 @@ REGENERATED: dict[str, dict[str, sql.Composable]] = {
     "sentry.incident": {"detection_uuid": _fresh("detection_uuid")},
     "sentry.incidentactivity": {"notification_uuid": _fresh("notification_uuid")},
     # "<dataset id>/<32 hex>": the id before the slash is kept, the hex part is new
-    "sentry.querysubscription": {"subscription_id": _fresh("subscription_id", sql.SQL(
-        "split_part(s.fields ->> 'subscription_id', '/', 1) || '/' || replace(gen_random_uuid()::text, '-', '')"))},
+    "sentry.querysubscription": {
+        "subscription_id": _fresh(
+            "subscription_id",
+            sql.SQL(
+                "split_part(s.fields ->> 'subscription_id', '/', 1) || '/' || replace(gen_random_uuid()::text, '-', '')"
+            ),
+        )
+    },
 }
 
 
@@ -261,7 +316,10 @@ def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | No
     if name in MERGED_USER_DATA:
         user_fk = next((fk.field for fk in spec.foreign_keys if fk.model == "sentry.user"), None)
         if user_fk:
-            rules.drop_if_parent_kind[user_fk] = (PkKind.EXISTING, "filtered: the user was merged into an existing user")
+            rules.drop_if_parent_kind[user_fk] = (
+                PkKind.EXISTING,
+                "filtered: the user was merged into an existing user",
+            )
     key = _config_key(spec)
     if key:
         rules.match_columns, rules.overwrite, rules.dedupe = key, settings.overwrite_configs, True
@@ -276,12 +334,13 @@ def rules_for(spec: ModelSpec, settings: ImportSettings, manifest: Manifest | No
         if scope != "global":
             rules.overrides.update({"is_unclaimed": sql.SQL("true"), "password": UNUSABLE_PASSWORD})
     elif name == "sentry.email":
-        rules.match_columns, rules.dedupe = ("email",), True          # get-or-create by address
+        rules.match_columns, rules.dedupe = ("email",), True  # get-or-create by address
     elif name == "sentry.useremail":
         rules.match_columns, rules.overwrite, rules.dedupe = ("user_id", "email"), True, True
         if scope != "global":
-            rules.overrides.update({"is_verified": sql.SQL("false"), "validation_hash": RANDOM_HEX32,
-                                    "date_hash_added": sql.SQL("now()")})
+            rules.overrides.update(
+                {"is_verified": sql.SQL("false"), "validation_hash": RANDOM_HEX32, "date_hash_added": sql.SQL("now()")}
+            )
     elif name == "sentry.userip":
         rules.match_columns, rules.dedupe = ("user_id", "ip_address"), True
     elif name == "sentry.organization":

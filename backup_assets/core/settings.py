@@ -1,4 +1,5 @@
 """Import settings: Sentry's scope, filters and ``ImportFlags``, plus ours; and the import id's form."""
+
 from __future__ import annotations
 
 import re
@@ -37,10 +38,10 @@ class ImportSettings:
     hide_organizations: bool = False
     filter_usernames: frozenset[str] | None = None
     filter_org_slugs: frozenset[str] | None = None
-    preserve_pks: bool = False          #: keep every primary key (disaster recovery into an empty database)
-    create_schema: bool = False         #: create missing tables from the manifest and the export
-    replace_existing: bool = False      #: global scope: confirmed wipe of every relocatable table first
-    strict: bool = False                #: refuse an export holding rows of models the manifest does not know
+    preserve_pks: bool = False  #: keep every primary key (disaster recovery into an empty database)
+    create_schema: bool = False  #: create missing tables from the manifest and the export
+    replace_existing: bool = False  #: global scope: confirmed wipe of every relocatable table first
+    strict: bool = False  #: refuse an export holding rows of models the manifest does not know
 
     def __post_init__(self) -> None:
         if self.scope not in IMPORT_SCOPES:
@@ -63,6 +64,7 @@ class ImportSettings:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImportSettings:
-        fields: dict[str, Any] = {k: (frozenset(v) if k.startswith("filter_") and v is not None else v)
-                                  for k, v in d.items()}
+        fields: dict[str, Any] = {
+            k: (frozenset(v) if k.startswith("filter_") and v is not None else v) for k, v in d.items()
+        }
         return cls(**fields)

@@ -9,6 +9,7 @@
 structure at once.  Plaintext only ever exists in memory, chunk by chunk, except in :func:`decrypt_backup`, whose
 purpose is to write it to the file the user names.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,14 @@ _WHITESPACE = b" \t\r\n"
 class Backup:
     """An opened backup file: a Sentry export tarball (``kind == "tarball"``) or a plain JSON export."""
 
-    def __init__(self, path: Path, kind: Literal["tarball", "json"], size: int,
-                 tarball: TarballContents | None = None, decryptor: Decryptor | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        kind: Literal["tarball", "json"],
+        size: int,
+        tarball: TarballContents | None = None,
+        decryptor: Decryptor | None = None,
+    ) -> None:
         self.path = path
         self.kind = kind
         self.size = size
@@ -99,8 +106,13 @@ class Backup:
             if self._tarball is None:
                 yield f
                 return
-            reader = FernetDecryptingReader(f, self._data_key(), start=self._tarball.export_offset,
-                                            length=self._tarball.export_size, authenticate_first=authenticate_first)
+            reader = FernetDecryptingReader(
+                f,
+                self._data_key(),
+                start=self._tarball.export_offset,
+                length=self._tarball.export_size,
+                authenticate_first=authenticate_first,
+            )
             with reader:
                 yield reader  # type: ignore[misc]
 
@@ -111,7 +123,7 @@ def _sniff(f: BinaryIO, where: str) -> Literal["tarball", "json"]:
         return "tarball"
     text, offset = head, 0
     if text.startswith(_BOM):
-        text, offset = text[len(_BOM):], len(_BOM)
+        text, offset = text[len(_BOM) :], len(_BOM)
     while True:
         stripped = text.lstrip(_WHITESPACE)
         offset += len(text) - len(stripped)
@@ -123,8 +135,12 @@ def _sniff(f: BinaryIO, where: str) -> Literal["tarball", "json"]:
     if stripped.startswith(b"["):
         return "json"
     short = f" (the file has only {len(head)} bytes: a truncated tarball?)" if len(head) < BLOCK else ""
-    raise BackupFormatError(f"is neither a Sentry export tarball nor a JSON export: found byte 0x{stripped[0]:02x} "
-                            f"where a JSON export starts with '['{short}", path=where, offset=offset)
+    raise BackupFormatError(
+        f"is neither a Sentry export tarball nor a JSON export: found byte 0x{stripped[0]:02x} "
+        f"where a JSON export starts with '['{short}",
+        path=where,
+        offset=offset,
+    )
 
 
 def _check_token_start(f: BinaryIO, tarball: TarballContents, where: str) -> None:
@@ -134,11 +150,15 @@ def _check_token_start(f: BinaryIO, tarball: TarballContents, where: str) -> Non
     head = f.read(min(8, tarball.export_size))
     compressed = compression_of(head)
     if compressed:
-        raise BackupFormatError(f"is {compressed[0]}-compressed, but it must hold the Fernet token text as "
-                                "Sentry writes it", path=where, member="export.json")
+        raise BackupFormatError(
+            f"is {compressed[0]}-compressed, but it must hold the Fernet token text as Sentry writes it",
+            path=where,
+            member="export.json",
+        )
     if head.lstrip(_WHITESPACE)[:1] in (b"[", b"{"):
-        raise BackupFormatError("holds plain JSON, not the Fernet token of an encrypted export", path=where,
-                                member="export.json")
+        raise BackupFormatError(
+            "holds plain JSON, not the Fernet token of an encrypted export", path=where, member="export.json"
+        )
 
 
 def open_backup(path: str | os.PathLike[str], decryptor: Decryptor | None = None) -> Backup:
@@ -196,8 +216,10 @@ def encrypt_export(src: str | os.PathLike[str] | BinaryIO, dest: str | os.PathLi
 
     def write_from(f: BinaryIO, known_size: int | None) -> None:
         if known_size is not None:
-            _publish(dest, lambda out: write_tarball(out, iter_encrypt(f, data_key), token_length(known_size),
-                                                     wrapped, key_pub))
+            _publish(
+                dest,
+                lambda out: write_tarball(out, iter_encrypt(f, data_key), token_length(known_size), wrapped, key_pub),
+            )
             return
         with tempfile.TemporaryFile(dir=dest.parent) as spool:  # ciphertext only
             for chunk in iter_encrypt(f, data_key):
@@ -232,10 +254,11 @@ def decrypt_backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], de
     """
     backup = open_backup(src, decryptor)
     if backup.kind != "tarball":
-        raise BackupFormatError("is a plain JSON export, not an encrypted tarball: nothing to decrypt",
-                                path=str(src))
+        raise BackupFormatError("is a plain JSON export, not an encrypted tarball: nothing to decrypt", path=str(src))
     with backup.open_plaintext() as plaintext:  # authenticated here, before any file is created
+
         def copy(out: BinaryIO) -> None:
             while chunk := plaintext.read(CHUNK_SIZE):
                 out.write(chunk)
+
         _publish(Path(dest), copy)

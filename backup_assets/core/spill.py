@@ -10,13 +10,14 @@ of rows (:data:`CHUNK_ROWS` each) are in memory; the rest are on disk as AES-256
 that exists only in this process's memory, in a file unlinked when created (nothing is left behind, not
 even after a crash, and nothing on disk is readable without the key).
 """
+
 from __future__ import annotations
 
 import json
 import tempfile
 from collections import deque
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,7 +50,7 @@ class RowSpill:
     def __init__(self, chunk_rows: int = CHUNK_ROWS) -> None:
         self._chunk_rows = chunk_rows
         self._head: deque[Any] = deque()  # the oldest rows, read back from disk (or moved from the tail)
-        self._tail: list[Any] = []        # the newest rows, not yet written
+        self._tail: list[Any] = []  # the newest rows, not yet written
         self._aead: AESGCM | None = None
         self._file: Any = None
         self._read_at = self._write_at = 0

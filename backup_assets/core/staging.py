@@ -10,6 +10,7 @@ Each import gets its own table ``backup_assets.stage_<hash of the import id>``; 
 staged rows are a cache of the backup file (a model's load re-stages them when they are missing), so
 they need not be written twice through the WAL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ def staging_ident(import_id: str) -> sql.Identifier:
 
 
 def staging_exists(conn: psycopg.Connection, import_id: str) -> bool:
-    return one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (f"{INTERNAL_SCHEMA}.{staging_table_name(import_id)}",)))[0]
+    return one_row(
+        conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{INTERNAL_SCHEMA}.{staging_table_name(import_id)}",))
+    )[0]
 
 
 def create_staging(conn: psycopg.Connection, import_id: str, unlogged: bool = True) -> sql.Identifier:
@@ -39,17 +41,23 @@ def create_staging(conn: psycopg.Connection, import_id: str, unlogged: bool = Tr
     ident = staging_ident(import_id)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
     # model names compared byte-wise ("C"), whatever the database's locale: cheaper index builds and joins
-    conn.execute(sql.SQL("CREATE {} TABLE {} (model text COLLATE \"C\" NOT NULL, pk bigint NOT NULL, "
-                         "row_index bigint NOT NULL, fields jsonb NOT NULL)").format(
-        sql.SQL("UNLOGGED" if unlogged else ""), ident))
+    conn.execute(
+        sql.SQL(
+            'CREATE {} TABLE {} (model text COLLATE "C" NOT NULL, pk bigint NOT NULL, '
+            "row_index bigint NOT NULL, fields jsonb NOT NULL)"
+        ).format(sql.SQL("UNLOGGED" if unlogged else ""), ident)
+    )
     return ident
 
 
 def index_staging(conn: psycopg.Connection, import_id: str) -> None:
     """The staging's unique index on (model, pk): the loads' joins use it, and it refuses a pk twice in a model."""
     name = staging_table_name(import_id)
-    conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} (model, pk)").format(
-        sql.Identifier(name + "_key"), staging_ident(import_id)))
+    conn.execute(
+        sql.SQL("CREATE UNIQUE INDEX {} ON {} (model, pk)").format(
+            sql.Identifier(name + "_key"), staging_ident(import_id)
+        )
+    )
 
 
 def analyze_staging(conn: psycopg.Connection, import_id: str) -> None:

@@ -3,6 +3,7 @@ the load records, the rows overwritten (for rollback), the constraints create mo
 rows, and which import each session works for. :func:`ensure_state` creates it, or brings an older
 one up to date.
 """
+
 from __future__ import annotations
 
 import psycopg
@@ -77,7 +78,7 @@ _PK_MAP_VIEW = f"""CREATE OR REPLACE VIEW {INTERNAL_SCHEMA}.pk_map AS
 
 #: The tables :func:`ensure_state` creates, for SQL composed with :mod:`psycopg.sql`.
 IMPORT = sql.Identifier(INTERNAL_SCHEMA, "import")
-PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")          #: the view
+PK_MAP = sql.Identifier(INTERNAL_SCHEMA, "pk_map")  #: the view
 PK_MAP_ROW = sql.Identifier(INTERNAL_SCHEMA, "pk_map_row")
 PK_SCOPE = sql.Identifier(INTERNAL_SCHEMA, "pk_scope")
 LOAD_RECORD = sql.Identifier(INTERNAL_SCHEMA, "load_record")
@@ -92,25 +93,37 @@ _LOCK_SCHEMA = 0x6261636B  # advisory lock key serialising creation of the inter
 def ensure_state(conn: psycopg.Connection) -> None:
     """Create the project's own schema (pk maps, load records, staging) if missing, or bring an older one up to
     date (a pk map table keyed by text, from before pk_scope). Safe under concurrency."""
-    current = one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) "
-                           "IS NOT NULL", (f"{INTERNAL_SCHEMA}.pending_constraint", f"{INTERNAL_SCHEMA}.pk_map_row",
-                                           f"{INTERNAL_SCHEMA}.global_import")))[0]
+    current = one_row(
+        conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            (
+                f"{INTERNAL_SCHEMA}.pending_constraint",
+                f"{INTERNAL_SCHEMA}.pk_map_row",
+                f"{INTERNAL_SCHEMA}.global_import",
+            ),
+        )
+    )[0]
     if current:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_SCHEMA,))
-        old_table = conn.execute("SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass(%s)",
-                                 (f"{INTERNAL_SCHEMA}.pk_map",)).fetchone()
+        old_table = conn.execute(
+            "SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass(%s)", (f"{INTERNAL_SCHEMA}.pk_map",)
+        ).fetchone()
         if old_table and old_table[0]:
             conn.execute(f"ALTER TABLE {INTERNAL_SCHEMA}.pk_map RENAME TO pk_map_by_text")
         for ddl in _STATE_DDL:
             conn.execute(ddl)
         if old_table and old_table[0]:
-            conn.execute(f"INSERT INTO {INTERNAL_SCHEMA}.pk_scope (import_id, model) SELECT DISTINCT import_id, model "
-                         f"FROM {INTERNAL_SCHEMA}.pk_map_by_text ON CONFLICT DO NOTHING")
-            conn.execute(f"INSERT INTO {INTERNAL_SCHEMA}.pk_map_row (scope, old_pk, new_pk, kind) "
-                         f"SELECT s.scope, o.old_pk, o.new_pk, o.kind FROM {INTERNAL_SCHEMA}.pk_map_by_text o "
-                         f"JOIN {INTERNAL_SCHEMA}.pk_scope s ON s.import_id = o.import_id AND s.model = o.model")
+            conn.execute(
+                f"INSERT INTO {INTERNAL_SCHEMA}.pk_scope (import_id, model) SELECT DISTINCT import_id, model "
+                f"FROM {INTERNAL_SCHEMA}.pk_map_by_text ON CONFLICT DO NOTHING"
+            )
+            conn.execute(
+                f"INSERT INTO {INTERNAL_SCHEMA}.pk_map_row (scope, old_pk, new_pk, kind) "
+                f"SELECT s.scope, o.old_pk, o.new_pk, o.kind FROM {INTERNAL_SCHEMA}.pk_map_by_text o "
+                f"JOIN {INTERNAL_SCHEMA}.pk_scope s ON s.import_id = o.import_id AND s.model = o.model"
+            )
             conn.execute(f"DROP TABLE {INTERNAL_SCHEMA}.pk_map_by_text")
         conn.execute(_PK_MAP_VIEW)
 
@@ -118,12 +131,17 @@ def ensure_state(conn: psycopg.Connection) -> None:
 def pk_scope(conn: psycopg.Connection, import_id: str, model: str, *, create: bool = False) -> int | None:
     """The integer naming ``model``'s pk map in import ``import_id`` (created in the caller's transaction when
     ``create``); None when the model has no pk map in this import."""
-    row = conn.execute(sql.SQL("SELECT scope FROM {} WHERE import_id = %s AND model = %s").format(PK_SCOPE),
-                       (import_id, model)).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT scope FROM {} WHERE import_id = %s AND model = %s").format(PK_SCOPE), (import_id, model)
+    ).fetchone()
     if row is None and create:
-        row = conn.execute(sql.SQL("INSERT INTO {} (import_id, model) VALUES (%s, %s) ON CONFLICT (import_id, model) "
-                                   "DO UPDATE SET model = EXCLUDED.model RETURNING scope").format(PK_SCOPE),
-                           (import_id, model)).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (import_id, model) VALUES (%s, %s) ON CONFLICT (import_id, model) "
+                "DO UPDATE SET model = EXCLUDED.model RETURNING scope"
+            ).format(PK_SCOPE),
+            (import_id, model),
+        ).fetchone()
     return row[0] if row else None
 
 

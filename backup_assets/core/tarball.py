@@ -11,6 +11,7 @@ reads ``export.json``: it returns where the token lies in the file.  Writing (:f
 what Sentry's ``tarfile.open(mode="w")`` produces (default PAX format, default member metadata: mode 0644,
 mtime 0, uid/gid 0), streaming the token from an iterable.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,15 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from .errors import BackupFormatError, EncryptionError
 
 __all__ = [
-    "DATA_KEY", "EXPORT_JSON", "KEY_PUB", "MEMBERS", "TarballContents", "compression_of", "is_tar_header",
-    "read_tarball", "write_tarball",
+    "DATA_KEY",
+    "EXPORT_JSON",
+    "KEY_PUB",
+    "MEMBERS",
+    "TarballContents",
+    "compression_of",
+    "is_tar_header",
+    "read_tarball",
+    "write_tarball",
 ]
 
 EXPORT_JSON, DATA_KEY, KEY_PUB = "export.json", "data.key", "key.pub"
@@ -34,9 +42,14 @@ KEY_PUB_SIZE = (100, 16 * 1024)
 BLOCK = tarfile.BLOCKSIZE
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _TYPE_NAMES = {
-    tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.DIRTYPE: "a directory",
-    tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO",
-    tarfile.CONTTYPE: "a contiguous file", tarfile.GNUTYPE_SPARSE: "a sparse file",
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
 }
 _COMPRESSION = (  # magic, name, how to undo it
     (b"\x1f\x8b", "gzip", "gunzip"),
@@ -97,8 +110,9 @@ def _shown(name: str) -> str:
 def _check_member(info: tarfile.TarInfo, seen: dict[str, int], file_size: int, where: str) -> None:
     name = info.name
     if name not in MEMBERS:
-        raise BackupFormatError(f"unknown member {_shown(name)}: a Sentry export tarball holds only "
-                                f"{', '.join(MEMBERS)}", path=where)
+        raise BackupFormatError(
+            f"unknown member {_shown(name)}: a Sentry export tarball holds only {', '.join(MEMBERS)}", path=where
+        )
     if name in seen:
         raise BackupFormatError("duplicate member", path=where, member=name)
     if info.type not in _REGULAR:
@@ -106,12 +120,16 @@ def _check_member(info: tarfile.TarInfo, seen: dict[str, int], file_size: int, w
         raise BackupFormatError(f"is {kind}, not a regular file", path=where, member=name)
     end = info.offset_data + info.size
     if end > file_size:
-        raise BackupFormatError(f"truncated: the member's {info.size} bytes end at byte {end} "
-                                f"but the file has {file_size}", path=where, member=name)
+        raise BackupFormatError(
+            f"truncated: the member's {info.size} bytes end at byte {end} but the file has {file_size}",
+            path=where,
+            member=name,
+        )
     bounds = {DATA_KEY: DATA_KEY_SIZE, KEY_PUB: KEY_PUB_SIZE}.get(name)
     if bounds and not bounds[0] <= info.size <= bounds[1]:
-        raise BackupFormatError(f"implausible size {info.size} bytes (expected {bounds[0]}..{bounds[1]})",
-                                path=where, member=name)
+        raise BackupFormatError(
+            f"implausible size {info.size} bytes (expected {bounds[0]}..{bounds[1]})", path=where, member=name
+        )
     if name == EXPORT_JSON and info.size == 0:
         raise BackupFormatError("is empty", path=where, member=name)
     seen[name] = info.size
@@ -146,14 +164,19 @@ def _read(f: BinaryIO, where: str) -> TarballContents:
     head = f.read(BLOCK)
     compressed = compression_of(head)
     if compressed:
-        raise BackupFormatError(f"is a {compressed[0]}-compressed file; Sentry's export tarballs are "
-                                f"uncompressed tar archives (decompress it first, e.g. with {compressed[1]})",
-                                path=where)
+        raise BackupFormatError(
+            f"is a {compressed[0]}-compressed file; Sentry's export tarballs are "
+            f"uncompressed tar archives (decompress it first, e.g. with {compressed[1]})",
+            path=where,
+        )
     if file_size == 0:
         raise BackupFormatError("empty file, not a tar archive", path=where)
     if not is_tar_header(head):
-        what = f"truncated, or not a tar archive ({file_size} bytes)" if file_size < BLOCK else \
-            "not a tar archive (no valid tar header at byte 0)"
+        what = (
+            f"truncated, or not a tar archive ({file_size} bytes)"
+            if file_size < BLOCK
+            else "not a tar archive (no valid tar header at byte 0)"
+        )
         raise BackupFormatError(what, path=where)
     f.seek(0)
     seen: dict[str, int] = {}
@@ -179,8 +202,9 @@ def _read(f: BinaryIO, where: str) -> TarballContents:
         f.seek(offset)
         small[name] = f.read(size)
     offset, size = spans[EXPORT_JSON]
-    return TarballContents(export_offset=offset, export_size=size, data_key=small[DATA_KEY],
-                           key_pub=small[KEY_PUB], members=dict(seen))
+    return TarballContents(
+        export_offset=offset, export_size=size, data_key=small[DATA_KEY], key_pub=small[KEY_PUB], members=dict(seen)
+    )
 
 
 @runtime_checkable
@@ -217,14 +241,18 @@ class _ChunkReader:
         return not self._buf and not self.read(1)
 
 
-def write_tarball(dst: BinaryIO, token: Iterable[bytes] | BinaryIO, token_size: int, data_key: bytes,
-                  key_pub: bytes) -> None:
+def write_tarball(
+    dst: BinaryIO, token: Iterable[bytes] | BinaryIO, token_size: int, data_key: bytes, key_pub: bytes
+) -> None:
     """Write Sentry's tarball to ``dst``: ``export.json`` (``token_size`` bytes streamed from ``token``), then
     ``data.key`` and ``key.pub``.  ``token`` is a binary file or an iterable of byte chunks."""
     reader = token if isinstance(token, _Readable) else _ChunkReader(token)
     with tarfile.TarFile(fileobj=dst, mode="w", copybufsize=1 << 20) as tar:
-        for name, size, data in ((EXPORT_JSON, token_size, reader), (DATA_KEY, len(data_key), None),
-                                 (KEY_PUB, len(key_pub), None)):
+        for name, size, data in (
+            (EXPORT_JSON, token_size, reader),
+            (DATA_KEY, len(data_key), None),
+            (KEY_PUB, len(key_pub), None),
+        ):
             info = tarfile.TarInfo(name)
             info.size = size
             if data is None:
@@ -235,4 +263,3 @@ def write_tarball(dst: BinaryIO, token: Iterable[bytes] | BinaryIO, token_size: 
                 raise EncryptionError(f"{name}: the data ended before its announced {size} bytes") from e
         if isinstance(reader, _ChunkReader) and not reader.exhausted():
             raise EncryptionError(f"{EXPORT_JSON}: the token is longer than its announced {token_size} bytes")
-

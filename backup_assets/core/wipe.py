@@ -1,5 +1,6 @@
 """The wipe of a global import: as Sentry's does, it replaces the instance (the manifest's relocatable
 tables emptied, their id sequences restarted) before any row is loaded."""
+
 from __future__ import annotations
 
 import psycopg
@@ -25,15 +26,18 @@ def replace_existing_data(conn: psycopg.Connection, manifest: Manifest, *, confi
         info = find_table(conn, manifest[model].table_name)
         if info is not None and info.schema != INTERNAL_SCHEMA and all(t.ident != info.ident for t in tables):
             tables.append(info)
-    holding = [t.name for t in tables if one_row(conn.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)))[0]]
+    holding = [
+        t.name for t in tables if one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)))[0]
+    ]
     if not holding:
         return []
     if not confirmed:
         shown = ", ".join(holding[:5]) + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
-        raise TargetError(f"the target database already holds data ({shown}); a global import replaces every "
-                          "relocatable table: confirm it (CLI: --no-prompt or answer the prompt; Dagster: "
-                          "replace_existing in the run config), or import into an empty database")
+        raise TargetError(
+            f"the target database already holds data ({shown}); a global import replaces every "
+            "relocatable table: confirm it (CLI: --no-prompt or answer the prompt; Dagster: "
+            "replace_existing in the run config), or import into an empty database"
+        )
     try:
         with conn.transaction():
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in tables)))
@@ -43,9 +47,11 @@ def replace_existing_data(conn: psycopg.Connection, manifest: Manifest, *, confi
                 with conn.transaction():
                     conn.execute(sql.SQL("DELETE FROM {}").format(t.ident))
             except psycopg.errors.ForeignKeyViolation as e:
-                raise TargetError(f"cannot empty {t.name} for the global import: rows of a table outside the "
-                                  f"manifest still refer to it ({e.diag.message_detail or e}); nothing was "
-                                  "deleted") from None
+                raise TargetError(
+                    f"cannot empty {t.name} for the global import: rows of a table outside the "
+                    f"manifest still refer to it ({e.diag.message_detail or e}); nothing was "
+                    "deleted"
+                ) from None
     for t in tables:
         if t.sequence_ident is not None:
             conn.execute("SELECT setval(%s::regclass, 1, false)", (t.sequence,))

@@ -36,6 +36,7 @@ odd organization's second member), and nullable foreign keys that are sometimes 
 (``project.template``, ``rule.environment_id`` / ``owner_team`` / ``owner_user_id``,
 ``useroption.organization_id`` / ``project_id``, ``savedsearch.organization`` / ``owner_id``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,11 +45,11 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from random import Random
 from typing import IO
-from collections.abc import Callable, Iterable, Iterator
 
 from ..core.errors import ConfigurationError
 from ..core.manifest import Manifest
@@ -56,22 +57,66 @@ from ..core.manifest import Manifest
 __all__ = ["generate_rows", "count_rows", "write_export", "demo_rows", "scale_for_rows"]
 
 _EPOCH = datetime(2023, 6, 22, 22, 54, 28, tzinfo=UTC)
-_FIRST = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
-          "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "zoe")
-_ORGS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Wayne Enterprises", "Stark Industries",
-         "Tyrell", "Cyberdyne", "Soylent")
+_FIRST = (
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+    "frank",
+    "grace",
+    "heidi",
+    "ivan",
+    "judy",
+    "mallory",
+    "niaj",
+    "olivia",
+    "peggy",
+    "rupert",
+    "sybil",
+    "trent",
+    "victor",
+    "walter",
+    "zoe",
+)
+_ORGS = (
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Wayne Enterprises",
+    "Stark Industries",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+)
 _PROJECTS = ("web", "api", "mobile", "worker", "billing", "search", "checkout", "auth")
 _TEAMS = ("backend", "frontend", "platform", "sre", "data")
 _PLATFORMS = ("python", "javascript", "go", None, "java", "ruby")
-_OPTION_KEYS = ("sentry:version-configured", "system.url-prefix", "system.admin-email",
-                "sentry:last_worker_ping", "auth.ip-rate-limit")
+_OPTION_KEYS = (
+    "sentry:version-configured",
+    "system.url-prefix",
+    "system.admin-email",
+    "sentry:last_worker_ping",
+    "auth.ip-rate-limit",
+)
 _CONTROL_OPTION_KEYS = ("system.secret-key-rotated", "auth.allow-registration", "mail.from")
-_RULE_DATA = json.dumps({
-    "match": "all",
-    "conditions": [{"id": "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"}],
-    "actions": [{"id": "sentry.mail.actions.NotifyEmailAction", "targetType": "IssueOwners",
-                 "targetIdentifier": None, "fallthroughType": "ActiveMembers"}],
-}, separators=(",", ":"))
+_RULE_DATA = json.dumps(
+    {
+        "match": "all",
+        "conditions": [{"id": "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"}],
+        "actions": [
+            {
+                "id": "sentry.mail.actions.NotifyEmailAction",
+                "targetType": "IssueOwners",
+                "targetIdentifier": None,
+                "fallthroughType": "ActiveMembers",
+            }
+        ],
+    },
+    separators=(",", ":"),
+)
 _ROLE_PERMISSIONS = ("['broadcasts.admin', 'users.admin', 'options.admin']", "['users.admin']")
 
 
@@ -111,13 +156,13 @@ def _unique_hex(rng: Random, index: int, chars: int = 32) -> str:
 class _Plan:
     """The shape of one generated export: counts, and how row indexes map to pks."""
 
-    users: int          # U
-    orgs: int           # O
-    projects: int       # P, per organization
-    teams: int          # T, per organization
-    members: int        # M, per organization
-    options: int        # N
-    relays: int         # R
+    users: int  # U
+    orgs: int  # O
+    projects: int  # P, per organization
+    teams: int  # T, per organization
+    members: int  # M, per organization
+    options: int  # N
+    relays: int  # R
     seed: int
     offset: int
 
@@ -145,10 +190,26 @@ class _Plan:
         return min(self.projects, 2)
 
 
-def _plan(orgs: int, users: int, projects_per_org: int, teams_per_org: int, members_per_org: int,
-          options: int, scale: int, seed: int, pk_offset: int) -> _Plan:
-    values = {"orgs": orgs, "users": users, "projects_per_org": projects_per_org, "teams_per_org": teams_per_org,
-              "members_per_org": members_per_org, "options": options, "pk_offset": pk_offset}
+def _plan(
+    orgs: int,
+    users: int,
+    projects_per_org: int,
+    teams_per_org: int,
+    members_per_org: int,
+    options: int,
+    scale: int,
+    seed: int,
+    pk_offset: int,
+) -> _Plan:
+    values = {
+        "orgs": orgs,
+        "users": users,
+        "projects_per_org": projects_per_org,
+        "teams_per_org": teams_per_org,
+        "members_per_org": members_per_org,
+        "options": options,
+        "pk_offset": pk_offset,
+    }
     for name, value in values.items():
         if not isinstance(value, int) or value < 0:
             raise ConfigurationError(f"synthetic export: {name} must be a non-negative integer, not {value!r}")
@@ -156,9 +217,17 @@ def _plan(orgs: int, users: int, projects_per_org: int, teams_per_org: int, memb
         raise ConfigurationError(f"synthetic export: scale must be a positive integer, not {scale!r}")
     if orgs and not users:
         raise ConfigurationError("synthetic export: organizations need at least one user (their owner)")
-    return _Plan(users=users * scale, orgs=orgs * scale, projects=projects_per_org * scale, teams=teams_per_org,
-                 members=members_per_org * scale, options=options * scale, relays=scale, seed=seed,
-                 offset=pk_offset)
+    return _Plan(
+        users=users * scale,
+        orgs=orgs * scale,
+        projects=projects_per_org * scale,
+        teams=teams_per_org,
+        members=members_per_org * scale,
+        options=options * scale,
+        relays=scale,
+        seed=seed,
+        offset=pk_offset,
+    )
 
 
 # -- per-model row generators: each yields the ``fields`` of its rows in pk order -----------------------
@@ -178,8 +247,7 @@ def _users(p: _Plan, rng: Random) -> Iterator[Fields]:
     for i in range(p.users):
         joined = _when(rng, i)
         yield {
-            "password": f"pbkdf2_sha256$150000${_hex(rng, 12)}$"
-                        + base64.b64encode(rng.randbytes(32)).decode(),
+            "password": f"pbkdf2_sha256$150000${_hex(rng, 12)}$" + base64.b64encode(rng.randbytes(32)).decode(),
             "last_login": None if i % 3 else joined,
             "username": _user_email(i),
             "name": _user_name(i).capitalize(),
@@ -208,32 +276,62 @@ def _emails(p: _Plan, rng: Random) -> Iterator[Fields]:
 
 def _useremails(p: _Plan, rng: Random) -> Iterator[Fields]:
     for i in range(p.users):
-        yield {"user": p.pk(i), "email": _user_email(i), "validation_hash": _hex(rng, 32),
-               "date_hash_added": _when(rng, i), "is_verified": i % 4 != 1}
+        yield {
+            "user": p.pk(i),
+            "email": _user_email(i),
+            "validation_hash": _hex(rng, 32),
+            "date_hash_added": _when(rng, i),
+            "is_verified": i % 4 != 1,
+        }
 
 
 def _useroptions(p: _Plan, rng: Random) -> Iterator[Fields]:
     all_projects = p.orgs * p.projects
     for i in range(p.users):
-        yield {"user": p.pk(i), "key": "timezone", "organization_id": None, "project_id": None,
-               "value": json.dumps("Europe/Vienna" if i % 2 else "UTC")}
+        yield {
+            "user": p.pk(i),
+            "key": "timezone",
+            "organization_id": None,
+            "project_id": None,
+            "value": json.dumps("Europe/Vienna" if i % 2 else "UTC"),
+        }
         if i % 2 == 0 and all_projects:
-            yield {"user": p.pk(i), "key": "mail:alert", "organization_id": None,
-                   "project_id": p.pk(i % all_projects), "value": "1"}
+            yield {
+                "user": p.pk(i),
+                "key": "mail:alert",
+                "organization_id": None,
+                "project_id": p.pk(i % all_projects),
+                "value": "1",
+            }
         elif p.orgs:
-            yield {"user": p.pk(i), "key": "reports:disabled-organizations", "organization_id": p.pk(i % p.orgs),
-                   "project_id": None, "value": "0"}
+            yield {
+                "user": p.pk(i),
+                "key": "reports:disabled-organizations",
+                "organization_id": p.pk(i % p.orgs),
+                "project_id": None,
+                "value": "0",
+            }
         else:
-            yield {"user": p.pk(i), "key": "language", "organization_id": None, "project_id": None,
-                   "value": json.dumps("en")}
+            yield {
+                "user": p.pk(i),
+                "key": "language",
+                "organization_id": None,
+                "project_id": None,
+                "value": json.dumps("en"),
+            }
 
 
 def _userips(p: _Plan, rng: Random) -> Iterator[Fields]:
     for i in range(p.users):
         seen = _when(rng, i)
-        yield {"user": p.pk(i), "ip_address": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-               "country_code": "AT" if i % 3 == 0 else None, "region_code": None,
-               "first_seen": seen, "last_seen": seen}
+        yield {
+            "user": p.pk(i),
+            "ip_address": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+            "country_code": "AT" if i % 3 == 0 else None,
+            "region_code": None,
+            "first_seen": seen,
+            "last_seen": seen,
+        }
 
 
 def _authenticators(p: _Plan, rng: Random) -> Iterator[Fields]:
@@ -264,8 +362,15 @@ def _org_name(o: int) -> str:
 
 def _organizations(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
-        yield {"name": _org_name(o), "slug": _slug(_org_name(o)), "status": 0, "date_added": _when(rng, o),
-               "default_role": "member", "is_test": False, "flags": "1"}
+        yield {
+            "name": _org_name(o),
+            "slug": _slug(_org_name(o)),
+            "status": 0,
+            "date_added": _when(rng, o),
+            "default_role": "member",
+            "is_test": False,
+            "flags": "1",
+        }
 
 
 def _organizationoptions(p: _Plan, rng: Random) -> Iterator[Fields]:
@@ -277,16 +382,26 @@ def _organizationoptions(p: _Plan, rng: Random) -> Iterator[Fields]:
 def _projecttemplates(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(0, p.orgs, 2):
         added = _when(rng, o)
-        yield {"organization": p.pk(o), "name": f"template-{_slug(_org_name(o))}", "date_added": added,
-               "date_updated": added}
+        yield {
+            "organization": p.pk(o),
+            "name": f"template-{_slug(_org_name(o))}",
+            "date_added": added,
+            "date_updated": added,
+        }
 
 
 def _teams(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
         for k in range(p.teams):
             name = _pick(_TEAMS, k)
-            yield {"organization": p.pk(o), "slug": name, "name": name.capitalize(), "status": 0,
-                   "idp_provisioned": False, "date_added": _when(rng, o * p.teams + k)}
+            yield {
+                "organization": p.pk(o),
+                "slug": name,
+                "name": name.capitalize(),
+                "status": 0,
+                "idp_provisioned": False,
+                "date_added": _when(rng, o * p.teams + k),
+            }
 
 
 def _environments(p: _Plan, rng: Random) -> Iterator[Fields]:
@@ -301,19 +416,36 @@ def _projects(p: _Plan, rng: Random) -> Iterator[Fields]:
             g = o * p.projects + k
             name = _pick(_PROJECTS, k)
             templated = o % 2 == 0 and k % 2 == 0
-            yield {"slug": name, "name": name.capitalize(), "forced_color": None, "organization": p.pk(o),
-                   "public": False, "date_added": _when(rng, g), "status": 0,
-                   "first_event": _when(rng, g + 5) if k % 3 == 0 else None, "flags": "10",
-                   "platform": _PLATFORMS[g % len(_PLATFORMS)], "template": p.pk(o // 2) if templated else None}
+            yield {
+                "slug": name,
+                "name": name.capitalize(),
+                "forced_color": None,
+                "organization": p.pk(o),
+                "public": False,
+                "date_added": _when(rng, g),
+                "status": 0,
+                "first_event": _when(rng, g + 5) if k % 3 == 0 else None,
+                "flags": "10",
+                "platform": _PLATFORMS[g % len(_PLATFORMS)],
+                "template": p.pk(o // 2) if templated else None,
+            }
 
 
 def _projectkeys(p: _Plan, rng: Random) -> Iterator[Fields]:
     for g in range(p.orgs * p.projects):
-        yield {"project": p.pk(g), "label": "Default", "public_key": _unique_hex(rng, 2 * g),
-               "secret_key": _unique_hex(rng, 2 * g + 1), "roles": "1", "status": 0, "date_added": _when(rng, g),
-               "rate_limit_count": 100 if g % 5 == 4 else None, "rate_limit_window": 60 if g % 5 == 4 else None,
-               "data": {"dynamicSdkLoaderOptions": {"hasPerformance": g % 2 == 0, "hasReplay": True}},
-               "use_case": "user"}
+        yield {
+            "project": p.pk(g),
+            "label": "Default",
+            "public_key": _unique_hex(rng, 2 * g),
+            "secret_key": _unique_hex(rng, 2 * g + 1),
+            "roles": "1",
+            "status": 0,
+            "date_added": _when(rng, g),
+            "rate_limit_count": 100 if g % 5 == 4 else None,
+            "rate_limit_window": 60 if g % 5 == 4 else None,
+            "data": {"dynamicSdkLoaderOptions": {"hasPerformance": g % 2 == 0, "hasReplay": True}},
+            "use_case": "user",
+        }
 
 
 def _projectoptions(p: _Plan, rng: Random) -> Iterator[Fields]:
@@ -336,19 +468,27 @@ def _environmentprojects(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
         for e in range(2):
             for k in range(p.rules_per_org):
-                yield {"environment": p.pk(2 * o + e), "project": p.pk(o * p.projects + k),
-                       "is_hidden": None if e == 0 else False}
+                yield {
+                    "environment": p.pk(2 * o + e),
+                    "project": p.pk(o * p.projects + k),
+                    "is_hidden": None if e == 0 else False,
+                }
 
 
 def _rules(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
         for k in range(p.rules_per_org):
-            yield {"project": p.pk(o * p.projects + k),
-                   "environment_id": p.pk(2 * o) if k == 0 else None,
-                   "owner_team": p.pk(o * p.teams) if k == 0 and p.teams else None,
-                   "owner_user_id": p.owner(o) if k == 1 else None,
-                   "label": "Send a notification for new issues", "data": _RULE_DATA, "status": 0, "source": 0,
-                   "date_added": _when(rng, o * 2 + k)}
+            yield {
+                "project": p.pk(o * p.projects + k),
+                "environment_id": p.pk(2 * o) if k == 0 else None,
+                "owner_team": p.pk(o * p.teams) if k == 0 and p.teams else None,
+                "owner_user_id": p.owner(o) if k == 1 else None,
+                "label": "Send a notification for new issues",
+                "data": _RULE_DATA,
+                "status": 0,
+                "source": 0,
+                "date_added": _when(rng, o * 2 + k),
+            }
 
 
 def _organizationmembers(p: _Plan, rng: Random) -> Iterator[Fields]:
@@ -387,43 +527,92 @@ def _organizationmemberteams(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
         for k in range(p.members):
             if p.member_user(o, k) is not None:
-                yield {"organizationmember": p.pk(o * p.members + k), "team": p.pk(o * p.teams + k % p.teams),
-                       "is_active": True, "role": "admin" if k == 0 else None}
+                yield {
+                    "organizationmember": p.pk(o * p.members + k),
+                    "team": p.pk(o * p.teams + k % p.teams),
+                    "is_active": True,
+                    "role": "admin" if k == 0 else None,
+                }
 
 
 def _savedsearches(p: _Plan, rng: Random) -> Iterator[Fields]:
     if not p.orgs:
         return
-    yield {"organization": None, "owner_id": None, "type": 0, "name": "Unresolved Issues",
-           "query": "is:unresolved", "sort": "date", "is_global": True, "visibility": "organization",
-           "date_added": _when(rng, 0)}
+    yield {
+        "organization": None,
+        "owner_id": None,
+        "type": 0,
+        "name": "Unresolved Issues",
+        "query": "is:unresolved",
+        "sort": "date",
+        "is_global": True,
+        "visibility": "organization",
+        "date_added": _when(rng, 0),
+    }
     for o in range(p.orgs):
-        yield {"organization": p.pk(o), "owner_id": p.owner(o), "type": 0,
-               "name": f"Saved query for {_slug(_org_name(o))}", "query": "is:unresolved assigned:me",
-               "sort": "date", "is_global": False, "visibility": "owner", "date_added": _when(rng, o + 1)}
+        yield {
+            "organization": p.pk(o),
+            "owner_id": p.owner(o),
+            "type": 0,
+            "name": f"Saved query for {_slug(_org_name(o))}",
+            "query": "is:unresolved assigned:me",
+            "sort": "date",
+            "is_global": False,
+            "visibility": "owner",
+            "date_added": _when(rng, o + 1),
+        }
 
 
 def _dashboards(p: _Plan, rng: Random) -> Iterator[Fields]:
     for o in range(p.orgs):
         added = _when(rng, o)
-        yield {"organization": p.pk(o), "created_by_id": p.owner(o), "title": f"{_org_name(o)} overview",
-               "filters": None, "visits": 1, "last_visited": added, "date_added": added}
+        yield {
+            "organization": p.pk(o),
+            "created_by_id": p.owner(o),
+            "title": f"{_org_name(o)} overview",
+            "filters": None,
+            "visits": 1,
+            "last_visited": added,
+            "date_added": added,
+        }
 
 
 def _dashboardwidgets(p: _Plan, rng: Random) -> Iterator[Fields]:
     for d in range(p.orgs):
         for j, title in enumerate(("Errors", "Latency")):
-            yield {"dashboard": p.pk(d), "order": j + 1, "title": title, "description": None,
-                   "display_type": j, "widget_type": 0, "interval": "5m", "limit": None, "thresholds": None,
-                   "detail": None, "discover_widget_split": None, "date_added": _when(rng, 2 * d + j)}
+            yield {
+                "dashboard": p.pk(d),
+                "order": j + 1,
+                "title": title,
+                "description": None,
+                "display_type": j,
+                "widget_type": 0,
+                "interval": "5m",
+                "limit": None,
+                "thresholds": None,
+                "detail": None,
+                "discover_widget_split": None,
+                "date_added": _when(rng, 2 * d + j),
+            }
 
 
 def _dashboardwidgetqueries(p: _Plan, rng: Random) -> Iterator[Fields]:
     for w in range(2 * p.orgs):
         added = _when(rng, w)
-        yield {"widget": p.pk(w), "order": 1, "name": "", "fields": json.dumps(["count()"]),
-               "columns": None, "aggregates": None, "field_aliases": None, "conditions": "", "orderby": "",
-               "is_hidden": False, "date_added": added, "date_modified": added}
+        yield {
+            "widget": p.pk(w),
+            "order": 1,
+            "name": "",
+            "fields": json.dumps(["count()"]),
+            "columns": None,
+            "aggregates": None,
+            "field_aliases": None,
+            "conditions": "",
+            "orderby": "",
+            "is_hidden": False,
+            "date_added": added,
+            "date_modified": added,
+        }
 
 
 def _option_value(rng: Random, i: int) -> object:
@@ -431,15 +620,20 @@ def _option_value(rng: Random, i: int) -> object:
     if kind == 0:
         return json.dumps(f"{23 + i % 2}.{i % 12 + 1}.{i % 4}")  # JSON in a string: "\"23.6.1\""
     if kind == 1:
-        return round(1687902001 + i + rng.random(), 4)          # a raw number
+        return round(1687902001 + i + rng.random(), 4)  # a raw number
     return json.dumps({"enabled": i % 2 == 0, "rate": 0.5})
 
 
 def _config_options(keys: tuple[str, ...]) -> _Gen:
     def gen(p: _Plan, rng: Random) -> Iterator[Fields]:
         for i in range(p.options):
-            yield {"key": keys[i] if i < len(keys) else f"synthetic.option-{i}", "last_updated": _when(rng, i),
-                   "last_updated_by": "unknown", "value": _option_value(rng, i)}
+            yield {
+                "key": keys[i] if i < len(keys) else f"synthetic.option-{i}",
+                "last_updated": _when(rng, i),
+                "last_updated_by": "unknown",
+                "value": _option_value(rng, i),
+            }
+
     return gen
 
 
@@ -453,16 +647,26 @@ def _relays(p: _Plan, rng: Random) -> Iterator[Fields]:
     for i in range(p.relays):
         relay_id, key = _relay_identity(p.seed, i)
         seen = None if i % 2 == 0 else _when(rng, i)
-        yield {"relay_id": relay_id, "public_key": key, "first_seen": seen, "last_seen": seen,
-               "is_internal": i % 2 == 0}
+        yield {
+            "relay_id": relay_id,
+            "public_key": key,
+            "first_seen": seen,
+            "last_seen": seen,
+            "is_internal": i % 2 == 0,
+        }
 
 
 def _relayusages(p: _Plan, rng: Random) -> Iterator[Fields]:
     for i in range(p.relays):
         relay_id, key = _relay_identity(p.seed, i)
         for version in ("23.6.1", "24.6.0"):
-            yield {"relay_id": relay_id, "version": version, "first_seen": _when(rng, i),
-                   "last_seen": _when(rng, i + 1), "public_key": key}
+            yield {
+                "relay_id": relay_id,
+                "version": version,
+                "first_seen": _when(rng, i),
+                "last_seen": _when(rng, i + 1),
+                "public_key": key,
+            }
 
 
 #: model -> (its row generator, its row count for a plan)
@@ -488,8 +692,7 @@ _MODELS: dict[str, tuple[_Gen, Callable[[_Plan], int]]] = {
     "sentry.environmentproject": (_environmentprojects, lambda p: 2 * p.orgs * p.rules_per_org),
     "sentry.rule": (_rules, lambda p: p.orgs * p.rules_per_org),
     "sentry.organizationmember": (_organizationmembers, lambda p: p.orgs * p.members),
-    "sentry.organizationmemberteam": (_organizationmemberteams,
-                                      lambda p: p.orgs * p.linked_members if p.teams else 0),
+    "sentry.organizationmemberteam": (_organizationmemberteams, lambda p: p.orgs * p.linked_members if p.teams else 0),
     "sentry.savedsearch": (_savedsearches, lambda p: p.orgs + 1 if p.orgs else 0),
     "sentry.dashboard": (_dashboards, lambda p: p.orgs),
     "sentry.dashboardwidget": (_dashboardwidgets, lambda p: 2 * p.orgs),
@@ -506,9 +709,18 @@ def _order() -> list[str]:
 
 
 # -- public API ----------------------------------------------------------------------------------------
-def generate_rows(*, orgs: int = 2, users: int = 5, projects_per_org: int = 2, teams_per_org: int = 2,
-                  members_per_org: int = 3, options: int = 3, scale: int = 1, seed: int = 0,
-                  pk_offset: int = 0) -> Iterator[dict]:
+def generate_rows(
+    *,
+    orgs: int = 2,
+    users: int = 5,
+    projects_per_org: int = 2,
+    teams_per_org: int = 2,
+    members_per_org: int = 3,
+    options: int = 3,
+    scale: int = 1,
+    seed: int = 0,
+    pk_offset: int = 0,
+) -> Iterator[dict]:
     """Rows ``{"model", "pk", "fields"}`` grouped by model in dependency order (the built-in manifest's
     ``sorted_models()``), ascending pk within a model, deterministic for a seed.
 
@@ -529,9 +741,18 @@ def _stream(plan: _Plan) -> Iterator[dict]:
             yield {"model": model, "pk": plan.pk(i), "fields": fields}
 
 
-def count_rows(*, orgs: int = 2, users: int = 5, projects_per_org: int = 2, teams_per_org: int = 2,
-               members_per_org: int = 3, options: int = 3, scale: int = 1, seed: int = 0,
-               pk_offset: int = 0) -> dict[str, int]:
+def count_rows(
+    *,
+    orgs: int = 2,
+    users: int = 5,
+    projects_per_org: int = 2,
+    teams_per_org: int = 2,
+    members_per_org: int = 3,
+    options: int = 3,
+    scale: int = 1,
+    seed: int = 0,
+    pk_offset: int = 0,
+) -> dict[str, int]:
     """Rows per model that :func:`generate_rows` with the same arguments yields (models with none left out)."""
     plan = _plan(orgs, users, projects_per_org, teams_per_org, members_per_org, options, scale, seed, pk_offset)
     counts = {m: _MODELS[m][1](plan) for m in _order()}
@@ -559,12 +780,14 @@ def scale_for_rows(rows: int, **kwargs: int) -> int:
 def demo_rows() -> list[dict]:
     """A small, friendly export for ``backup-assets demo``: two organizations (Acme, Globex), four users
     (alice, bob, carol, dave), two projects each (web, api), with teams, members, keys and options."""
-    return list(generate_rows(orgs=2, users=4, projects_per_org=2, teams_per_org=2, members_per_org=3,
-                              options=2, seed=2023))
+    return list(
+        generate_rows(orgs=2, users=4, projects_per_org=2, teams_per_org=2, members_per_org=3, options=2, seed=2023)
+    )
 
 
-def write_export(path_or_binary_file: str | os.PathLike[str] | IO[bytes], rows: Iterable[dict], *,
-                 indent: int | None = None) -> int:
+def write_export(
+    path_or_binary_file: str | os.PathLike[str] | IO[bytes], rows: Iterable[dict], *, indent: int | None = None
+) -> int:
     """Stream ``rows`` as a Sentry export JSON list (compact when ``indent`` is None, pretty like
     ``sentry export`` when 2) to a path or a binary file object; returns the bytes written."""
     if isinstance(path_or_binary_file, (str, os.PathLike)):

@@ -6,6 +6,7 @@ Keeps every relocatable model (relocation scope other than ``Excluded``) with ex
 :class:`~backup_assets.core.manifest.Manifest` reads, validated by it, and writes them in Sentry's layout
 (indent 2, sorted keys), by default over ``backup_assets/manifests/builtin.json``.
 """
+
 from __future__ import annotations
 
 import json
