@@ -7,7 +7,6 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from backup_assets.core import synthetic
 from backup_assets.core.errors import ConfigurationError, TargetError
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.reexport import FRAME_ROWS, ReexportRequest, reexport_rows
@@ -15,6 +14,7 @@ from backup_assets.core.restore import run_restore
 from backup_assets.core.roundtrip import reexported, verify_round_trip
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
+from backup_assets.demo import synthetic
 
 BUILTIN = Manifest.builtin()
 
