@@ -64,6 +64,30 @@ def cli_instance() -> Iterator[tuple[dg.DagsterInstance, bool]]:
         yield recorded, True
 
 
+def _add_partition(instance: dg.DagsterInstance, key: str) -> None:
+    """Add the backup's partition to ``instance`` unless it is there already."""
+    if not instance.has_dynamic_partition(partitions_name(backups_partitions), key):
+        instance.add_dynamic_partitions(partitions_name(backups_partitions), [key])
+
+
+def _restore_resources(
+    path: Path,
+    key: str,
+    dsn: str | None,
+    decryptor: Decryptor | None,
+    staging: StagingResource | None,
+    settings: ImportSettings | None,
+) -> dict[str, object]:
+    """The resources of a restore of the one file ``path``, pinned to the partition ``key``."""
+    return {
+        "target": target_resource(dsn),  # the DSN never becomes config
+        "backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name, pinned={key: str(path)}),
+        "decryptor": dg.ResourceDefinition.hardcoded_resource(decryptor) if decryptor else DecryptorResource(),
+        "staging": staging or StagingResource(),
+        "import_settings": ImportSettingsResource.from_settings(settings or ImportSettings()),
+    }
+
+
 def materialize_restore(
     backup_path: str | os.PathLike[str],
     dsn: str | None,
@@ -105,15 +129,8 @@ def materialize_restore(
     path = Path(backup_path).absolute()
     manifest = manifest or Manifest.load(os.environ.get("BACKUP_ASSETS_MANIFEST") or None)
     key = check_import_id(import_id) if import_id else partition_key_for_file(path)
-    if not instance.has_dynamic_partition(partitions_name(backups_partitions), key):
-        instance.add_dynamic_partitions(partitions_name(backups_partitions), [key])
-    resources = {
-        "target": target_resource(dsn),  # the DSN never becomes config
-        "backup_source": BackupSourceResource(folder=str(path.parent), glob=path.name, pinned={key: str(path)}),
-        "decryptor": dg.ResourceDefinition.hardcoded_resource(decryptor) if decryptor else DecryptorResource(),
-        "staging": staging or StagingResource(),
-        "import_settings": ImportSettingsResource.from_settings(settings or ImportSettings()),
-    }
+    _add_partition(instance, key)
+    resources = _restore_resources(path, key, dsn, decryptor, staging, settings)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}} if log_level else None
     return dg.materialize(
         build_restore_graph(manifest),

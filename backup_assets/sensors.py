@@ -122,6 +122,25 @@ def scan_folder(
     return Scan(files, [(name, key) for _, name, key in chosen], waiting, len(ready) - len(chosen))
 
 
+def _skip_reason(scan: Scan) -> str:
+    """Why a tick that requests no run skips: files still changing, else nothing new."""
+    if scan.waiting:
+        return f"waiting for {len(scan.waiting)} file(s) to stop changing: {', '.join(scan.waiting[:5])}"
+    return "no new backup"
+
+
+def _request_runs(scan: Scan, tag: str, partitions_def: dg.DynamicPartitionsDefinition, cursor: str) -> dg.SensorResult:
+    """Add a partition and request a run, tagged with its file and the target ``tag``, per file to request."""
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(partition_key=key, run_key=key, tags={BACKUP_TAG: name, TARGET_TAG: tag})
+            for name, key in scan.to_request
+        ],
+        dynamic_partitions_requests=[partitions_def.build_add_request([k for _, k in scan.to_request])],
+        cursor=cursor,
+    )
+
+
 def build_backup_sensor(
     job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition | str | None = None,
     *,
@@ -170,20 +189,7 @@ def build_backup_sensor(
                 f"{scan.deferred} more new backup(s) left for the next ticks (max_runs_per_tick={max_runs_per_tick})"
             )
         if not scan.to_request:
-            why = (
-                f"waiting for {len(scan.waiting)} file(s) to stop changing: {', '.join(scan.waiting[:5])}"
-                if scan.waiting
-                else "no new backup"
-            )
-            return dg.SensorResult(skip_reason=why, cursor=cursor)
-        tag = target_tag(target.dsn or os.environ.get(DSN_ENV))
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(partition_key=key, run_key=key, tags={BACKUP_TAG: name, TARGET_TAG: tag})
-                for name, key in scan.to_request
-            ],
-            dynamic_partitions_requests=[partitions_def.build_add_request([k for _, k in scan.to_request])],
-            cursor=cursor,
-        )
+            return dg.SensorResult(skip_reason=_skip_reason(scan), cursor=cursor)
+        return _request_runs(scan, target_tag(target.dsn or os.environ.get(DSN_ENV)), partitions_def, cursor)
 
     return _sensor

@@ -282,6 +282,51 @@ class RestoreCompleteConfig(dg.Config):
     fail_on_dropped_rows: bool = False
 
 
+def _tally_models(
+    context: dg.AssetExecutionContext,
+    model_keys: Mapping[dg.AssetKey, str],
+    staged_rows: Mapping[str, int],
+    fail_on_dropped_rows: bool,
+) -> tuple[dict[str, int], list[str], dict[str, list[str]], list[str]]:
+    """Read each model asset's latest materialization of the partition: ``(totals, missing, failed,
+    dropped)``, the summed row counts, the models with staged rows never materialized, the failed checks
+    per model, and the models whose only failed check is dropped rows (when those do not fail)."""
+    totals = dict.fromkeys(_TOTALS, 0)
+    missing: list[str] = []
+    failed: dict[str, list[str]] = {}
+    dropped: list[str] = []
+    for key, model in model_keys.items():
+        md = _latest_metadata(context, key)
+        if md is None:
+            if staged_rows.get(model):  # a model with nothing staged need not have been materialized
+                missing.append(model)
+            continue
+        for t in _TOTALS:
+            totals[t] += int(md.get(t) or 0)
+        checks = [c for c in md.get("failed_checks") or () if c != DROPS_CHECK or fail_on_dropped_rows]
+        if checks:
+            failed[model] = checks
+        elif md.get("failed_checks"):
+            dropped.append(model)
+    return totals, missing, failed, dropped
+
+
+def _fail_if_incomplete(partition_key: str, missing: list[str], failed: Mapping[str, list[str]]) -> None:
+    """Raise a non-retried failure naming the models never loaded and the failed checks, if any."""
+    if not (missing or failed):
+        return
+    parts = []
+    if missing:
+        parts.append(f"models never loaded for this partition: {', '.join(missing)}")
+    if failed:
+        parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
+    raise dg.Failure(
+        f"restore {partition_key} is not complete: {'; '.join(parts)} "
+        "(staging kept: fix and re-materialize those models)",
+        allow_retries=False,
+    )
+
+
 def build_restore_complete_asset(
     manifest: Manifest, model_keys: Mapping[dg.AssetKey, str], partitions_def: dg.PartitionsDefinition | None
 ) -> dg.AssetsDefinition:
@@ -297,25 +342,11 @@ def build_restore_complete_asset(
         import_settings: ImportSettingsResource,
         staging: StagingResource,
     ) -> dg.MaterializeResult:
-        totals = dict.fromkeys(_TOTALS, 0)
-        missing, failed, dropped = [], {}, []
         restore = open_restore(context, manifest, target, import_settings, staging)
         with engine_errors("finish"):
             staged = restore.staged_result()
         staged_rows = staged.rows_per_model if staged else {}
-        for key, model in model_keys.items():
-            md = _latest_metadata(context, key)
-            if md is None:
-                if staged_rows.get(model):  # a model with nothing staged need not have been materialized
-                    missing.append(model)
-                continue
-            for t in _TOTALS:
-                totals[t] += int(md.get(t) or 0)
-            checks = [c for c in md.get("failed_checks") or () if c != DROPS_CHECK or config.fail_on_dropped_rows]
-            if checks:
-                failed[model] = checks
-            elif md.get("failed_checks"):
-                dropped.append(model)
+        totals, missing, failed, dropped = _tally_models(context, model_keys, staged_rows, config.fail_on_dropped_rows)
         unknown = ", ".join(f"{m} ({n})" for m, n in sorted((staged.unknown_models if staged else {}).items()))
         if unknown and config.fail_on_dropped_rows:
             failed["parsed_export"] = [f"{UNKNOWN_MODELS_CHECK}: {unknown}"]
@@ -326,17 +357,7 @@ def build_restore_complete_asset(
                 f"rows were dropped (their parents are not in the backup, as Sentry drops them): "
                 f"{', '.join(dropped)}; see each model's no_rows_dropped check"
             )
-        if missing or failed:
-            parts = []
-            if missing:
-                parts.append(f"models never loaded for this partition: {', '.join(missing)}")
-            if failed:
-                parts.append("failed checks: " + "; ".join(f"{m} ({', '.join(c)})" for m, c in failed.items()))
-            raise dg.Failure(
-                f"restore {context.partition_key} is not complete: {'; '.join(parts)} "
-                "(staging kept: fix and re-materialize those models)",
-                allow_retries=False,
-            )
+        _fail_if_incomplete(context.partition_key, missing, failed)
         with held(restore), engine_errors("finish"):  # a global import's marker goes: other imports may run
             restore.finish(keep_staging=staging.keep_after_restore)
         return dg.MaterializeResult(

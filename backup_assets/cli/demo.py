@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -62,24 +63,9 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
     private_pem, public_pem = keys.generate_key_pair()
     write_key_file(key_file, private_pem, 0o600, force=True)  # the demo's own pair, for the next steps
     write_key_file(pub_file, public_pem, 0o644, force=True)
-    # the JSON streams through a pipe into the encryption: no plaintext file, constant memory
-    read_end, write_end = os.pipe()
-    written: list[int] = []
-
-    def produce() -> None:
-        try:
-            with open(write_end, "wb") as out:
-                written.append(synthetic.write_export(out, rows, indent=2))
-        except BrokenPipeError:  # the encryption stopped reading (it failed): its error is reported
-            pass
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    with open(read_end, "rb") as plain:
-        encrypt_export(plain, tar, PemEncryptor(public_pem))
-    producer.join()
+    written = _write_encrypted_export(tar, rows, public_pem)
     click.echo(
-        f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written[0]:,} bytes of JSON), encrypted for the demo key "
+        f"Wrote {tar} ({tar.stat().st_size:,} bytes; {written:,} bytes of JSON), encrypted for the demo key "
         f"pair {key_file} (mode 0600) / {pub_file}",
         err=True,
     )
@@ -100,6 +86,28 @@ def demo(folder: Path, scale: int, dsn: str | None) -> None:
         f"  backup-assets ui    # the asset graph with this restore, its checks, the sensor (instance {home})",
         err=True,
     )
+
+
+def _write_encrypted_export(tar: Path, rows: Iterable[dict], public_pem: bytes) -> int:
+    """Write ``rows`` as an export tarball encrypted for ``public_pem``; return the bytes of JSON written.
+
+    The JSON streams through a pipe into the encryption: no plaintext file, constant memory."""
+    read_end, write_end = os.pipe()
+    written: list[int] = []
+
+    def produce() -> None:
+        try:
+            with open(write_end, "wb") as out:
+                written.append(synthetic.write_export(out, rows, indent=2))
+        except BrokenPipeError:  # the encryption stopped reading (it failed): its error is reported
+            pass
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    with open(read_end, "rb") as plain:
+        encrypt_export(plain, tar, PemEncryptor(public_pem))
+    producer.join()
+    return written[0]
 
 
 def _shared_home() -> Path:

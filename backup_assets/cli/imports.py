@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,6 +22,7 @@ from . import main
 from .common import (
     EXISTING_FILE,
     NEW_FILE,
+    F,
     dsn_option,
     filter_flags,
     findings_on_error,
@@ -48,40 +50,69 @@ def import_group() -> None:
     """
 
 
+def _import_options(command: F) -> F:
+    """The argument and options of every ``import SCOPE`` command, in the order its help lists them."""
+    options: list[Callable[[F], F]] = [
+        click.argument("src", type=EXISTING_FILE),
+        click.option(
+            "--decrypt-with",
+            type=EXISTING_FILE,
+            metavar="PRIVATE.pem",
+            help="RSA private key (unencrypted PEM) for an encrypted export tarball.",
+        ),
+        click.option("--filter-usernames", metavar="A,B", help="Import only these users (comma-separated)."),
+        click.option("--filter-usernames-file", type=EXISTING_FILE, help="Read --filter-usernames from a file."),
+        click.option("--filter-org-slugs", metavar="A,B", help="Import only these organizations and their members."),
+        click.option("--merge-users", is_flag=True, help="Map users whose username exists onto the existing user."),
+        click.option("--overwrite-configs", is_flag=True, help="Overwrite existing config rows (options, relays...)."),
+        click.option(
+            "--findings-file", type=NEW_FILE, help="Write findings (Sentry's JSON format) here; [] on success."
+        ),
+        click.option(
+            "--no-prompt", is_flag=True, help="Do not ask for confirmation (global: existing data is replaced)."
+        ),
+        click.option("--silent", is_flag=True, help="Print only errors."),
+        dsn_option,
+        manifest_option,
+        click.option("--create-schema", is_flag=True, help="Create missing tables (restoring into an empty database)."),
+        click.option(
+            "--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database)."
+        ),
+        click.option("--import-id", metavar="ID", help="Name this import (default: a new random id)."),
+        click.option(
+            "--strict",
+            is_flag=True,
+            help="Exit 1, writing nothing, if the export holds rows of models "
+            "the manifest does not know (default: skip and report them).",
+        ),
+    ]
+    for option in reversed(options):  # as stacked decorators apply: the last one first
+        command = option(command)
+    return command
+
+
+def _confirm_replace(scope: str, no_prompt: bool, silent: bool) -> bool | None:
+    """Whether the import replaces existing data (a global one does, once confirmed); None if cancelled."""
+    if scope != "global":
+        return False
+    if not no_prompt and not click.confirm(
+        "A global import replaces every relocatable table of the target database. Continue?",
+        default=False,
+        err=True,
+    ):
+        if not silent:
+            click.echo("Import cancelled.", err=True)
+        return None
+    return True
+
+
 def _scope_command(scope: str) -> None:
     @import_group.command(
         scope,
         help=f"{SCOPE_HELP[scope]}\n\n\b\nExample:\n  backup-assets import {scope} "
         f"export.json --dsn postgresql://localhost/sentry",
     )
-    @click.argument("src", type=EXISTING_FILE)
-    @click.option(
-        "--decrypt-with",
-        type=EXISTING_FILE,
-        metavar="PRIVATE.pem",
-        help="RSA private key (unencrypted PEM) for an encrypted export tarball.",
-    )
-    @click.option("--filter-usernames", metavar="A,B", help="Import only these users (comma-separated).")
-    @click.option("--filter-usernames-file", type=EXISTING_FILE, help="Read --filter-usernames from a file.")
-    @click.option("--filter-org-slugs", metavar="A,B", help="Import only these organizations and their members.")
-    @click.option("--merge-users", is_flag=True, help="Map users whose username exists onto the existing user.")
-    @click.option("--overwrite-configs", is_flag=True, help="Overwrite existing config rows (options, relays...).")
-    @click.option("--findings-file", type=NEW_FILE, help="Write findings (Sentry's JSON format) here; [] on success.")
-    @click.option("--no-prompt", is_flag=True, help="Do not ask for confirmation (global: existing data is replaced).")
-    @click.option("--silent", is_flag=True, help="Print only errors.")
-    @dsn_option
-    @manifest_option
-    @click.option("--create-schema", is_flag=True, help="Create missing tables (restoring into an empty database).")
-    @click.option(
-        "--preserve-pks", is_flag=True, help="Keep every primary key (disaster recovery into an empty database)."
-    )
-    @click.option("--import-id", metavar="ID", help="Name this import (default: a new random id).")
-    @click.option(
-        "--strict",
-        is_flag=True,
-        help="Exit 1, writing nothing, if the export holds rows of models "
-        "the manifest does not know (default: skip and report them).",
-    )
+    @_import_options
     @project_errors
     def command(
         src: Path,
@@ -102,17 +133,9 @@ def _scope_command(scope: str) -> None:
         strict: bool,
     ) -> None:
         usernames, org_slugs = filter_flags("import", scope, filter_usernames, filter_usernames_file, filter_org_slugs)
-        replace = False
-        if scope == "global":
-            if not no_prompt and not click.confirm(
-                "A global import replaces every relocatable table of the target database. Continue?",
-                default=False,
-                err=True,
-            ):
-                if not silent:
-                    click.echo("Import cancelled.", err=True)
-                return
-            replace = True
+        replace = _confirm_replace(scope, no_prompt, silent)
+        if replace is None:
+            return
         settings = ImportSettings(
             scope=scope,
             merge_users=merge_users,
