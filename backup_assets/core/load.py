@@ -644,30 +644,47 @@ def _rewrite(
     """Mark the rows to insert whose ``rw.column`` value is taken (in the table, or by an earlier row of the
     export) and give them a fresh value, re-drawn until no value is taken twice. ``everyone``: every staged
     row of the model is to be inserted."""
-    rwc, flag = sql.Identifier(f"rw{j}"), sql.Identifier(f"rwf{j}")
-    text = sql.SQL("s.fields ->> {}").format(sql.Literal(rw.column))
-    typed = value_sql(col, sql.SQL("s.fields"), rw.column)
+    fmt = _rewrite_fmt(table, staging, model, j, rw, col)
+    values = _taken_values(fmt)
+    if not _any_value_taken(conn, fmt, values, everyone):
+        return
+    _mark_taken(conn, fmt, values)
+    _redraw_taken(conn, spec, table, rw, fmt)
+
+
+def _rewrite_fmt(
+    table: TableInfo, staging: sql.Composable, model: sql.Composable, j: int, rw: Rewrite, col: Column
+) -> dict[str, sql.Composable]:
+    """The SQL pieces that :func:`_rewrite`'s statements are formatted with."""
     max_len = min(filter(None, (col.max_length, rw.max_length)), default=None)
-    fresh = rw.fresh(sql.SQL("d.v"), max_len)
-    staged = sql.SQL("{} s").format(staging)
-    fmt = dict(
-        rw=rwc,
-        flag=flag,
-        fresh=fresh,
-        staged=staged,
+    return dict(
+        rw=sql.Identifier(f"rw{j}"),
+        flag=sql.Identifier(f"rwf{j}"),
+        fresh=rw.fresh(sql.SQL("d.v"), max_len),
+        staged=sql.SQL("{} s").format(staging),
         model=model,
         table=table.ident,
         col=sql.Identifier(rw.column),
-        text=text,
-        typed=typed,
+        text=sql.SQL("s.fields ->> {}").format(sql.Literal(rw.column)),
+        typed=value_sql(col, sql.SQL("s.fields"), rw.column),
         t=sql.SQL(col.type_sql),
         to_insert=_TO_INSERT,
     )
-    # a value is taken when the table holds it, or an earlier row (by old pk) of the export has it
-    values = sql.SQL(
+
+
+def _taken_values(fmt: dict[str, sql.Composable]) -> sql.Composable:
+    """The rewritten column's values of the rows to insert, with their old pk: a value is taken when the
+    table holds it, or an earlier row (by old pk) of the export has it."""
+    return sql.SQL(
         "SELECT c.old_pk, {text} AS v, {typed} AS tv FROM _cand c JOIN {staged} ON s.model = {model} "
         "AND s.pk = c.old_pk WHERE {to_insert} AND {text} IS NOT NULL"
     ).format(**fmt)
+
+
+def _any_value_taken(
+    conn: psycopg.Connection, fmt: dict[str, sql.Composable], values: sql.Composable, everyone: bool
+) -> bool:
+    """Whether any value is taken: the usual case (none is) is decided with two hash operations."""
     staged_values = (
         sql.SQL(
             "SELECT {text} AS v, {typed} AS tv FROM {staged} WHERE s.model = {model} AND {text} IS NOT NULL"
@@ -675,15 +692,20 @@ def _rewrite(
         if everyone
         else values
     )
-    if not one_row(
-        conn.execute(
-            sql.SQL(  # the usual case, decided with two hash operations: no value is taken
-                "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
-                "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)"
-            ).format(values=staged_values, **fmt)
-        )
-    )[0]:
-        return
+    return bool(
+        one_row(
+            conn.execute(
+                sql.SQL(
+                    "WITH f AS MATERIALIZED ({values}) SELECT EXISTS (SELECT FROM f GROUP BY v HAVING count(*) > 1) "
+                    "OR EXISTS (SELECT FROM f JOIN {table} t ON t.{col} = f.tv)"
+                ).format(values=staged_values, **fmt)
+            )
+        )[0]
+    )
+
+
+def _mark_taken(conn: psycopg.Connection, fmt: dict[str, sql.Composable], values: sql.Composable) -> None:
+    """Flag the rows whose value is taken and give each a fresh value."""
     conn.execute(
         sql.SQL(
             "WITH f AS ({values}), firsts AS (SELECT v, min(old_pk) AS first FROM f GROUP BY v HAVING count(*) > 1) "
@@ -692,6 +714,12 @@ def _rewrite(
             "WHERE u.old_pk = d.old_pk"
         ).format(values=values, **fmt)
     )
+
+
+def _redraw_taken(
+    conn: psycopg.Connection, spec: ModelSpec, table: TableInfo, rw: Rewrite, fmt: dict[str, sql.Composable]
+) -> None:
+    """Re-draw the fresh values still taken until none is, :data:`REROLLS` times at most."""
     # set-based re-draw: the final values of all rows to insert, and the rewritten ones still taken
     reroll = sql.SQL(
         "WITH f AS (SELECT c.old_pk, c.{flag} AS rewritten, CASE WHEN c.{flag} THEN c.{rw} ELSE {text} END AS v "
@@ -826,21 +854,6 @@ def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: Mode
     string too long for its varchar(n) is looked up directly; otherwise each typed column is converted
     over all staged rows and the failing one is bisected by row index."""
     base = e.diag.message_primary or str(e)
-
-    def fails(conv: sql.Composable, lo: int, hi: int) -> bool:
-        try:
-            with conn.transaction():
-                conn.execute(
-                    sql.SQL(
-                        "SELECT max(length(({conv})::text)) FROM {staging} s WHERE s.model = {m} "
-                        "AND s.row_index BETWEEN %s AND %s"
-                    ).format(conv=conv, staging=ctx.staging, m=sql.Literal(spec.name)),
-                    (lo, hi),
-                )
-            return False
-        except psycopg.DataError:
-            return True
-
     try:
         table = require_table(conn, spec)
         lo, hi = one_row(
@@ -852,51 +865,89 @@ def _diagnose_value_error(conn: psycopg.Connection, ctx: LoadContext, spec: Mode
         )
         if lo is None:
             return LoadError(spec.name, f"a value does not fit its column: {base}")
+        found = None
         if isinstance(e, psycopg.errors.StringDataRightTruncation):  # a string longer than its varchar(n)
-            for col in table.columns.values():
-                if col.type_name != "varchar" or col.max_length is None:
-                    continue
-                long = conn.execute(
-                    sql.SQL(
-                        "SELECT s.row_index, s.pk, char_length(s.fields ->> {k}) FROM {staging} s "
-                        "WHERE s.model = {m} AND char_length(s.fields ->> {k}) > %s "
-                        "ORDER BY s.row_index LIMIT 1"
-                    ).format(k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)),
-                    (col.max_length,),
-                ).fetchone()
-                if long:
-                    return LoadError(
-                        spec.name,
-                        f"row {long[0]} (pk {long[1]}): field {col.name!r}: a string of {long[2]} "
-                        f"characters does not fit {col.type_sql} ({base}); nothing of {spec.name} "
-                        "was written",
-                    )
-        for col in table.columns.values():
-            if col.is_json or col.category == "S" or col.name == "id":
-                continue
-            conv = value_sql(col, sql.SQL("s.fields"), col.name)
-            if not fails(conv, lo, hi):
-                continue
-            a, b = lo, hi
-            while a < b:
-                mid = (a + b) // 2
-                if fails(conv, a, mid):
-                    b = mid
-                else:
-                    a = mid + 1
-            pk, raw = one_row(
-                conn.execute(
-                    sql.SQL(
-                        "SELECT s.pk, s.fields -> {k} FROM {staging} s WHERE s.model = {m} AND s.row_index = %s"
-                    ).format(k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)),
-                    (a,),
-                )
-            )
-            return LoadError(
-                spec.name,
-                f"row {a} (pk {pk}): field {col.name!r}: {raw!r:.80} is not a valid "
-                f"{col.type_sql} ({base}); nothing of {spec.name} was written",
-            )
+            found = _string_too_long(conn, ctx, spec, table, base)
+        found = found or _bisect_bad_value(conn, ctx, spec, table, lo, hi, base)
+        if found is not None:
+            return found
     except psycopg.Error:
         pass
     return LoadError(spec.name, f"a value does not fit its column: {base}; nothing of {spec.name} was written")
+
+
+def _string_too_long(
+    conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, table: TableInfo, base: str
+) -> LoadError | None:
+    """The first staged string longer than its varchar(n) column, as the error naming it; None if none is."""
+    for col in table.columns.values():
+        if col.type_name != "varchar" or col.max_length is None:
+            continue
+        long = conn.execute(
+            sql.SQL(
+                "SELECT s.row_index, s.pk, char_length(s.fields ->> {k}) FROM {staging} s "
+                "WHERE s.model = {m} AND char_length(s.fields ->> {k}) > %s "
+                "ORDER BY s.row_index LIMIT 1"
+            ).format(k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)),
+            (col.max_length,),
+        ).fetchone()
+        if long:
+            return LoadError(
+                spec.name,
+                f"row {long[0]} (pk {long[1]}): field {col.name!r}: a string of {long[2]} "
+                f"characters does not fit {col.type_sql} ({base}); nothing of {spec.name} "
+                "was written",
+            )
+    return None
+
+
+def _bisect_bad_value(
+    conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, table: TableInfo, lo: int, hi: int, base: str
+) -> LoadError | None:
+    """Convert each typed column over the staged rows ``lo``..``hi``; in the first that fails, bisect by row
+    index to the row refused, as the error naming it. None if every column converts."""
+    for col in table.columns.values():
+        if col.is_json or col.category == "S" or col.name == "id":
+            continue
+        conv = value_sql(col, sql.SQL("s.fields"), col.name)
+        if not _conversion_fails(conn, ctx, spec, conv, lo, hi):
+            continue
+        a, b = lo, hi
+        while a < b:
+            mid = (a + b) // 2
+            if _conversion_fails(conn, ctx, spec, conv, a, mid):
+                b = mid
+            else:
+                a = mid + 1
+        pk, raw = one_row(
+            conn.execute(
+                sql.SQL(
+                    "SELECT s.pk, s.fields -> {k} FROM {staging} s WHERE s.model = {m} AND s.row_index = %s"
+                ).format(k=sql.Literal(col.name), staging=ctx.staging, m=sql.Literal(spec.name)),
+                (a,),
+            )
+        )
+        return LoadError(
+            spec.name,
+            f"row {a} (pk {pk}): field {col.name!r}: {raw!r:.80} is not a valid "
+            f"{col.type_sql} ({base}); nothing of {spec.name} was written",
+        )
+    return None
+
+
+def _conversion_fails(
+    conn: psycopg.Connection, ctx: LoadContext, spec: ModelSpec, conv: sql.Composable, lo: int, hi: int
+) -> bool:
+    """Whether converting ``conv`` over the staged rows ``lo``..``hi`` of the model raises a data error."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "SELECT max(length(({conv})::text)) FROM {staging} s WHERE s.model = {m} "
+                    "AND s.row_index BETWEEN %s AND %s"
+                ).format(conv=conv, staging=ctx.staging, m=sql.Literal(spec.name)),
+                (lo, hi),
+            )
+        return False
+    except psycopg.DataError:
+        return True

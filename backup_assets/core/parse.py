@@ -11,7 +11,8 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 import ijson
 import orjson
@@ -452,15 +453,10 @@ def _copy_rows(
     :data:`_BATCH` lines of COPY's text format a write; the rows parsed. The loop is the hot path: what
     it does for every row stays inline, what it does once (a new row shape, an error) is a call."""
     known, deleted, shapes, stats, per_model = seen.known, seen.deleted, seen.shapes, seen.stats, seen.per_model
-    lines: list[bytes] = []
     model_bytes, last_pos, index = seen.model_bytes, 0, -1
     try:
-        with (
-            conn.cursor() as cur,
-            cur.copy(sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy,
-        ):
-            rows = _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
-            for index, row in enumerate(rows):
+        with _staging_copy(conn, ident) as (copy, lines):
+            for index, row in enumerate(_parsed_rows(reader, fast)):
                 model = row.get("model") if type(row) is dict else None
                 if type(model) is not str:
                     raise _row_error(row, index, reader.pos)
@@ -501,10 +497,27 @@ def _copy_rows(
                 lines.append(b"%s\t%d\t%d\t%s\n" % (model_bytes[model], pk, index, encoded))
                 if len(lines) >= _BATCH or index == 0:
                     _write_lines(copy, lines, progress, reader.pos, index + 1)
-            _write_lines(copy, lines, None, reader.pos, index + 1)
     except (ijson.JSONError, UnicodeDecodeError, psycopg.DataError, psycopg.errors.UniqueViolation) as e:
         raise _parse_error(e, index + 1, reader.pos) from None
     return index + 1
+
+
+@contextmanager
+def _staging_copy(conn: psycopg.Connection, ident: sql.Composable) -> Iterator[tuple[psycopg.Copy, list[bytes]]]:
+    """Open the ``COPY`` into the staging table ``ident``, with the list of lines gathered for it; the lines
+    left when the parse ends are written before the COPY closes (not after an error: the COPY is aborted)."""
+    lines: list[bytes] = []
+    with (
+        conn.cursor() as cur,
+        cur.copy(sql.SQL("COPY {} (model, pk, row_index, fields) FROM STDIN WITH (FREEZE)").format(ident)) as copy,
+    ):
+        yield copy, lines
+        _write_lines(copy, lines, None, 0, 0)
+
+
+def _parsed_rows(reader: _CountingReader, fast: bool) -> Iterator[Any]:
+    """The rows of the export as they are parsed: orjson's fast path, or ijson."""
+    return _fast_rows(reader) if fast else _IJSON.items(reader, "item", use_float=True, buf_size=256 * 1024)
 
 
 class _Seen:

@@ -187,51 +187,62 @@ class Restore:
                 if progress is not None:
                     progress(done, rows)
 
-            with ExitStack() as opened:
-                streams: list[BinaryIO] = []
-
-                def reopen() -> BinaryIO:  # the export from the start, should the parse need a second pass
-                    streams.append(opened.enter_context(backup.open_plaintext(authenticate_first=False)))
-                    return streams[-1]
-
-                try:
-                    result = stage_export(
-                        conn,
-                        self.import_id,
-                        reopen(),
-                        self.manifest,
-                        unlogged=self.unlogged_staging,
-                        progress=report,
-                        reopen=reopen,
-                    )
-                except DecryptionError:
-                    raise
-                except Exception:
-                    try:
-                        _read_to_eof(streams)  # a bad MAC explains the error: report it instead
-                    except DecryptionError as bad:
-                        raise bad from None
-                    raise
-                _read_to_eof(streams)  # the MAC verified before anything commits
+            result = self._parse_authenticated(conn, backup, report)
             if self.settings.strict and result.unknown_models:  # rolls the staging back: nothing written
                 raise UnknownModelsError(result.unknown_models)
             emit("parse", "export", result.bytes, result.bytes, finished=True)
-            plan = self.plan()
-            emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
-                    "DO UPDATE SET stage = EXCLUDED.stage"
-                ).format(IMPORT),
-                (
-                    self.import_id,
-                    Jsonb(self.settings.to_json()),
-                    Jsonb({m: self.manifest[m].table_name for m in plan}),
-                    Jsonb(result.to_json()),
-                ),
-            )
+            self._record_stage(conn, result)
             self._check_settings(conn)
         return result
+
+    def _parse_authenticated(self, conn: psycopg.Connection, backup, report: ProgressFn) -> StageResult:
+        """Parse the export into the staging table, then read each plaintext stream opened to its end, so
+        that an encrypted export's MAC is verified before anything commits; a bad MAC found after a parse
+        error is reported instead of that error."""
+        with ExitStack() as opened:
+            streams: list[BinaryIO] = []
+
+            def reopen() -> BinaryIO:  # the export from the start, should the parse need a second pass
+                streams.append(opened.enter_context(backup.open_plaintext(authenticate_first=False)))
+                return streams[-1]
+
+            try:
+                result = stage_export(
+                    conn,
+                    self.import_id,
+                    reopen(),
+                    self.manifest,
+                    unlogged=self.unlogged_staging,
+                    progress=report,
+                    reopen=reopen,
+                )
+            except DecryptionError:
+                raise
+            except Exception:
+                try:
+                    _read_to_eof(streams)  # a bad MAC explains the error: report it instead
+                except DecryptionError as bad:
+                    raise bad from None
+                raise
+            _read_to_eof(streams)  # the MAC verified before anything commits
+        return result
+
+    def _record_stage(self, conn: psycopg.Connection, result: StageResult) -> None:
+        """Report the plan and record the import's settings, models and staging result in its state row."""
+        plan = self.plan()
+        emit("plan", "all models", 0, sum(result.rows_per_model.get(m, 0) for m in plan))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (import_id, settings, models, stage) VALUES (%s, %s, %s, %s) ON CONFLICT (import_id) "
+                "DO UPDATE SET stage = EXCLUDED.stage"
+            ).format(IMPORT),
+            (
+                self.import_id,
+                Jsonb(self.settings.to_json()),
+                Jsonb({m: self.manifest[m].table_name for m in plan}),
+                Jsonb(result.to_json()),
+            ),
+        )
 
     def _check_settings(self, conn: psycopg.Connection) -> None:
         row = conn.execute(
