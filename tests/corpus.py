@@ -35,13 +35,14 @@ from tests.crypto_helpers import OAEP, make_key_pair, tar_of
 MARKER = "zz-plaintext-marker-5b1d0c7e"
 
 
-def _entry(
+def manifest_entry(
     name: str,
     table: str,
     fks: tuple[tuple[str, str, bool], ...] = (),
     scope: str = "Organization",
     uniques: tuple[tuple[str, ...], ...] = (),
 ) -> dict:
+    """One model of Sentry's manifest format (``detailed.json``); ``fks`` are (field, model, nullable)."""
     return {
         "dangling": False,
         "model": name,
@@ -56,10 +57,12 @@ def _entry(
 
 #: Sentry's manifest format: what ``--manifest`` reads, and :data:`MANIFEST` is built from.
 MANIFEST_JSON = {
-    "c.user": _entry("c.user", "c_user", scope="User", uniques=(("username",),)),
-    "c.org": _entry("c.org", "c_org", uniques=(("slug",),)),
-    "c.project": _entry("c.project", "c_project", fks=(("organization", "c.org", False),)),
-    "c.member": _entry("c.member", "c_member", fks=(("organization", "c.org", False), ("user_id", "c.user", True))),
+    "c.user": manifest_entry("c.user", "c_user", scope="User", uniques=(("username",),)),
+    "c.org": manifest_entry("c.org", "c_org", uniques=(("slug",),)),
+    "c.project": manifest_entry("c.project", "c_project", fks=(("organization", "c.org", False),)),
+    "c.member": manifest_entry(
+        "c.member", "c_member", fks=(("organization", "c.org", False), ("user_id", "c.user", True))
+    ),
 }
 MANIFEST = Manifest.from_json(MANIFEST_JSON)
 TABLES = tuple(spec["table_name"] for spec in MANIFEST_JSON.values())

@@ -28,6 +28,7 @@ from backup_assets.resources.decryptor import DecryptorResource
 from backup_assets.resources.postgres import PostgresTargetResource
 from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
+from tests.corpus import manifest_entry
 
 DSN_ENV = "FAULTS_TARGET_DSN"
 FOLDER_ENV = "FAULTS_BACKUP_FOLDER"
@@ -36,16 +37,8 @@ PK_OFFSET = 10_000_000
 
 
 def _entry(name: str, table: str, fks: dict[str, str], uniques: list[list[str]]) -> dict:
-    return {
-        "dangling": False,
-        "model": name,
-        "relocation_dependencies": [],
-        "relocation_scope": "Organization",
-        "foreign_keys": {f: {"kind": "FlexibleForeignKey", "model": m, "nullable": False} for f, m in fks.items()},
-        "silos": ["Region"],
-        "table_name": table,
-        "uniques": uniques,
-    }
+    """A manifest model whose foreign keys, field -> model, are all NOT NULL."""
+    return manifest_entry(name, table, tuple((f, m, False) for f, m in fks.items()), uniques=tuple(map(tuple, uniques)))
 
 
 #: organization <- item <- tag (+ note): each item and note belongs to an organization, each tag to an item.

@@ -23,21 +23,14 @@ from backup_assets.core.roundtrip import canonical_datetimes
 from backup_assets.core.settings import ImportSettings
 from backup_assets.core.source import open_backup
 from backup_assets.demo import synthetic
+from tests.corpus import manifest_entry
 
 BUILTIN = Manifest.builtin()
 
 
 def entry(name, table, fks=(), scope="Organization"):
-    return {
-        "dangling": False,
-        "model": name,
-        "relocation_dependencies": [],
-        "relocation_scope": scope,
-        "silos": ["Region"],
-        "table_name": table,
-        "uniques": [],
-        "foreign_keys": {f: {"kind": "FlexibleForeignKey", "model": m, "nullable": True} for f, m in fks},
-    }
+    """A manifest model whose foreign keys, (field, model) pairs, are all nullable."""
+    return manifest_entry(name, table, tuple((f, m, True) for f, m in fks), scope)
 
 
 #: x.thing is listed first but depends on x.org: the export must still write x.org first.
