@@ -216,7 +216,14 @@ def retry_plan(policy: dg.RetryPolicy | None) -> RetryPlan:
     )
 
 
-def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: ModelOutcome) -> dg.MaterializeResult:
+#: What the models' step yields for one model: its materialization, then its check results.
+ModelEvents = list[dg.MaterializeResult | dg.AssetCheckResult]
+
+
+def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: ModelOutcome) -> ModelEvents:
+    """The model's materialization, then each selected check's result as an event of its own: Dagster
+    looks up the checked materialization once per check result so yielded (twice per result embedded in
+    the ``MaterializeResult``)."""
     result = outcome.result
     assert result is not None
     metadata = load_metadata(result)
@@ -228,11 +235,10 @@ def _model_result(context: dg.AssetExecutionContext, key: dg.AssetKey, outcome: 
         [r.check_name for r in checks if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
     )
     selected = context.selected_asset_check_keys  # a run may leave the checks out; failed_checks still says
-    return dg.MaterializeResult(
-        asset_key=key,
-        metadata=metadata,
-        check_results=[r for r in checks if r.check_name and dg.AssetCheckKey(key, r.check_name) in selected],
-    )
+    return [
+        dg.MaterializeResult(asset_key=key, metadata=metadata),
+        *(r for r in checks if r.check_name and dg.AssetCheckKey(key, r.check_name) in selected),
+    ]
 
 
 def _models_failure(outcomes: Sequence[ModelOutcome], retried: dict[str, int]) -> dg.Failure:
@@ -264,18 +270,16 @@ class _InOrder:
         selected = set(models)
         self.parents = {m: {d for d in manifest[m].dependencies if d in selected and d != m} for m in models}
         self.settled: set[str] = set()
-        self.held: dict[str, dg.MaterializeResult | None] = {}
+        self.held: dict[str, ModelEvents] = {}
 
-    def add(self, model: str, result: dg.MaterializeResult | None) -> list[dg.MaterializeResult]:
-        """``result`` of ``model`` (None: it failed or was not attempted); returns what may be yielded now."""
-        self.held[model] = result
-        out: list[dg.MaterializeResult] = []
+    def add(self, model: str, events: ModelEvents) -> ModelEvents:
+        """``events`` of ``model`` (none: it failed or was not attempted); returns what may be yielded now."""
+        self.held[model] = events
+        out: ModelEvents = []
         while ready := [m for m in self.held if self.parents[m] <= self.settled]:
             for m in ready:
                 self.settled.add(m)
-                released = self.held.pop(m)
-                if released is not None:
-                    out.append(released)
+                out += self.held.pop(m)
         return out
 
 
@@ -301,7 +305,7 @@ def load_selected(
     workers: int | None,
     retry: RetryPlan,
     restage_with: tuple[BackupSourceResource, DecryptorResource | Decryptor],
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Load ``models`` (name -> key, dependency order) with the engine's scheduler, yielding each model's
     materialization and checks as soon as it is loaded and verified; then fail naming every failed model."""
     with engine_errors("plan"):
@@ -310,7 +314,7 @@ def load_selected(
         context.log.info(f"nothing to load for {len(skipped)} model(s): {', '.join(skipped)}")
     in_order = _InOrder(restore.manifest, list(models))
     for model, note in skipped.items():
-        yield from in_order.add(model, _nothing_to_load(models[model], note))
+        yield from in_order.add(model, [_nothing_to_load(models[model], note)])
     retried: dict[str, int] = {}
 
     def on_retry(model: str, n: int, pause: float, e: BaseException) -> None:
@@ -334,7 +338,7 @@ def load_selected(
             if not outcome.loaded:
                 problems.append(outcome)
             yield from in_order.add(
-                outcome.model, _model_result(context, models[outcome.model], outcome) if outcome.loaded else None
+                outcome.model, _model_result(context, models[outcome.model], outcome) if outcome.loaded else []
             )
     if problems:
         raise _models_failure(problems, retried)
@@ -381,7 +385,7 @@ def build_models_asset(
         staging: StagingResource,
         backup_source: BackupSourceResource,
         decryptor: DecryptorResource,
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         restore = open_restore(context, manifest, target, import_settings, staging)
         selected = {m: k for m, k in keys.items() if k in context.selected_asset_keys}
         with held(restore):

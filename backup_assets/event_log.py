@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from dagster._core.instance import InstanceType
 from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
 from dagster._core.run_coordinator import DefaultRunCoordinator
 from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 from dagster._core.storage.root import TemporaryLocalArtifactStorage
@@ -56,6 +58,8 @@ from sqlalchemy.pool import StaticPool
 EVENT_BATCH_SIZE = 1000
 #: Run files whose engine stays open besides the index's (a run writes its own file and the index).
 OPEN_RUN_FILES = 8
+#: Seconds a dynamic partition found to exist is taken to exist without asking the database again.
+PARTITION_SEEN_SECONDS = 1.0
 
 
 def default_base_dir() -> str:
@@ -66,7 +70,31 @@ def default_base_dir() -> str:
     return os.path.join(home, "storage")
 
 
-class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
+class _RecentPartitions(SqlEventLogStorage):
+    """Remembers, for :data:`PARTITION_SEEN_SECONDS`, the dynamic partitions found to exist. A run checks
+    its partition key once per output it writes (twice per model and check of a restore run: ~470
+    queries of the same row); a partition deleted in this process is forgotten at once, one deleted by
+    another process within that second."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._seen: dict[tuple[str, str], float] = {}  # (definition, key) -> taken to exist until
+        super().__init__(*args, **kwargs)
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        key = (partitions_def_name, partition_key)
+        if self._seen.get(key, 0.0) > time.monotonic():
+            return True
+        found = super().has_dynamic_partition(partitions_def_name, partition_key)
+        if found:
+            self._seen[key] = time.monotonic() + PARTITION_SEEN_SECONDS
+        return found
+
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        self._seen.pop((partitions_def_name, partition_key), None)
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
+
+
+class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
     """``SqliteEventLogStorage`` that keeps one connection per database file open (see the module doc)."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
@@ -176,7 +204,7 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
-class KeptOpenInMemoryEventLogStorage(InMemoryEventLogStorage):
+class KeptOpenInMemoryEventLogStorage(_RecentPartitions, InMemoryEventLogStorage):
     """Dagster's in-memory event log (an ephemeral instance's) through the one connection it already
     holds to keep the database alive, where Dagster's opens another per statement."""
 

@@ -12,7 +12,7 @@ returned, persisted or logged; the parse stage unwraps it again in memory (each 
 another process or on another machine).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -261,13 +261,27 @@ def _stage_metadata(staged: StageResult, seconds: float) -> dict[str, Any]:
 _TOTALS = ("rows_read", "rows_written", "rows_merged", "rows_dropped")
 
 
-def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> Mapping[str, Any] | None:
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+def _latest_metadata(
+    context: dg.AssetExecutionContext, asset_keys: Sequence[dg.AssetKey]
+) -> dict[dg.AssetKey, Mapping[str, Any] | None]:
+    """Each key's latest materialization metadata for the run's partition. One query reads every key's
+    latest materialization of any partition, which is the partition's own when one backup is restored at
+    a time; a key whose latest is another partition's is looked up on its own."""
+    latest = {
+        r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+        for r in context.instance.get_asset_records(list(asset_keys))
+    }
+    out: dict[dg.AssetKey, Mapping[str, Any] | None] = {}
+    for key in asset_keys:
+        record = latest.get(key)
+        if record is not None and record.partition_key != context.partition_key:
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
+            ).records
+            record = records[0] if records else None
+        mat = record.asset_materialization if record is not None else None
+        out[key] = None if mat is None else {k: v.value for k, v in mat.metadata.items()}
+    return out
 
 
 DROPS_CHECK = "no_rows_dropped"
@@ -295,8 +309,9 @@ def _tally_models(
     missing: list[str] = []
     failed: dict[str, list[str]] = {}
     dropped: list[str] = []
+    latest = _latest_metadata(context, list(model_keys))
     for key, model in model_keys.items():
-        md = _latest_metadata(context, key)
+        md = latest[key]
         if md is None:
             if staged_rows.get(model):  # a model with nothing staged need not have been materialized
                 missing.append(model)

@@ -24,6 +24,7 @@ from backup_assets.resources.postgres import PostgresTargetResource
 from backup_assets.resources.settings import ImportSettingsResource
 from backup_assets.resources.staging import StagingResource
 from backup_assets.run import TARGET_TAG, failure_message, materialize_restore
+from backup_assets.stages import _latest_metadata
 from backup_assets.translator import PARSED_EXPORT_KEY, RESTORE_COMPLETE_KEY
 from tests.instances import instance_for_test
 
@@ -237,3 +238,19 @@ def test_a_connection_killed_mid_load_is_retried_to_exact_counts(json_backup, pg
     assert md["rows_written"] == orgs and md["already_loaded"] is False
     assert table_count(pg_dsn, "sentry_organization") == orgs
     assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_restore_complete_reads_each_models_materialization_of_its_own_partition():
+    """One query reads every model's latest materialization; a model whose latest is another backup's
+    (two restores interleaved) is read for this partition on its own."""
+    a, b, c = dg.AssetKey("a"), dg.AssetKey("b"), dg.AssetKey("never")
+    with instance_for_test() as instance:
+        for key, partition, rows in [(a, "p1", 1), (b, "p1", 2), (a, "p2", 10), (b, "p2", 20), (a, "p1", 3)]:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, partition=partition, metadata={"rows_read": rows})
+            )
+        for partition, expected in [("p1", {a: 3, b: 2}), ("p2", {a: 10, b: 20}), ("p3", {})]:
+            context = dg.build_asset_context(instance=instance, partition_key=partition)
+            latest = _latest_metadata(context, [a, b, c])
+            assert {k: md["rows_read"] for k, md in latest.items() if md} == expected
+            assert latest[c] is None

@@ -16,6 +16,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
+from backup_assets import event_log
 from backup_assets.event_log import (
     OPEN_RUN_FILES,
     KeptOpenInMemoryEventLogStorage,
@@ -162,3 +163,27 @@ def test_the_ephemeral_instance_runs_in_memory_and_leaves_nothing_behind():
         assert check.status.value == "SUCCEEDED"
         assert not list(artifacts.rglob("*.db"))  # events are in memory, not in files
     assert not artifacts.exists()
+
+
+def test_a_partition_found_is_remembered_briefly_and_a_deletion_here_forgotten_at_once(tmp_path, monkeypatch):
+    """A run asks whether its partition exists once per output; the answer is remembered for
+    PARTITION_SEEN_SECONDS, so another process's deletion is seen once that has passed."""
+    here = KeptOpenSqliteEventLogStorage(str(tmp_path))
+    other = KeptOpenSqliteEventLogStorage(str(tmp_path))  # another process's storage of the same home
+    assert not here.has_dynamic_partition("backups", "b1")
+    here.add_dynamic_partitions("backups", ["b1", "b2"])
+    assert here.has_dynamic_partition("backups", "b1")  # not remembered as missing
+
+    here.delete_dynamic_partition("backups", "b1")
+    assert not here.has_dynamic_partition("backups", "b1")  # deleted here: known at once
+
+    assert here.has_dynamic_partition("backups", "b2")
+    other.delete_dynamic_partition("backups", "b2")
+    assert here.has_dynamic_partition("backups", "b2")  # remembered for the moment
+    later = event_log.time.monotonic() + event_log.PARTITION_SEEN_SECONDS
+    monkeypatch.setattr(event_log.time, "monotonic", lambda: later)
+    assert not here.has_dynamic_partition("backups", "b2")  # asked again once that has passed
+
+    assert not here.has_dynamic_partition("backups", "b3")
+    other.add_dynamic_partitions("backups", ["b3"])
+    assert here.has_dynamic_partition("backups", "b3")  # a missing one is never remembered

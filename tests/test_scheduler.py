@@ -3,6 +3,8 @@ finish, a failed model blocking only its dependents, transient errors retried pe
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 
 from backup_assets.core.restore import Restore
@@ -93,3 +95,26 @@ def test_without_retries_a_transient_error_fails_the_model_and_blocks_its_childr
         "t.node",
     }
     assert outcomes["t.user"].loaded
+
+
+def test_loads_go_on_while_the_caller_is_busy_with_an_outcome(pg_dsn, tmp_path, monkeypatch):
+    """A caller slow to take an outcome (Dagster writing a model's events) does not hold up the loads:
+    with one worker, the next load starts while the caller still holds the first outcome."""
+    restore = _staged(pg_dsn, tmp_path, [r for r in ROWS if r["pk"] != 2 or r["model"] != "t.user"])
+    started: list[str] = []
+    second_started = threading.Event()
+    load = Restore.load_model
+
+    def load_and_say(self: Restore, model: str):
+        started.append(model)
+        if len(started) == 2:
+            second_started.set()
+        return load(self, model)
+
+    monkeypatch.setattr(Restore, "load_model", load_and_say)
+    outcomes = load_models(restore, restore.plan(), workers=1, retry=NO_RETRIES)
+    first = next(outcomes)
+    assert first.loaded and started[0] == first.model
+    assert second_started.wait(10), "no load started while the caller held the first outcome"
+    rest = [o.model for o in outcomes]
+    assert [first.model, *rest] == started and sorted(started) == sorted(restore.plan())

@@ -16,18 +16,21 @@ thread has its own connection, so ``workers`` loads run at once (each one server
 * A model whose import's staging is gone (:class:`StagingMissingError`) calls ``restage`` once for the
   whole set, then loads.
 
-Outcomes come in the order models finish, in the caller's thread, while the other loads go on.
+Outcomes come in the order models finish, in the caller's thread, while the other loads go on: a load
+that ends starts the next ones from its worker, however long the caller takes over an outcome.
 Models of the set whose parents lie outside it load through the parents' persisted primary-key maps
 (the loader refuses, naming them, when those parents were never loaded).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -138,6 +141,63 @@ def dependents(restore: Restore, models: Iterable[str], failed: str) -> list[str
     return [m for m in models if m in hit and m != failed]
 
 
+class _Schedule:
+    """Which models run, and the outcomes for the caller. A load that ends starts the next ones at once,
+    on the worker's side: a caller slow to take an outcome (Dagster writing a model's events) never
+    leaves a worker idle."""
+
+    def __init__(self, restore: Restore, models: list[str], workers: int, worker: _Worker) -> None:
+        self.restore, self.workers, self.worker = restore, workers, worker
+        self.waits_for = {m: {d for d in restore.manifest[m].dependencies if d in models and d != m} for m in models}
+        self.staged = restore.staged_counts()
+        self.pending, self.loaded, self.running = list(models), set[str](), set[str]()
+        self.outcomes: queue.SimpleQueue[ModelOutcome | BaseException | None] = queue.SimpleQueue()
+        self.lock = threading.RLock()  # a future already done runs its callback at once, lock held
+        self.closed = False
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-assets-load")
+
+    def fill(self) -> None:
+        """Start the ready models, the most staged rows first, up to ``workers`` at once; with nothing
+        running (done, or only models waiting for a failed parent, reported already), end the outcomes."""
+        with self.lock:
+            ready = [m for m in self.pending if not self.waits_for[m] - self.loaded]
+            for model in sorted(ready, key=lambda m: -self.staged.get(m, 0)):  # stable: plan order among equals
+                if len(self.running) >= self.workers or self.closed:
+                    break
+                self.pending.remove(model)
+                self.running.add(model)
+                self.pool.submit(self.worker, model).add_done_callback(functools.partial(self._done, model))
+            if not self.running:
+                self.outcomes.put(None)
+
+    def _done(self, model: str, future: Future[ModelOutcome]) -> None:
+        try:
+            with self.lock:
+                self.running.discard(model)
+                self._report(model, future)
+                self.fill()
+        except BaseException as e:  # noqa: BLE001 - a bug here must reach the caller, not the pool's log
+            self.outcomes.put(e)
+
+    def _report(self, model: str, future: Future[ModelOutcome]) -> None:
+        try:
+            outcome = future.result()
+        except Exception as e:  # noqa: BLE001 - reported as the model's outcome
+            self.outcomes.put(ModelOutcome(model, error=e))
+            for child in dependents(self.restore, self.pending, model):
+                self.pending.remove(child)
+                self.outcomes.put(ModelOutcome(child, blocked_by=[model]))
+            return
+        self.loaded.add(model)
+        self.outcomes.put(outcome)
+
+    def close(self) -> None:
+        """Start nothing more; wait for the running loads."""
+        with self.lock:
+            self.closed = True
+        self.pool.shutdown(wait=True)
+
+
 def load_models(
     restore: Restore,
     models: Iterable[str],
@@ -148,37 +208,14 @@ def load_models(
     on_retry: RetryHook | None = None,
 ) -> Iterator[ModelOutcome]:
     """Load and verify ``models`` (see the module doc); yields one :class:`ModelOutcome` per model."""
-    models = list(dict.fromkeys(models))
-    waits_for = {m: {d for d in restore.manifest[m].dependencies if d in models and d != m} for m in models}
-    staged = restore.staged_counts()
-    workers = max(1, workers or default_workers())
-    pending, loaded = list(models), set[str]()
-    running: dict[Future, str] = {}
     worker = _Worker(restore, retry, restage, on_retry)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-assets-load")
+    schedule = _Schedule(restore, list(dict.fromkeys(models)), max(1, workers or default_workers()), worker)
     try:
-        while pending or running:
-            ready = [m for m in pending if not waits_for[m] - loaded]
-            for model in sorted(ready, key=lambda m: -staged.get(m, 0)):  # stable: plan order among equals
-                if len(running) >= workers:
-                    break
-                pending.remove(model)
-                running[pool.submit(worker, model)] = model
-            if not running:
-                break  # only models waiting for a failed parent are left: reported already
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                model = running.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as e:  # noqa: BLE001 - reported as the model's outcome
-                    yield ModelOutcome(model, error=e)
-                    for child in dependents(restore, pending, model):
-                        pending.remove(child)
-                        yield ModelOutcome(child, blocked_by=[model])
-                    continue
-                loaded.add(model)
-                yield outcome
+        schedule.fill()
+        while (outcome := schedule.outcomes.get()) is not None:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            yield outcome
     finally:
-        pool.shutdown(wait=True)
+        schedule.close()
         worker.close()
