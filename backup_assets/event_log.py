@@ -6,11 +6,13 @@ for every read and write: sqlite then reads the file's schema again, and SQLAlch
 statement again (its statement cache lives in the engine). A restore run writes one event per planned
 asset and check, per materialization and per check result, several statements each, so with the
 models' 95 assets and 380 checks that cost is most of a run. This subclass keeps one engine per
-database file (the cross-run index, and the last few runs' files) for the life of the process, and
-remembers which tables exist. The events Dagster writes as a batch (a run's planned materializations
-and checks, one per asset and check it will run) are written in one transaction per file, where
-Dagster's storage commits each statement of each event; this takes ``DAGSTER_EVENT_BATCH_SIZE``, which
-Dagster reads to batch them, unless the environment sets it. Everything else is Dagster's: the files, their schema, the locking
+database file (the cross-run index, and the last few runs' files) for the life of the process,
+remembers which tables exist, and for a second which dynamic partitions exist. Each event is written in one transaction per file (its run's, and the
+index's for an asset or check event), and so are the events Dagster writes as a batch (a run's planned
+materializations and checks, one per asset and check it will run), where Dagster's storage commits
+each statement group of each event: each commit is a flush to disk, slow while the restore keeps the
+disk busy. This takes ``DAGSTER_EVENT_BATCH_SIZE``, which Dagster reads to batch them, unless the
+environment sets it. Everything else is Dagster's: the files, their schema, the locking
 (``_db_lock``, sqlite's busy timeout), the durability (sqlite's defaults) and the watchers that stream
 a run's events to the UI.
 
@@ -144,7 +146,7 @@ class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        if self._batch is not None and self._batch_thread == threading.get_ident():
+        if self._in_batch():
             yield self._batch_connection(shard)  # committed when the batch ends
             return
         with self._db_lock, self._open(shard) as conn, conn.begin():  # one user at a time, as in Dagster's
@@ -165,6 +167,15 @@ class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
             conn.begin()
         return conn
 
+    def store_event(self, event: EventLogEntry) -> None:
+        """Store ``event`` as Dagster's storage does, in one transaction per file (the run's, and the
+        index's for an asset or check event), where Dagster's commits each statement group: one commit,
+        one flush to disk, per file and event."""
+        if self._in_batch():
+            super().store_event(event)
+        else:
+            self.store_event_batch([event])
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store ``events`` as Dagster's storage does, in one transaction per file: all or none."""
         with self._db_lock:
@@ -175,6 +186,9 @@ class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
                 self._end_batch(commit=True)
             finally:
                 self._end_batch(commit=False)
+
+    def _in_batch(self) -> bool:
+        return self._batch is not None and self._batch_thread == threading.get_ident()
 
     def _end_batch(self, *, commit: bool) -> None:
         batch, self._batch, self._batch_thread = self._batch or {}, None, None

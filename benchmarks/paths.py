@@ -21,8 +21,10 @@ mode, scope global:
   partition added) and ``run_s`` (the run, ``execute_in_process``, and reading its row counts) split it. With each storage of ``--storages``: ``shipped``, the event log
   the repository's ``dagster.yaml`` names (``backup_assets.event_log``: Dagster's sqlite files through
   connections kept open, its batches in one transaction); ``sqlite``, Dagster's default (a connection
-  per statement, each event committed); ``postgres``, a database of the same server (the block
-  ``dagster.yaml`` ships commented out);
+  per statement, each event committed); ``postgres``, a database of the same server through the block
+  ``dagster.yaml`` ships commented out (``backup_assets.postgres_event_log``: dagster-postgres's event log
+  on a kept connection); ``dagster-postgres``, the same database through dagster-postgres's own
+  ``storage: postgres:`` (a connection per statement);
 * **raw COPY** - the rows the restore wrote, already shaped, copied into the same schema with its
   constraints, in one transaction (``benchmarks/restore.py``'s);
 * **naive** - one ``INSERT ... RETURNING id`` per row through psycopg2 (``benchmarks/restore.py``'s), at
@@ -138,6 +140,22 @@ DEFS = textwrap.dedent("""
 """)
 
 
+def postgres_storage(url: str, *, pooled: bool) -> str:
+    """``dagster.yaml``'s storage in PostgreSQL: the block it ships (dagster-postgres's run and schedule
+    storages, ``backup_assets.postgres_event_log``'s event log), or dagster-postgres's ``storage:`` alone."""
+    if not pooled:
+        return f'storage:\n  postgres:\n    postgres_url: "{url}"\n'
+    storages = [
+        ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+        ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+        ("event_log_storage", "backup_assets.postgres_event_log", "PooledPostgresEventLogStorage"),
+    ]
+    return "".join(
+        f'{name}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: "{url}"\n'
+        for name, module, cls in storages
+    )
+
+
 class Bench:
     """One embedded server; each measurement in a fresh subprocess against a fresh database."""
 
@@ -213,10 +231,10 @@ class Bench:
         config = "telemetry:\n  enabled: false\n"
         if storage == "shipped":  # the event log dagster.yaml ships (backup_assets.event_log)
             config += "event_log_storage:\n  module: backup_assets.event_log\n  class: KeptOpenSqliteEventLogStorage\n"
-        if storage == "postgres":  # Dagster's runs and events in PostgreSQL (dagster.yaml's commented block)
+        if storage in ("postgres", "dagster-postgres"):  # Dagster's runs and events in PostgreSQL
             events = self.fresh_db()
             url = self.server.dsn(events).replace("postgresql://", "postgresql+psycopg2://", 1)
-            config += f'storage:\n  postgres:\n    postgres_url: "{url}"\n'
+            config += postgres_storage(url, pooled=storage == "postgres")
         (home / "dagster.yaml").write_text(config)
         db = self.fresh_db()
         env = {
@@ -333,7 +351,7 @@ def main() -> None:
         "--storages",
         default="shipped,sqlite",
         help="Dagster instance storage(s) of the job: shipped (the repository's dagster.yaml), sqlite "
-        "(Dagster's default), postgres",
+        "(Dagster's default), postgres (dagster.yaml's PostgreSQL block), dagster-postgres (dagster-postgres's own)",
     )
     a = ap.parse_args()
     manifests = {m: ("" if m == "builtin" else str(FULL_MANIFEST)) for m in a.manifests.split(",")}

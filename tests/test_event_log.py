@@ -130,6 +130,22 @@ def test_a_batch_is_written_whole_or_not_at_all(tmp_path):
     assert len(SqliteEventLogStorage(str(tmp_path / "failing")).get_logs_for_run("r2")) == 1
 
 
+class _IndexFails(KeptOpenSqliteEventLogStorage):
+    """A disk that fails while the index records an asset event (fault injection, the files are real)."""
+
+    def _store_asset_event(self, conn, event, event_id):
+        raise OSError("disk full")
+
+
+def test_an_event_is_written_whole_or_not_at_all(tmp_path):
+    """The run's file and the index take an event together: an index that fails leaves no half event."""
+    failing = _IndexFails(str(tmp_path))
+    with pytest.raises(OSError, match="disk full"):
+        failing.store_event(_planned("r1", "a"))
+    assert failing.get_logs_for_run("r1") == []
+    assert SqliteEventLogStorage(str(tmp_path)).get_logs_for_run("r1") == []
+
+
 def test_open_files_are_bounded_and_closed_ones_reopen(tmp_path):
     storage = KeptOpenSqliteEventLogStorage(str(tmp_path))
     runs = [f"run{i}" for i in range(OPEN_RUN_FILES + 5)]
