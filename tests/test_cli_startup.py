@@ -4,8 +4,10 @@ backup file commands never import Dagster (checked in a fresh interpreter, as th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +55,35 @@ def test_help_keygen_and_backup_encrypt_decrypt_never_import_dagster(tmp_path):
     assert {name: r["code"] for name, r in runs.items()} == dict.fromkeys(runs, 0)
     assert {name: r["dagster"] for name, r in runs.items()} == dict.fromkeys(runs, [])
     assert json.loads((tmp_path / "plain.json").read_text()) == json.loads(export.read_text())
+
+
+#: The console script's entry, with an atexit handler of the kind a library registers; it prints into the
+#: block-buffered pipe of stdout, which only a flush at exit sends.
+_CONSOLE = """
+import atexit, sys
+atexit.register(lambda: print("atexit handler ran"))
+sys.argv = ["backup-assets", *sys.argv[1:]]
+from backup_assets.cli import run
+run()
+"""
+
+
+def test_the_console_script_exits_fast_with_its_code_its_output_and_the_atexit_handlers():
+    """``run`` leaves without the interpreter's teardown, yet as ``sys.exit`` would: the exit status, the
+    whole output (block-buffered into a pipe), the atexit handlers."""
+    [script] = [e for e in entry_points(group="console_scripts") if e.name == "backup-assets"]
+    assert script.value == "backup_assets.cli:run"
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    ok = subprocess.run(
+        [sys.executable, "-c", _CONSOLE, "--help"], cwd=REPO, capture_output=True, text=True, env=buffered
+    )
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("Usage: backup-assets") and ok.stdout.splitlines()[-2].split()[0] == "ui"
+    assert ok.stdout.splitlines()[-1] == "atexit handler ran"
+
+    bad = subprocess.run(
+        [sys.executable, "-c", _CONSOLE, "bogus"], cwd=REPO, capture_output=True, text=True, env=buffered
+    )
+    assert bad.returncode == 2
+    assert "No such command 'bogus'" in bad.stderr and bad.stdout == "atexit handler ran\n"
