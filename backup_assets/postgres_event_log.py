@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 
 #: Connections opened beyond the kept one while several threads write at once (closed when returned).
@@ -87,7 +89,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         event.listen(self._engine, "checkout", _check_if_idle)
         self._engine_pid = os.getpid()
 
-    def _connect(self) -> Any:
+    def _connect(self) -> AbstractContextManager[Connection]:
         if self._engine_pid != os.getpid():  # a forked child never uses its parent's connections
             self._pooled(close=False)
         return super()._connect()

@@ -26,6 +26,7 @@ from backup_assets.core.findings import (
 )
 from backup_assets.core.manifest import Manifest
 from backup_assets.core.source import encrypt_export
+from tests.corpus import manifest_entry
 
 
 def _model(table: str, **fks: str) -> dict:
@@ -58,6 +59,15 @@ MANIFEST = Manifest.from_json(
     source="test manifest",
 )
 
+#: One model, ``sentry.option``, in Sentry's manifest format (a Control-silo Config model, unique by key).
+OPTION_MANIFEST = Manifest.from_json(
+    {
+        "sentry.option": {
+            **manifest_entry("sentry.option", "sentry_option", scope="Config", uniques=(("key",),)),
+            "silos": ["Control"],
+        }
+    }
+)
 FKS = {name: {fk.field: fk.model for fk in spec.foreign_keys} for name, spec in MANIFEST.models.items()}
 HEX32 = "0123456789abcdef" * 2
 
@@ -583,20 +593,7 @@ def test_cli_encrypted_left(files, tmp_path):
 def test_option_timestamps_without_milliseconds_are_one_unequal_json_as_in_sentrys_snapshot_test():
     # Sentry's validator has no comparator for sentry.option: an input timestamp without milliseconds differs
     # from the re-export's ".000Z" spelling, and that is exactly one UnequalJSON finding.
-    manifest = Manifest.from_json(
-        {
-            "sentry.option": {
-                "dangling": False,
-                "foreign_keys": {},
-                "model": "sentry.option",
-                "relocation_dependencies": [],
-                "relocation_scope": "Config",
-                "silos": ["Control"],
-                "table_name": "sentry_option",
-                "uniques": [["key"]],
-            }
-        }
-    )
+    manifest = OPTION_MANIFEST
     left = [
         {"model": "sentry.option", "pk": 1, "fields": {"key": "a", "last_updated": "2023-06-22T00:00:00.000Z"}},
         {"model": "sentry.option", "pk": 2, "fields": {"key": "b", "last_updated": "2023-06-22T00:00:00Z"}},
@@ -607,20 +604,7 @@ def test_option_timestamps_without_milliseconds_are_one_unequal_json_as_in_sentr
 
 
 def test_models_the_manifest_does_not_know_are_not_compared_but_reported():
-    manifest = Manifest.from_json(
-        {
-            "sentry.option": {
-                "dangling": False,
-                "foreign_keys": {},
-                "model": "sentry.option",
-                "relocation_dependencies": [],
-                "relocation_scope": "Config",
-                "silos": ["Control"],
-                "table_name": "sentry_option",
-                "uniques": [["key"]],
-            }
-        }
-    )
+    manifest = OPTION_MANIFEST
     option = {"model": "sentry.option", "pk": 1, "fields": {"key": "a", "value": 1}}
     left = [{"model": "sites.site", "pk": 1, "fields": {"domain": "example.com"}}, option]
     skipped: dict = {}

@@ -150,19 +150,7 @@ class EmbeddedPostgres:
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=200"
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data_dir),
-            "-l",
-            str(self.data_dir / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            opts,
-            "start",
-        )
+        self._pg_ctl("start", "-o", opts)
         self._wait_ready()
         return self
 
@@ -181,24 +169,17 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         if self.running_port():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+            self._pg_ctl("stop", "-m", mode)
 
     def restart(self) -> None:
         """Restart the server (``pg_ctl restart``): every open connection is cut."""
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data_dir),
-            "-l",
-            str(self.data_dir / "server.log"),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        )
+        self._pg_ctl("restart", "-m", "fast")
         self._wait_ready()
+
+    def _pg_ctl(self, action: str, *options: str) -> None:
+        """``pg_ctl ACTION`` on this server's data folder (its log in ``server.log``), waiting up to 60 s."""
+        log = str(self.data_dir / "server.log")
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", log, "-w", "-t", "60", *options, action)
 
     def destroy(self) -> None:
         self.stop("immediate")
