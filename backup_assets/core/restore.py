@@ -30,6 +30,7 @@ from . import constraints, locks
 from . import load as loader
 from .errors import ConfigurationError, DecryptionError, StagingMissingError, TargetError, UnknownModelsError
 from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader
+from .heap import heap_frozen
 from .manifest import Manifest
 from .parse import ProgressFn, stage_export
 from .progress import emit
@@ -187,7 +188,8 @@ class Restore:
                 if progress is not None:
                     progress(done, rows)
 
-            result = self._parse_authenticated(conn, backup, report)
+            with heap_frozen():
+                result = self._parse_authenticated(conn, backup, report)
             if self.settings.strict and result.unknown_models:  # rolls the staging back: nothing written
                 raise UnknownModelsError(result.unknown_models)
             emit("parse", "export", result.bytes, result.bytes, finished=True)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from .errors import StagingMissingError
+from .heap import heap_frozen
 from .results import CheckOutcome, LoadResult
 from .retry import QUICK_RETRIES, RetryPlan, is_transient
 
@@ -211,11 +212,12 @@ def load_models(
     worker = _Worker(restore, retry, restage, on_retry)
     schedule = _Schedule(restore, list(dict.fromkeys(models)), max(1, workers or default_workers()), worker)
     try:
-        schedule.fill()
-        while (outcome := schedule.outcomes.get()) is not None:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            yield outcome
+        with heap_frozen():
+            schedule.fill()
+            while (outcome := schedule.outcomes.get()) is not None:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield outcome
     finally:
         schedule.close()
         worker.close()
