@@ -6,6 +6,7 @@ Each command group lives in a module of its own and registers itself on :data:`m
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import os
 import sys
@@ -41,6 +42,10 @@ def backup() -> None:
 
 
 # Command modules register themselves on `main` / `backup` when imported.
+COLLECT_AFTER = 100_000
+"""The console script's first collector threshold: container objects allocated (net) between two
+collections of the youngest generation, 700 by default."""
+
 for _name in ("crypto", "imports", "exports", "compare", "rollback", "demo", "ui"):
     importlib.import_module(f"{__name__}.{_name}")
 
@@ -52,7 +57,12 @@ def run() -> NoReturn:
     what is left at exit is CPython freeing each object of each module one by one, about half a second
     after a Dagster run. As mypy does, the console script leaves once the atexit handlers have run and
     the output is flushed, without that teardown. An error that escapes ``main`` exits the usual way.
+
+    The process runs one command, and most of what it allocates lives until it ends (the modules of
+    Dagster, the definitions, the run): collecting cyclic garbage every :data:`COLLECT_AFTER` objects
+    rather than every 700, as mypy does, spares it walking that heap again and again.
     """
+    gc.set_threshold(COLLECT_AFTER, *gc.get_threshold()[1:])
     try:
         main(prog_name="backup-assets")
     except SystemExit as e:
