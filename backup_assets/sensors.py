@@ -15,6 +15,9 @@ differ - gets a new key, hence a new partition and a new run. At most ``max_runs
 requested per tick (oldest files first); the rest stay stable in the cursor and are requested on the
 following ticks, so a first tick over a full folder does not start dozens of restores at once.
 
+The sensor ticks every ``minimum_interval_seconds``: explicit, else ``$BACKUP_ASSETS_SENSOR_INTERVAL``, else
+30 s. A file is requested on the second tick that finds it unchanged, so a backup waits one interval at least.
+
 The cursor is JSON: ``{"files": {name: [size, mtime_ns, sha256 | null, requested]}}``. It only names
 files present at the last tick, so it stays as small as the folder.
 """
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from backup_assets.core.errors import BackupAssetsError
+from backup_assets.core.errors import BackupAssetsError, ConfigurationError
 from backup_assets.core.postgres import DSN_ENV
 from backup_assets.partitions import backups_partitions, file_sha256, partition_key, partitions_name
 from backup_assets.resources.backup_source import BackupSourceResource
@@ -38,6 +41,7 @@ from backup_assets.run import BACKUP_TAG, TARGET_TAG, target_tag
 DEFAULT_SENSOR_NAME = "backup_folder_sensor"
 DEFAULT_MAX_RUNS_PER_TICK = 2
 DEFAULT_INTERVAL_SECONDS = 30
+INTERVAL_ENV = "BACKUP_ASSETS_SENSOR_INTERVAL"
 #: The job the sensor requests by default (``backup_assets.definitions.JOB_NAME`` is this name).
 RESTORE_JOB_NAME = "restore_backup_job"
 
@@ -141,12 +145,23 @@ def _request_runs(scan: Scan, tag: str, partitions_def: dg.DynamicPartitionsDefi
     )
 
 
+def interval_from_env() -> int:
+    """The sensor's interval in seconds from ``$BACKUP_ASSETS_SENSOR_INTERVAL`` (a whole number, at least 1),
+    else the default; a value that is not one fails the code location's load, naming the variable."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_SECONDS
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigurationError(f"${INTERVAL_ENV} must be a whole number of seconds, at least 1, not {raw!r}")
+    return int(raw)
+
+
 def build_backup_sensor(
     job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition | str | None = None,
     *,
     name: str = DEFAULT_SENSOR_NAME,
     max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK,
-    minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    minimum_interval_seconds: int | None = None,
     partitions_def: dg.DynamicPartitionsDefinition = backups_partitions,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
@@ -155,8 +170,10 @@ def build_backup_sensor(
 
     Runs are tagged with the file name and the target database (``host:port/dbname`` of the
     ``target`` resource, else of ``$BACKUP_ASSETS_DSN``), which ``dagster.yaml`` limits to one restore
-    at a time.
+    at a time. ``minimum_interval_seconds``: explicit, else ``$BACKUP_ASSETS_SENSOR_INTERVAL``, else 30.
     """
+    if minimum_interval_seconds is None:
+        minimum_interval_seconds = interval_from_env()
     if max_runs_per_tick < 1:
         raise ValueError(f"max_runs_per_tick must be at least 1, not {max_runs_per_tick}")
     job = RESTORE_JOB_NAME if job is None else job

@@ -292,6 +292,7 @@ def paths(tmp_path_factory, roles: dict[str, Role]) -> Iterator[Paths]:
             "BACKUP_ASSETS_BACKUPS": str(root / "inbox"),
             "BACKUP_ASSETS_MANIFEST": str(manifest_file),
             "BACKUP_ASSETS_PRIVATE_KEY_PATH": str(out.key_file),
+            "BACKUP_ASSETS_SENSOR_INTERVAL": "3",  # the file settles on the second tick
         },
     )
     with pytest.MonkeyPatch.context() as mp:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from backup_assets import sensors
+from backup_assets.core.errors import ConfigurationError
 from backup_assets.partitions import backups_partitions, partition_key_for_file, split_partition_key
 from backup_assets.resources.backup_source import BackupSourceResource
 from backup_assets.resources.postgres import PostgresTargetResource
@@ -155,3 +157,17 @@ def test_the_default_sensor_is_in_the_code_location_and_stopped():
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     with pytest.raises(ValueError, match="max_runs_per_tick"):
         build_backup_sensor(max_runs_per_tick=0)
+
+
+def test_the_interval_comes_from_the_environment_and_a_bad_one_names_the_variable(monkeypatch):
+    from backup_assets.definitions import build_definitions
+
+    monkeypatch.delenv(sensors.INTERVAL_ENV, raising=False)
+    assert build_backup_sensor().minimum_interval_seconds == sensors.DEFAULT_INTERVAL_SECONDS
+    monkeypatch.setenv(sensors.INTERVAL_ENV, " 5 ")
+    assert build_definitions().resolve_sensor_def(sensors.DEFAULT_SENSOR_NAME).minimum_interval_seconds == 5
+    assert build_backup_sensor(minimum_interval_seconds=120).minimum_interval_seconds == 120  # explicit wins
+    for bad in ("0", "-5", "1.5", "30s", "²"):
+        monkeypatch.setenv(sensors.INTERVAL_ENV, bad)
+        with pytest.raises(ConfigurationError, match=rf"\$BACKUP_ASSETS_SENSOR_INTERVAL .* not '{re.escape(bad)}'"):
+            build_backup_sensor()
