@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from backup_assets.core.backup_key import file_sha256, key_stem, partition_key, split_partition_key
 from backup_assets.core.errors import ConfigurationError
@@ -36,9 +36,6 @@ class BackupSourceResource(dg.ConfigurableResource):
     glob: str = Field(default=DEFAULT_GLOB, description="Pattern(s) of backup files, comma-separated.")
     pinned: dict[str, str] = Field(default_factory=dict, description="Partition key -> file path, checked first.")
 
-    # (path, size, mtime_ns) -> sha256: a file is hashed once per process while it does not change.
-    _hashes: dict = PrivateAttr(default_factory=dict)
-
     def patterns(self) -> list[str]:
         pats = [p.strip() for p in self.glob.split(",") if p.strip()]
         if not pats:
@@ -58,12 +55,9 @@ class BackupSourceResource(dg.ConfigurableResource):
         p = Path(path)
         try:
             st = p.stat()
+            digest = file_sha256(p)  # read once per process while the file is unchanged
         except OSError as e:
             raise ConfigurationError(f"backup source: cannot read {p}: {e.strerror or e}") from None
-        cache_key = (str(p.absolute()), st.st_size, st.st_mtime_ns)
-        digest = self._hashes.get(cache_key)
-        if digest is None:
-            digest = self._hashes[cache_key] = file_sha256(p)
         return BackupFile(partition_key(p.name, digest), p, st.st_size, st.st_mtime_ns, digest)
 
     def list_backups(self) -> list[BackupFile]:

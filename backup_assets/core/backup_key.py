@@ -9,8 +9,13 @@ It lives in the core so that the resources and the Dagster layer share it withou
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 from backup_assets.core.settings import check_import_id
 
@@ -42,12 +47,54 @@ def partition_key(filename: str | Path, sha256_hex: str) -> str:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
+    """The SHA-256 of a file's bytes, read in chunks.
+
+    A process hashes a file once while it is unchanged: the digest is remembered under the file's
+    identity (device, inode, size, modification and status-change times; any write moves the last). The
+    command line derives a backup's key and then runs the restore that checks it, and a run's steps each
+    resolve their partition's file: a large backup is read once for its hash, not once per step. The
+    kernel stamps those times with a clock that moves a few milliseconds at a time, so a file changed
+    within :data:`SETTLED_SECONDS` is read every time (as git treats a "racily clean" file): a rewrite
+    of the same size a moment later could otherwise carry the same identity."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        identity = _identity(os.fstat(f.fileno()))
+        with _lock:
+            known = _digests.get(identity)
+        if known is not None:
+            return known
+        started = time.time_ns()
+        digest = _read_digest(f, chunk)
+        if started - max(identity[3], identity[4]) > SETTLED_SECONDS * 1e9:
+            _remember(identity, digest)
+    return digest
+
+
+#: A file changed less than this long before it is hashed is not remembered.
+SETTLED_SECONDS = 2.0
+_Identity = tuple[int, int, int, int, int]
+#: Digests remembered per process, least recently hashed first.
+_digests: OrderedDict[_Identity, str] = OrderedDict()
+_REMEMBERED = 64
+_lock = threading.Lock()
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_digest(f: BinaryIO, chunk: int) -> str:
+    h = hashlib.sha256()
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def _remember(identity: _Identity, digest: str) -> None:
+    with _lock:
+        _digests[identity] = digest
+        _digests.move_to_end(identity)
+        while len(_digests) > _REMEMBERED:
+            _digests.popitem(last=False)
 
 
 def partition_key_for_file(path: str | Path) -> str:
