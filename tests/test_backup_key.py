@@ -8,10 +8,14 @@ import os
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
+from click.testing import CliRunner
 
+from backup_assets.cli import main
 from backup_assets.core import backup_key
 from backup_assets.core.backup_key import file_sha256, partition_key, partition_key_for_file
+from backup_assets.demo.synthetic import generate_rows, write_export
 
 
 @pytest.fixture
@@ -71,3 +75,22 @@ def test_a_file_that_grows_while_it_is_read_is_read_again_whole(tmp_path, reads,
     time.sleep(0.1)
     assert file_sha256(path) == hashlib.sha256(b"x" * 100 + b"y").hexdigest()
     assert reads == ["growing.tar"] * 2
+
+
+def test_the_cli_reads_a_settled_backup_once_for_its_key_and_the_runs_check(pg_dsn, tmp_path, reads, monkeypatch):
+    """``backup-assets import`` names the import after the backup's key, hashed while Dagster is imported;
+    the run's ``backup_file`` step checks the key against the same, remembered, digest."""
+    monkeypatch.chdir(tmp_path)  # an ephemeral instance: no home in the working directory
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    src = tmp_path / "nightly.json"
+    write_export(src, generate_rows(orgs=1, users=2, members_per_org=1, seed=3))
+    time.sleep(0.1)
+    run = CliRunner().invoke(
+        main, ["import", "global", str(src), "--dsn", pg_dsn, "--create-schema", "--no-prompt", "--silent"]
+    )
+    assert run.exit_code == 0, run.output
+    assert reads == ["nightly.json"]
+    with psycopg.connect(pg_dsn) as conn:
+        [(import_id,)] = conn.execute("SELECT import_id FROM backup_assets.import").fetchall()
+    key = partition_key("nightly.json", hashlib.sha256(src.read_bytes()).hexdigest())
+    assert import_id.startswith(f"{key}-") and len(import_id) == len(key) + 9

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
 
 from ..core import locks
+from ..core.backup_key import file_sha256, partition_key
 from ..core.decryptors import LocalFileDecryptor
 from ..core.errors import ImportFailed
 from ..core.findings import InstanceID, RpcImportError, write_findings
@@ -174,13 +176,14 @@ def restore_file(
     """Restore through the asset graph in-process (the code path of the Dagster UI): one run of
     :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
     a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
-    from ..partitions import partition_key_for_file
+    if not import_id:
+        digest = _digest_meanwhile(src)
     from ..run import failure_kind, failure_message, restore_backup
 
     backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
     backup.check_key()
-    # every invocation is a new import (as Sentry's import_uuid), named after the backup it reads
-    import_id = import_id or f"{partition_key_for_file(src)}-{new_import_id()[:8]}"
+    if not import_id:  # every invocation is a new import (as Sentry's import_uuid), named after its backup
+        import_id = f"{partition_key(src.name, digest.result())}-{new_import_id()[:8]}"
     restore = Restore(dsn, manifest, import_id, settings)
     with restore.hold(), restore_progress(silent):
         run = restore_backup(
@@ -202,6 +205,17 @@ def restore_file(
             if load is not None:
                 out.loads[model] = load
     return out
+
+
+def _digest_meanwhile(src: Path) -> Future[str]:
+    """The backup's SHA-256 (its key), read on a thread of its own while Dagster is imported: hashlib lets
+    go of the GIL, so the second core hashes. The run's check of the key then finds the digest remembered
+    (:func:`~backup_assets.core.backup_key.file_sha256`)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="backup-digest")
+    try:
+        return pool.submit(file_sha256, src)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _partial_restore_note(restore: Restore) -> str:

@@ -9,13 +9,13 @@ It lives in the core so that the resources and the Dagster layer share it withou
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
 
 from backup_assets.core.settings import check_import_id
 
@@ -46,7 +46,7 @@ def partition_key(filename: str | Path, sha256_hex: str) -> str:
     return check_import_id(f"{key_stem(str(filename))}-{digest[:HASH_PREFIX_LEN]}")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 18) -> str:
     """The SHA-256 of a file's bytes, read in chunks.
 
     A process hashes a file once while it is unchanged: the digest is remembered under the file's
@@ -82,10 +82,12 @@ def _identity(st: os.stat_result) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_digest(f: BinaryIO, chunk: int) -> str:
+def _read_digest(f: io.BufferedReader, chunk: int) -> str:
     h = hashlib.sha256()
-    while block := f.read(chunk):
-        h.update(block)
+    buffer = bytearray(chunk)  # one buffer, read into again and again
+    view = memoryview(buffer)
+    while n := f.readinto(buffer):
+        h.update(view[:n])
     return h.hexdigest()
 
 
