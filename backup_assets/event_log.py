@@ -7,7 +7,7 @@ statement again (its statement cache lives in the engine). A restore run writes 
 asset and check, per materialization and per check result, several statements each, so with the
 models' 95 assets and 380 checks that cost is most of a run. This subclass keeps one engine per
 database file (the cross-run index, and the last few runs' files) for the life of the process,
-remembers which tables exist, and for a second which dynamic partitions exist. Each event is written
+remembers which tables and columns exist, and for a second which dynamic partitions exist. Each event is written
 in one transaction per file (its run's, and the index's for an asset or check event), and so are the
 events Dagster writes as a batch (a run's planned materializations and checks, one per asset and check
 it will run), where Dagster's storage commits each statement group of each event: each commit is a
@@ -96,13 +96,33 @@ class _RecentPartitions(SqlEventLogStorage):
         super().delete_dynamic_partition(partitions_def_name, partition_key)
 
 
-class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
+class _KnownSchema(SqlEventLogStorage):
+    """Remembers the tables and the asset-key columns found to exist: a table or column once there stays
+    (Dagster's migrations only add). Dagster asks before each asset check event, each dynamic partition
+    lookup and each asset status read (~1,000 times a restore run), and each answer is a catalog query."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._tables: set[str] = set()
+        self._asset_key_cols: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def has_table(self, table_name: str) -> bool:
+        if table_name not in self._tables and super().has_table(table_name):  # type: ignore[safe-super]
+            self._tables.add(table_name)
+        return table_name in self._tables
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        if column_name not in self._asset_key_cols and super().has_asset_key_col(column_name):
+            self._asset_key_cols.add(column_name)
+        return column_name in self._asset_key_cols
+
+
+class KeptOpenSqliteEventLogStorage(_KnownSchema, _RecentPartitions, SqliteEventLogStorage):
     """``SqliteEventLogStorage`` that keeps one connection per database file open (see the module doc)."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
-        self._tables: set[str] = set()
         self._batch: dict[str, Connection] | None = None  # the open transactions of a batch, per file
         self._batch_thread: int | None = None
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
@@ -199,12 +219,6 @@ class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
                 conn.rollback()
             conn.close()
 
-    def has_table(self, table_name: str) -> bool:
-        """Whether the index has ``table_name``; a table once there stays (migrations only add)."""
-        if table_name not in self._tables and super().has_table(table_name):
-            self._tables.add(table_name)
-        return table_name in self._tables
-
     def wipe(self) -> None:
         with self._db_lock:
             for shard in list(self._engines):
@@ -218,7 +232,7 @@ class KeptOpenSqliteEventLogStorage(_RecentPartitions, SqliteEventLogStorage):
         super().dispose()
 
 
-class KeptOpenInMemoryEventLogStorage(_RecentPartitions, InMemoryEventLogStorage):
+class KeptOpenInMemoryEventLogStorage(_KnownSchema, _RecentPartitions, InMemoryEventLogStorage):
     """Dagster's in-memory event log (an ephemeral instance's) through the one connection it already
     holds to keep the database alive, where Dagster's opens another per statement."""
 

@@ -5,7 +5,9 @@ events live in PostgreSQL (the block ``dagster.yaml`` ships commented out).
 ``NullPool``), so that an idle instance holds none. A restore run writes ~860 events with the full
 manifest and reads as many times, and each new connection is a server process started and
 authenticated: most of a run's cost. This subclass keeps one connection (more while several threads
-write at once, closed when they are done), as the webserver's ``optimize_for_webserver`` does. A
+write at once, closed when they are done), as the webserver's ``optimize_for_webserver`` does, and
+remembers what :mod:`backup_assets.event_log`'s storage does: the tables and columns that exist (a catalog
+query each time Dagster asks, ~1,000 times a run) and, for a second, the dynamic partitions. A
 connection unused for :data:`IDLE_CHECK_SECONDS` is checked with a round trip before its next use, so
 that a restarted server or an idle timeout costs a reconnect, not a failed run. Everything else is dagster-postgres's: the tables, their migrations, the batch
 writes, the polling watcher that streams a run's events to the UI.
@@ -34,6 +36,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 
+from backup_assets.event_log import _KnownSchema, _RecentPartitions
+
 #: Connections opened beyond the kept one while several threads write at once (closed when returned).
 OVERFLOW_CONNECTIONS = 8
 #: Seconds after which the kept connection is replaced.
@@ -59,7 +63,7 @@ def _check_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError(f"the kept connection to Dagster's database is gone: {e}") from e
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class PooledPostgresEventLogStorage(_KnownSchema, _RecentPartitions, PostgresEventLogStorage):
     """``PostgresEventLogStorage`` that keeps its connection open (see the module doc)."""
 
     def __init__(

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from backup_assets import event_log
@@ -186,6 +188,12 @@ def test_a_partition_found_is_remembered_briefly_and_a_deletion_here_forgotten_a
     PARTITION_SEEN_SECONDS, so another process's deletion is seen once that has passed."""
     here = KeptOpenSqliteEventLogStorage(str(tmp_path))
     other = KeptOpenSqliteEventLogStorage(str(tmp_path))  # another process's storage of the same home
+    check_partition_memory(here, other, monkeypatch)
+
+
+def check_partition_memory(here: SqlEventLogStorage, other: SqlEventLogStorage, monkeypatch) -> None:
+    """``here`` remembers the partitions it found for PARTITION_SEEN_SECONDS (``other``: another process's
+    storage of the same events)."""
     assert not here.has_dynamic_partition("backups", "b1")
     here.add_dynamic_partitions("backups", ["b1", "b2"])
     assert here.has_dynamic_partition("backups", "b1")  # not remembered as missing
@@ -203,3 +211,24 @@ def test_a_partition_found_is_remembered_briefly_and_a_deletion_here_forgotten_a
     assert not here.has_dynamic_partition("backups", "b3")
     other.add_dynamic_partitions("backups", ["b3"])
     assert here.has_dynamic_partition("backups", "b3")  # a missing one is never remembered
+
+
+def test_tables_and_columns_found_are_remembered_and_missing_ones_asked_again(tmp_path, monkeypatch):
+    check_schema_memory(KeptOpenSqliteEventLogStorage(str(tmp_path)), SqliteEventLogStorage, monkeypatch)
+    in_memory = KeptOpenInMemoryEventLogStorage()
+    check_schema_memory(in_memory, InMemoryEventLogStorage, monkeypatch)
+    in_memory.dispose()
+
+
+def check_schema_memory(storage: SqlEventLogStorage, dagsters: type, monkeypatch) -> None:
+    """``storage`` asks ``dagsters`` (Dagster's own class) once for a table or an asset-key column that
+    exists, and every time for one that does not (a migration may add it)."""
+    asked: list[str] = []
+    for name in ("has_table", "has_asset_key_col"):
+        real = getattr(dagsters, name)
+        monkeypatch.setattr(dagsters, name, lambda self, arg, _real=real: asked.append(arg) or _real(self, arg))
+    assert [storage.has_table("event_logs") for _ in range(3)] == [True] * 3
+    assert [storage.has_table("no_such_table") for _ in range(2)] == [False] * 2
+    assert [storage.has_asset_key_col("last_materialization_timestamp") for _ in range(3)] == [True] * 3
+    assert [storage.has_asset_key_col("no_such_column") for _ in range(2)] == [False] * 2
+    assert asked == ["event_logs", *["no_such_table"] * 2, "last_materialization_timestamp", *["no_such_column"] * 2]

@@ -16,7 +16,7 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from backup_assets import postgres_event_log
 from backup_assets.core.postgres import ensure_database
 from backup_assets.postgres_event_log import PooledPostgresEventLogStorage
-from tests.test_event_log import _planned, downstream, upstream
+from tests.test_event_log import _planned, check_partition_memory, check_schema_memory, downstream, upstream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,3 +105,14 @@ def test_a_cut_connection_is_replaced_before_the_next_write(events_db, monkeypat
     assert _backends(events_db, settle_at=1) not in ([], [kept])
     storage.dispose()
     assert _backends(events_db, settle_at=0) == []
+
+
+def test_a_partition_found_is_remembered_briefly_and_tables_found_for_good(events_db, monkeypatch):
+    """The same memory as the sqlite event log's: partitions for a moment, tables and columns for good."""
+    here, other = PooledPostgresEventLogStorage(events_db), PooledPostgresEventLogStorage(events_db)
+    try:
+        check_partition_memory(here, other, monkeypatch)
+        check_schema_memory(here, PostgresEventLogStorage, monkeypatch)
+    finally:
+        here.dispose()
+        other.dispose()
