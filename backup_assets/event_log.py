@@ -4,17 +4,17 @@
 Dagster's own ``SqliteEventLogStorage`` opens a new SQLAlchemy engine, and so a new sqlite connection,
 for every read and write: sqlite then reads the file's schema again, and SQLAlchemy compiles every
 statement again (its statement cache lives in the engine). A restore run writes one event per planned
-asset and check, per materialization and per check result, several statements each, so with the
-models' 95 assets and 380 checks that cost is most of a run. This subclass keeps one engine per
-database file (the cross-run index, and the last few runs' files) for the life of the process,
-remembers which tables and columns exist, and for a second which dynamic partitions exist. Each event is written
-in one transaction per file (its run's, and the index's for an asset or check event), and so are the
-events Dagster writes as a batch (a run's planned materializations and checks, one per asset and check
-it will run), where Dagster's storage commits each statement group of each event: each commit is a
-flush to disk, slow while the restore keeps the disk busy. This takes ``DAGSTER_EVENT_BATCH_SIZE``,
-which Dagster reads to batch them, unless the environment sets it. Everything else is Dagster's: the
-files, their schema, the locking (``_db_lock``, sqlite's busy timeout), the durability (sqlite's
-defaults) and the watchers that stream a run's events to the UI.
+asset and check, per materialization and per check result, several statements each, so with the models'
+95 assets and 380 checks that cost is most of a run. This subclass keeps one engine per database file
+(the cross-run index, and the last few runs' files) for the life of the process, remembers which tables
+and columns exist, and for a second which dynamic partitions exist. Each event is written in one
+transaction per file (its run's, and the index's for an asset or check event), and so are the events
+Dagster writes as a batch (a run's planned materializations and checks, one per asset and check it will
+run), where Dagster's storage commits each statement group of each event: each commit is a flush to disk,
+slow while the restore keeps the disk busy. This takes ``DAGSTER_EVENT_BATCH_SIZE``, which Dagster reads
+to batch them, unless the environment sets it. Everything else is Dagster's: the files, their schema, the
+locking (``_db_lock``, sqlite's busy timeout), the durability (sqlite's defaults) and the watchers that
+stream a run's events to the UI.
 
 :func:`ephemeral_instance` does the same for the in-memory instance of a command-line restore that
 records nowhere.

@@ -3,14 +3,14 @@ events live in PostgreSQL (the block ``dagster.yaml`` ships commented out).
 
 ``PostgresEventLogStorage`` opens a new database connection for every statement (SQLAlchemy's
 ``NullPool``), so that an idle instance holds none. A restore run writes ~860 events with the full
-manifest and reads as many times, and each new connection is a server process started and
-authenticated: most of a run's cost. This subclass keeps one connection (more while several threads
-write at once, closed when they are done), as the webserver's ``optimize_for_webserver`` does, and
-remembers what :mod:`backup_assets.event_log`'s storage does: the tables and columns that exist (a catalog
-query each time Dagster asks, ~1,000 times a run) and, for a second, the dynamic partitions. A
-connection unused for :data:`IDLE_CHECK_SECONDS` is checked with a round trip before its next use, so
-that a restarted server or an idle timeout costs a reconnect, not a failed run. Everything else is dagster-postgres's: the tables, their migrations, the batch
-writes, the polling watcher that streams a run's events to the UI.
+manifest and reads as many times, and each new connection is a server process started and authenticated:
+most of a run's cost. This subclass keeps one connection (more while several threads write at once,
+closed when they are done), as the webserver's ``optimize_for_webserver`` does, and remembers what
+:mod:`backup_assets.event_log`'s storage does: the tables and columns that exist (a catalog query each
+time Dagster asks, ~1,000 times a run) and, for a second, the dynamic partitions. A connection unused for
+:data:`IDLE_CHECK_SECONDS` is checked with a round trip before its next use, so that a restarted server
+or an idle timeout costs a reconnect, not a failed run. Everything else is dagster-postgres's: the
+tables, their migrations, the batch writes, the polling watcher that streams a run's events to the UI.
 
 Use it in ``dagster.yaml`` beside dagster-postgres's run and schedule storages::
 

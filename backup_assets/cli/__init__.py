@@ -41,11 +41,11 @@ def backup() -> None:
     """
 
 
-# Command modules register themselves on `main` / `backup` when imported.
 COLLECT_AFTER = 100_000
 """The console script's first collector threshold: container objects allocated (net) between two
 collections of the youngest generation, 700 by default."""
 
+# Command modules register themselves on `main` / `backup` when imported.
 for _name in ("crypto", "imports", "exports", "compare", "rollback", "demo", "ui"):
     importlib.import_module(f"{__name__}.{_name}")
 

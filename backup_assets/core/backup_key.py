@@ -24,6 +24,13 @@ HASH_PREFIX_LEN = 8
 _MAX_STEM = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=-]+")
 _KEY = re.compile(rf"^(?P<stem>.+)-(?P<hash>[0-9a-f]{{{HASH_PREFIX_LEN}}})$")
+#: A file changed less than this long before it is hashed is not remembered.
+SETTLED_SECONDS = 2.0
+_Identity = tuple[int, int, int, int, int]
+#: Digests remembered per process, least recently hashed first.
+_digests: OrderedDict[_Identity, str] = OrderedDict()
+_REMEMBERED = 64
+_lock = threading.Lock()
 
 
 def key_stem(filename: str) -> str:
@@ -67,15 +74,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 18) -> str:
         if started - max(identity[3], identity[4]) > SETTLED_SECONDS * 1e9:
             _remember(identity, digest)
     return digest
-
-
-#: A file changed less than this long before it is hashed is not remembered.
-SETTLED_SECONDS = 2.0
-_Identity = tuple[int, int, int, int, int]
-#: Digests remembered per process, least recently hashed first.
-_digests: OrderedDict[_Identity, str] = OrderedDict()
-_REMEMBERED = 64
-_lock = threading.Lock()
 
 
 def _identity(st: os.stat_result) -> _Identity:
