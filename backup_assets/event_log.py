@@ -72,7 +72,7 @@ def default_base_dir() -> str:
     return os.path.join(home, "storage")
 
 
-class _RecentPartitions(SqlEventLogStorage):
+class RecentPartitionsMixin(SqlEventLogStorage):
     """Remembers, for :data:`PARTITION_SEEN_SECONDS`, the dynamic partitions found to exist. A run checks
     its partition key once per output it writes (twice per model and check of a restore run: ~470
     queries of the same row); a partition deleted in this process is forgotten at once, one deleted by
@@ -96,7 +96,7 @@ class _RecentPartitions(SqlEventLogStorage):
         super().delete_dynamic_partition(partitions_def_name, partition_key)
 
 
-class _KnownSchema(SqlEventLogStorage):
+class KnownSchemaMixin(SqlEventLogStorage):
     """Remembers the tables and the asset-key columns found to exist: a table or column once there stays
     (Dagster's migrations only add). Dagster asks before each asset check event, each dynamic partition
     lookup and each asset status read (~1,000 times a restore run), and each answer is a catalog query."""
@@ -117,7 +117,7 @@ class _KnownSchema(SqlEventLogStorage):
         return column_name in self._asset_key_cols
 
 
-class KeptOpenSqliteEventLogStorage(_KnownSchema, _RecentPartitions, SqliteEventLogStorage):
+class KeptOpenSqliteEventLogStorage(KnownSchemaMixin, RecentPartitionsMixin, SqliteEventLogStorage):
     """``SqliteEventLogStorage`` that keeps one connection per database file open (see the module doc)."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
@@ -232,7 +232,7 @@ class KeptOpenSqliteEventLogStorage(_KnownSchema, _RecentPartitions, SqliteEvent
         super().dispose()
 
 
-class KeptOpenInMemoryEventLogStorage(_KnownSchema, _RecentPartitions, InMemoryEventLogStorage):
+class KeptOpenInMemoryEventLogStorage(KnownSchemaMixin, RecentPartitionsMixin, InMemoryEventLogStorage):
     """Dagster's in-memory event log (an ephemeral instance's) through the one connection it already
     holds to keep the database alive, where Dagster's opens another per statement."""
 

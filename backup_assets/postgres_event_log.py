@@ -36,7 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 
-from backup_assets.event_log import _KnownSchema, _RecentPartitions
+from backup_assets.event_log import KnownSchemaMixin, RecentPartitionsMixin
 
 #: Connections opened beyond the kept one while several threads write at once (closed when returned).
 OVERFLOW_CONNECTIONS = 8
@@ -63,7 +63,7 @@ def _check_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError(f"the kept connection to Dagster's database is gone: {e}") from e
 
 
-class PooledPostgresEventLogStorage(_KnownSchema, _RecentPartitions, PostgresEventLogStorage):
+class PooledPostgresEventLogStorage(KnownSchemaMixin, RecentPartitionsMixin, PostgresEventLogStorage):
     """``PostgresEventLogStorage`` that keeps its connection open (see the module doc)."""
 
     def __init__(

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 from backup_assets.core.settings import check_import_id
 
@@ -26,7 +27,18 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=-]+")
 _KEY = re.compile(rf"^(?P<stem>.+)-(?P<hash>[0-9a-f]{{{HASH_PREFIX_LEN}}})$")
 #: A file changed less than this long before it is hashed is not remembered.
 SETTLED_SECONDS = 2.0
-_Identity = tuple[int, int, int, int, int]
+
+
+class _Identity(NamedTuple):
+    """What tells a file's version apart: any write moves ``ctime_ns``."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
 #: Digests remembered per process, least recently hashed first.
 _digests: OrderedDict[_Identity, str] = OrderedDict()
 _REMEMBERED = 64
@@ -71,13 +83,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 18) -> str:
             return known
         started = time.time_ns()
         digest = _read_digest(f, chunk)
-        if started - max(identity[3], identity[4]) > SETTLED_SECONDS * 1e9:
+        if started - max(identity.mtime_ns, identity.ctime_ns) > SETTLED_SECONDS * 1e9:
             _remember(identity, digest)
     return digest
 
 
 def _identity(st: os.stat_result) -> _Identity:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _Identity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_digest(f: io.BufferedReader, chunk: int) -> str:

@@ -13,7 +13,6 @@ purpose is to write it to the file the user names.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from . import keys
+from .backup_key import file_sha256
 from .decryptors import Decryptor, Encryptor
 from .errors import BackupFormatError, DecryptionError, EncryptionError
 from .fernet_stream import CHUNK_SIZE, FernetDecryptingReader, iter_encrypt, token_length
@@ -49,7 +49,6 @@ class Backup:
         self.size = size
         self._tarball = tarball
         self._decryptor = decryptor
-        self._sha256: str | None = None
         self.members: dict[str, int] | None = dict(tarball.members) if tarball else None
         self.key_pub_fingerprint: str | None = None
         if tarball:
@@ -62,14 +61,12 @@ class Backup:
         return f"Backup({str(self.path)!r}, kind={self.kind!r}, size={self.size})"
 
     def sha256(self) -> str:
-        """SHA-256 (hex) of the whole file, computed in chunks once and remembered."""
-        if self._sha256 is None:
-            h = hashlib.sha256()
-            with self._open() as f:
-                while chunk := f.read(CHUNK_SIZE):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
-        return self._sha256
+        """SHA-256 (hex) of the whole file (:func:`~backup_assets.core.backup_key.file_sha256`: read once per
+        process while the file is unchanged)."""
+        try:
+            return file_sha256(self.path)
+        except OSError as e:
+            raise BackupFormatError(f"cannot open: {e.strerror}", path=str(self.path)) from None
 
     def _open(self) -> BinaryIO:
         try:
