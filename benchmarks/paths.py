@@ -118,7 +118,7 @@ JOB = textwrap.dedent("""
             requests += result.run_requests or []
         [request] = requests
         from backup_assets.core import backup_key
-        backup_key._digests.clear()  # the daemon's sensor hashed the file in another process than the run's
+        backup_key.forget_digests()  # the daemon's sensor hashed the file in another process than the run's
         t_run = time.perf_counter()
         run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
                                      run_config={"resources": {"import_settings": {"config": {

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from backup_assets.cli import main
 from backup_assets.core import backup_key
-from backup_assets.core.backup_key import file_sha256, partition_key, partition_key_for_file
+from backup_assets.core.backup_key import file_sha256, forget_digests, partition_key, partition_key_for_file
 from backup_assets.demo.synthetic import generate_rows, write_export
 
 
@@ -45,6 +45,14 @@ def test_an_unchanged_file_is_read_once_for_its_key_and_each_later_hash(tmp_path
     assert partition_key_for_file(path) == partition_key("nightly.tar", expected)
     assert file_sha256(path) == file_sha256(str(path)) == expected
     assert reads == ["nightly.tar"]
+
+
+def test_a_forgotten_digest_is_read_again_as_a_fresh_process_would(tmp_path, reads):
+    path = settled(tmp_path / "nightly.tar", b"backup bytes")
+    file_sha256(path)
+    forget_digests()
+    assert file_sha256(path) == hashlib.sha256(b"backup bytes").hexdigest()
+    assert reads == ["nightly.tar", "nightly.tar"]
 
 
 def test_a_rewrite_of_the_same_size_and_mtime_is_read_again(tmp_path, reads):

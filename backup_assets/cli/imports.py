@@ -176,14 +176,12 @@ def restore_file(
     """Restore through the asset graph in-process (the code path of the Dagster UI): one run of
     :func:`backup_assets.run.restore_backup`, then read what it did back from the engine's records. On
     a failed run the import's staging is discarded and :class:`ImportFailed` raised."""
-    if not import_id:
-        digest = _digest_meanwhile(src)
+    named = _import_id_meanwhile(src, import_id)
     from ..run import failure_kind, failure_message, restore_backup
 
     backup = open_backup(src, decryptor)  # fail fast, before Dagster starts, on a bad file or key
     backup.check_key()
-    if not import_id:  # every invocation is a new import (as Sentry's import_uuid), named after its backup
-        import_id = f"{partition_key(src.name, digest.result())}-{new_import_id()[:8]}"
+    import_id = named.result()
     restore = Restore(dsn, manifest, import_id, settings)
     with restore.hold(), restore_progress(silent):
         run = restore_backup(
@@ -207,13 +205,18 @@ def restore_file(
     return out
 
 
-def _digest_meanwhile(src: Path) -> Future[str]:
-    """The backup's SHA-256 (its key), read on a thread of its own while Dagster is imported: hashlib lets
-    go of the GIL, so the second core hashes. The run's check of the key then finds the digest remembered
-    (:func:`~backup_assets.core.backup_key.file_sha256`)."""
+def _import_id_meanwhile(src: Path, import_id: str | None) -> Future[str]:
+    """``import_id``, or else a new one named after the backup (every invocation is a new import, as
+    Sentry's import_uuid): its key, from the SHA-256 read on a thread of its own while Dagster is imported
+    (hashlib lets go of the GIL, so the second core hashes). The run's check of the key then finds the
+    digest remembered (:func:`~backup_assets.core.backup_key.file_sha256`)."""
+    if import_id:
+        given: Future[str] = Future()
+        given.set_result(import_id)
+        return given
     pool = ThreadPoolExecutor(1, thread_name_prefix="backup-digest")
     try:
-        return pool.submit(file_sha256, src)
+        return pool.submit(lambda: f"{partition_key(src.name, file_sha256(src))}-{new_import_id()[:8]}")
     finally:
         pool.shutdown(wait=False)
 
