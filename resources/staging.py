@@ -9,8 +9,8 @@ steps share nothing but that database:
   any worker that can reach the target database also reaches the staging. No shared volume is needed;
   the backup file itself is read only by the parse stage (and re-opened in memory by the crypto
   stages), so only the worker that runs those needs the backup folder mounted.
-* One large backup's model loads can therefore spread over several machines (one step per model),
-  and several backups (partitions) run as independent runs, one import id each.
+* A run's steps (the stage assets, the models' one step, ``restore_complete``) may therefore each run
+  on another machine, and several backups (partitions) run as independent runs, one import id each.
 * ``unlogged`` staging tables skip PostgreSQL's write-ahead log: staging is faster and produces no
   WAL for replicas, but a crash of the database server empties them. That is harmless: a model asset
   that finds its import's staging gone stages the backup again before loading (see
@@ -26,11 +26,6 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from backup_assets.core.schema import INTERNAL_SCHEMA
-
-#: The engine's internal schema, which holds the staging tables.
-STAGING_SCHEMA = INTERNAL_SCHEMA
-
 
 class StagingResource(dg.ConfigurableResource):
     """Options of the staging area inside the target database (schema ``backup_assets``)."""
@@ -41,8 +36,3 @@ class StagingResource(dg.ConfigurableResource):
     keep_after_restore: bool = Field(
         default=False, description="Keep the staged rows after restore_complete (for re-running model assets later)."
     )
-
-    @property
-    def schema_name(self) -> str:
-        """The schema of the staging tables (a property, as pydantic's ``BaseModel.schema`` takes that name)."""
-        return STAGING_SCHEMA
