@@ -25,6 +25,10 @@ mode, scope global:
   ``dagster.yaml`` ships commented out (``backup_assets.postgres_event_log``: dagster-postgres's event log
   on a kept connection); ``dagster-postgres``, the same database through dagster-postgres's own
   ``storage: postgres:`` (a connection per statement);
+* **Dagster alone** - Dagster's own cost of the job's run: the restore graph's assets, checks, deps and
+  partitions in a run whose steps do nothing but yield what the real ones yield (a materialization per
+  asset, the four checks of each model with rows), on the shipped instance storage; its ``seconds`` is
+  the run's alone (add the definitions' load and the sensor for the job's fixed cost);
 * **raw COPY** - the rows the restore wrote, already shaped, copied into the same schema with its
   constraints, in one transaction (``benchmarks/restore.py``'s);
 * **naive** - one ``INSERT ... RETURNING id`` per row through psycopg2 (``benchmarks/restore.py``'s), at
@@ -64,6 +68,7 @@ from benchmarks.restore import (  # noqa: E402
     psycopg_rows,
 )
 
+DAGSTER_ALONE = "Dagster alone (the graph's run, doing nothing)"
 FULL_MANIFEST = Path("/work/shared/conformance/model_dependencies/detailed.json")
 FRESH_INSTALL = Path("/work/shared/conformance/exports/fresh-install.json")
 
@@ -80,10 +85,50 @@ ENGINE = textwrap.dedent(
     r = run_restore(sys.argv[1], open_backup(sys.argv[2], decryptor), Manifest.load(sys.argv[3] or None),
                     ImportSettings(create_schema=True, replace_existing=True), workers=2)
     print(json.dumps({"seconds": time.perf_counter() - t, "rows": r.stage.rows,
+                      "models": sorted(m for m, n in r.stage.rows_per_model.items() if n),
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
     % KEY_ENV
 )
+
+#: Dagster alone: a run of the restore graph's assets, checks, deps and partitions whose steps do nothing
+#: but yield what the real ones yield (a materialization per asset; the checks of the models with rows).
+#: Its ``seconds`` is the run's (``execute_in_process``) on the shipped instance storage, after the
+#: definitions' load, which the ``definitions load`` row measures.
+FLOOR = textwrap.dedent("""
+    import json, resource, sys, time
+    import dagster as dg
+    from backup_assets.assets import build_restore_graph
+    from backup_assets.core.manifest import Manifest
+    from backup_assets.translator import MODEL_METADATA_KEY
+    manifest, with_rows = Manifest.load(sys.argv[1] or None), set(json.loads(sys.argv[2]))
+
+    def idle(real):
+        keys = [spec.key for spec in real.specs]  # in dependency order, as the real step yields them
+        checked = {k for k in keys if real.metadata_by_key[k].get(MODEL_METADATA_KEY) in with_rows}
+
+        @dg.multi_asset(name=real.op.name, specs=list(real.specs), check_specs=list(real.check_specs),
+                        can_subset=True)
+        def step(context):
+            for key in keys:
+                if key in context.selected_asset_keys:
+                    yield dg.MaterializeResult(asset_key=key, metadata={"rows_read": 0})
+                    for c in real.check_specs:
+                        if c.asset_key == key and key in checked:
+                            yield dg.AssetCheckResult(asset_key=key, check_name=c.name, passed=True)
+        return step
+
+    defs = dg.Definitions(assets=[idle(a) for a in build_restore_graph(manifest)],
+                          executor=dg.in_process_executor)
+    job = dg.define_asset_job("idle").resolve(asset_graph=defs.resolve_asset_graph())
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("sentry_backups", ["floor"])
+        t = time.perf_counter()
+        assert job.execute_in_process(instance=instance, partition_key="floor").success
+        secs = time.perf_counter() - t
+    print(json.dumps({"seconds": secs, "rows": 0,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
 
 #: Times a command as a whole (process start included): wall time and the child's peak RSS.
 COMMAND = textwrap.dedent("""
@@ -252,6 +297,21 @@ class Bench:
         self.results.append((kind, manifest, size, r))
         self.drop(db)
 
+    def floor(self, manifest: str, size: int, manifest_path: str) -> None:
+        """Dagster alone on the shipped storage: the graph's run doing nothing (``FLOOR``), with the checks
+        of the models the last ``run_restore`` of this size staged rows of."""
+        engine = next(r for k, m, n, r in reversed(self.results) if (k, m, n) == ("run_restore", manifest, size))
+        home = self.work / f"home-floor-{self._n}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(
+            "telemetry:\n  enabled: false\nevent_log_storage:\n  module: backup_assets.event_log\n"
+            "  class: KeptOpenSqliteEventLogStorage\n"
+        )
+        self._n += 1
+        r = child(FLOOR, manifest_path, json.dumps(engine["models"]), env={"DAGSTER_HOME": str(home)})
+        print(f"Dagster alone [{manifest}] {size}: {r}", file=sys.stderr)
+        self.results.append((DAGSTER_ALONE, manifest, size, r))
+
     def raw_copy(self, manifest: str, size: int, restored: str) -> None:
         dsn = self.server.dsn(restored)
         tables = [
@@ -277,6 +337,7 @@ def run_size(
             bench.cli(name, size, backup, path)
             for storage in bench.storages:
                 bench.job(name, size, backup, path, storage)
+            bench.floor(name, size, path)
             if rep == 0:
                 bench.raw_copy(name, size, restored)
                 bench.drop(restored)
@@ -297,6 +358,7 @@ def run_tiny(bench: Bench, repeat: int) -> None:
         bench.results.append(("definitions load", "full", 0, r))
         bench.measure("run_restore", "full", 34, ENGINE, str(FRESH_INSTALL), path)
         bench.cli("full", 34, FRESH_INSTALL, path)
+        bench.floor("full", 34, path)
         for storage in bench.storages:
             bench.job("full", 34, FRESH_INSTALL, path, storage)
 
