@@ -391,15 +391,16 @@ def report(results: list[tuple[str, str, int, dict]]) -> None:
     for (kind, manifest, size), r in sorted(b.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         engine = b.get(("run_restore", manifest, size))
         raw = b.get(("raw COPY", manifest, size))
-        rate = size / r["seconds"] if size else 0.0
+        rate = size / r["seconds"] if size and kind != DAGSTER_ALONE else 0.0  # Dagster alone moves no row
         extra = (
             f" (defs {r['defs_s']:.1f} + sensor {r['sensor_s']:.1f} + run {r['run_s']:.1f})" if "defs_s" in r else ""
         )
         vs_engine = f"{r['seconds'] / engine['seconds']:.2f}x" if engine and kind != "definitions load" else "-"
-        vs_raw = f"{rate / (size / raw['seconds']):.2f}x" if raw else "-"
-        vs_naive = f"{rate / (naive_size / naive['seconds']):.1f}x" if naive and size == naive_size else "-"
+        vs_raw = f"{rate / (size / raw['seconds']):.2f}x" if raw and rate else "-"
+        vs_naive = f"{rate / (naive_size / naive['seconds']):.1f}x" if naive and rate and size == naive_size else "-"
         print(
-            f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {rate:,.0f} | {r['rss_mb']:.0f} | "
+            f"| {kind} | {manifest} | {size:,} | {r['seconds']:.2f}{extra} | {f'{rate:,.0f}' if rate else '-'} | "
+            f"{r['rss_mb']:.0f} | "
             f"{vs_engine} | {vs_raw} | {vs_naive} |"
         )
 
