@@ -92,7 +92,8 @@ ENGINE = textwrap.dedent(
 )
 
 #: Dagster alone: a run of the restore graph's assets, checks, deps and partitions whose steps do nothing
-#: but yield what the real ones yield (a materialization per asset; the checks of the models with rows).
+#: but yield what the real ones yield (a materialization per asset; the checks of the stages and of the
+#: models with rows).
 #: Its ``seconds`` is the run's (``execute_in_process``) on the shipped instance storage, after the
 #: definitions' load, which the ``definitions load`` row measures.
 FLOOR = textwrap.dedent("""
@@ -105,7 +106,8 @@ FLOOR = textwrap.dedent("""
 
     def idle(real):
         keys = [spec.key for spec in real.specs]  # in dependency order, as the real step yields them
-        checked = {k for k in keys if real.metadata_by_key[k].get(MODEL_METADATA_KEY) in with_rows}
+        # a model's checks when it has rows; a stage's (parsed_export's) always
+        checked = {k for k in keys if real.metadata_by_key[k].get(MODEL_METADATA_KEY) in with_rows | {None}}
 
         @dg.multi_asset(name=real.op.name, specs=list(real.specs), check_specs=list(real.check_specs),
                         can_subset=True)
