@@ -282,12 +282,10 @@ class Bench:
         self.results.append(("CLI", manifest, size, r))
         self.drop(db)
 
-    def job(self, manifest: str, size: int, backup: Path, manifest_path: str, storage: str = "sqlite") -> None:
-        folder = self.work / f"inbox-{self._n}"
-        folder.mkdir()
-        (folder / backup.name).symlink_to(backup)
-        home = self.work / f"home-{self._n}"
-        home.mkdir()
+    def home(self, storage: str) -> Path:
+        """A Dagster home whose instance stores with ``storage`` (see ``--storages``), its storage made
+        before any measurement, as a deployment's exists before a backup arrives."""
+        home = Path(tempfile.mkdtemp(prefix="home-", dir=self.work))
         config = "telemetry:\n  enabled: false\n"
         if storage == "shipped":  # the event log dagster.yaml ships (backup_assets.event_log)
             config += "event_log_storage:\n  module: backup_assets.event_log\n  class: KeptOpenSqliteEventLogStorage\n"
@@ -297,6 +295,12 @@ class Bench:
             config += postgres_storage(url, pooled=storage == "postgres")
         (home / "dagster.yaml").write_text(config)
         child(INSTANCE, env={"DAGSTER_HOME": str(home)})
+        return home
+
+    def job(self, manifest: str, size: int, backup: Path, manifest_path: str, storage: str = "sqlite") -> None:
+        folder = Path(tempfile.mkdtemp(prefix="inbox-", dir=self.work))
+        (folder / backup.name).symlink_to(backup)
+        home = self.home(storage)
         db = self.fresh_db()
         env = {
             "DAGSTER_HOME": str(home),
@@ -315,13 +319,7 @@ class Bench:
         """Dagster alone on the shipped storage: the graph's run doing nothing (``FLOOR``), with the checks
         of the models the last ``run_restore`` of this size staged rows of."""
         engine = next(r for k, m, n, r in reversed(self.results) if (k, m, n) == ("run_restore", manifest, size))
-        home = self.work / f"home-floor-{self._n}"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\nevent_log_storage:\n  module: backup_assets.event_log\n"
-            "  class: KeptOpenSqliteEventLogStorage\n"
-        )
-        self._n += 1
+        home = self.home("shipped")
         r = child(FLOOR, manifest_path, json.dumps(engine["models"]), env={"DAGSTER_HOME": str(home)})
         print(f"Dagster alone [{manifest}] {size}: {r}", file=sys.stderr)
         self.results.append((DAGSTER_ALONE, manifest, size, r))

@@ -27,6 +27,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=-]+")
 _KEY = re.compile(rf"^(?P<stem>.+)-(?P<hash>[0-9a-f]{{{HASH_PREFIX_LEN}}})$")
 #: A file changed less than this long before it is hashed is not remembered.
 SETTLED_SECONDS = 2.0
+#: Bytes read into one buffer at a time while hashing.
+_READ_SIZE = 1 << 18
 
 
 class _Identity(NamedTuple):
@@ -65,7 +67,7 @@ def partition_key(filename: str | Path, sha256_hex: str) -> str:
     return check_import_id(f"{key_stem(str(filename))}-{digest[:HASH_PREFIX_LEN]}")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 18) -> str:
+def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, read in chunks.
 
     A process hashes a file once while it is unchanged: the digest is remembered under the file's
@@ -82,7 +84,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 18) -> str:
         if known is not None:
             return known
         started = time.time_ns()
-        digest = _read_digest(f, chunk)
+        digest = _read_digest(f, _READ_SIZE)
         if started - max(identity.mtime_ns, identity.ctime_ns) > SETTLED_SECONDS * 1e9:
             _remember(identity, digest)
     return digest
